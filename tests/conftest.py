@@ -1,0 +1,33 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw"
+
+
+@pytest.fixture(scope="session")
+def wikitext_dir() -> Path:
+    """The WikiText-2 raw folder: $VPTQ_LAB_DATA, else ../shared beside the checkout."""
+    folder = Path(os.environ.get("VPTQ_LAB_DATA") or SHARED_DATA)
+    if not (folder / "wiki.test.raw").is_file():
+        pytest.skip(f"WikiText-2 raw files not found in {folder}; set VPTQ_LAB_DATA")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_tok():
+    from vptq_lab.testing import tiny_tokenizer
+
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tok) -> Path:
+    from vptq_lab.testing import save_tiny_model, tiny_llama
+
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"), tiny_llama(vocab_size=len(tiny_tok)), tiny_tok)

@@ -1,0 +1,155 @@
+"""Evaluation and calibration text: WikiText-2 raw, with honest fallbacks.
+
+Sources are tried in order:
+
+1. a folder the user names (``data_dir=`` or ``$VPTQ_LAB_DATA``), each file checked
+   against its known sha256;
+2. the Hugging Face hub through ``datasets`` (fails fast when offline);
+3. an offline stand-in corpus: the English help text that ships with the
+   interpreter (``pydoc_data.topics``). Every result built on it carries
+   ``comparable=False``: its numbers are not comparable to published ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import VPTQLabError
+
+__all__ = ["TextDataset", "load_wikitext2", "tokenize", "calibration_windows", "WIKITEXT2_SHA256"]
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+WIKITEXT2_FILES = {"train": "wiki.train.raw", "validation": "wiki.valid.raw", "test": "wiki.test.raw"}
+WIKITEXT2_SHA256 = {
+    "wiki.test.raw": "173c87a53759e0201f33e0ccf978e510c2042d7f2cb78229d9a50d79b9e7dd08",
+    "wiki.valid.raw": "4cd0f6876d07a413aa911261ff6d363c72d757d47f0fdd6015702014c89cb9c7",
+}
+
+
+@dataclass(frozen=True)
+class TextDataset:
+    """Rows of text from one split, and where they came from."""
+
+    name: str  # "wikitext2" or the stand-in's name
+    split: str
+    rows: list[str]
+    source: str  # the folder, "hub:wikitext/wikitext-2-raw-v1" or "stdlib:pydoc_data.topics"
+    comparable: bool  # False: numbers are not comparable to published WikiText-2 figures
+
+    def joined(self) -> str:
+        """The GPTQ/VPTQ protocol's text: rows joined with blank lines."""
+        return "\n\n".join(self.rows)
+
+
+def _check_split(split: str) -> str:
+    split = {"valid": "validation", "val": "validation"}.get(split, split)
+    if split not in SPLITS:
+        raise VPTQLabError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+    return split
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def rows_from_raw(raw: str) -> list[str]:
+    """The rows `datasets` yields for a wikitext raw file (recipe in the data README)."""
+    return [(line + "\n") if line.strip() else "" for line in raw.split("\n")[:-1]]
+
+
+def _from_folder(folder: Path, split: str, required: bool) -> TextDataset | None:
+    if not folder.is_dir():
+        raise VPTQLabError(f"data folder {folder} does not exist: pass an existing folder or unset VPTQ_LAB_DATA")
+    name = WIKITEXT2_FILES[split]
+    path = folder / name
+    if not path.is_file():
+        if required:
+            raise VPTQLabError(f"{folder} has no {name}: put the wikitext-2-raw files there or name another folder")
+        log.info("%s has no %s; trying the next source", folder, name)
+        return None
+    actual, expected = _sha256(path), WIKITEXT2_SHA256.get(name)
+    if expected is None:
+        log.warning("%s has no known sha256 here; using it unverified", path)
+    elif actual != expected:
+        raise VPTQLabError(
+            f"{path} has sha256 {actual[:16]}..., expected {expected[:16]}...: "
+            "the file is not the standard wikitext-2-raw-v1 one; replace it with the original"
+        )
+    raw = path.read_text(encoding="utf-8")
+    return TextDataset("wikitext2", split, rows_from_raw(raw), str(folder), True)
+
+
+def _from_hub(split: str) -> TextDataset | None:
+    if os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
+        return None
+    try:
+        import datasets
+
+        rows = datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split=split)["text"]
+    except Exception as exc:  # any hub or network failure means: try the next source
+        log.warning("could not load wikitext-2 from the hub (%s); trying the next source", exc)
+        return None
+    return TextDataset("wikitext2", split, list(rows), "hub:wikitext/wikitext-2-raw-v1", True)
+
+
+def _stand_in(split: str) -> TextDataset:
+    """Python's own help topics, split deterministically 80/10/10 by topic name."""
+    from pydoc_data.topics import topics
+
+    names = sorted(topics)
+    bucket = {"test": 0, "validation": 1}
+    chosen = [n for i, n in enumerate(names) if (i % 10) == bucket.get(split, -1)
+              or (split == "train" and i % 10 >= 2)]
+    rows = [line + "\n" if line.strip() else "" for n in chosen for line in topics[n].split("\n")]
+    return TextDataset("pydoc-topics (stand-in, NOT WikiText-2)", split, rows, "stdlib:pydoc_data.topics", False)
+
+
+def load_wikitext2(split: str = "test", data_dir: str | os.PathLike | None = None) -> TextDataset:
+    """Load a WikiText-2 raw split from the first source that has it (see the module doc)."""
+    split = _check_split(split)
+    folder = data_dir if data_dir is not None else os.environ.get("VPTQ_LAB_DATA")
+    if folder:
+        # A folder named in the call must hold the split; $VPTQ_LAB_DATA may lack one (e.g. train).
+        found = _from_folder(Path(folder).expanduser(), split, required=data_dir is not None)
+        if found is not None:
+            return found
+    found = _from_hub(split)
+    if found is not None:
+        return found
+    log.warning("WikiText-2 %s split not found; using the stand-in corpus (not comparable to published numbers)", split)
+    return _stand_in(split)
+
+
+def tokenize(tokenizer, dataset: TextDataset) -> torch.Tensor:
+    """Token ids [1, n] of the dataset's joined text, tokenized once."""
+    return tokenizer(dataset.joined(), return_tensors="pt").input_ids  # [1, n]
+
+
+def calibration_windows(tokenizer, dataset: TextDataset, nsamples: int, seqlen: int, seed: int = 0) -> torch.Tensor:
+    """``nsamples`` random windows of ``seqlen`` tokens, drawn with a local seeded generator.
+
+    Returns int64 [nsamples, seqlen].
+    """
+    if nsamples < 1 or seqlen < 2:
+        raise VPTQLabError(f"calibration needs nsamples >= 1 and seqlen >= 2, got nsamples={nsamples}, seqlen={seqlen}")
+    ids = tokenize(tokenizer, dataset)[0]  # [n]
+    if ids.numel() <= seqlen:
+        raise VPTQLabError(
+            f"the {dataset.split} text has {ids.numel()} tokens, fewer than one window of {seqlen}: "
+            "lower seqlen or give more text"
+        )
+    gen = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, ids.numel() - seqlen, (nsamples,), generator=gen)  # [nsamples]
+    return torch.stack([ids[s : s + seqlen] for s in starts.tolist()])  # [nsamples, seqlen]

@@ -1,0 +1,45 @@
+"""Tiny random models and a tiny tokenizer, for tests and smoke runs (no download, seconds to build)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+__all__ = ["tiny_tokenizer", "tiny_llama", "save_tiny_model"]
+
+
+def tiny_tokenizer(vocab_size: int = 384):
+    """A byte-level BPE tokenizer trained on Python's help text (offline, deterministic)."""
+    from pydoc_data.topics import topics
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<eos>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator((topics[k] for k in sorted(topics)), trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+
+
+def tiny_llama(vocab_size: int = 384, hidden: int = 64, layers: int = 2, seed: int = 0, max_positions: int = 512):
+    """A random LlamaForCausalLM small enough for unit tests (fp32, eval mode)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden + 32,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=max_positions, tie_word_embeddings=True)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config).eval()
+
+
+def save_tiny_model(folder: str | Path, model=None, tokenizer=None) -> Path:
+    """Write a tiny model and tokenizer as an HF folder; returns the folder."""
+    folder = Path(folder)
+    tokenizer = tokenizer if tokenizer is not None else tiny_tokenizer()
+    model = model if model is not None else tiny_llama(vocab_size=len(tokenizer))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
