@@ -1,0 +1,389 @@
+"""VPTQ for one linear: ``vptq_quantize(W, H, config) -> QuantizedWeight``.
+
+The steps (VPTQ_NOTES.md §2), each a function you can call alone:
+
+1. :func:`prepare_layer`: per-column normalisation, dead columns, damping,
+   act-order, ``U = chol(H^-1)^T``. Everything after works in this
+   *working space* (normalised, permuted), where the loss uses ``D H D``.
+2. :func:`init_codebooks`: weighted k-means per part (outliers, then groups)
+   on all vectors of the part; centroids rounded to fp16 right away, so what
+   is stored is what the column loop used.
+3. :func:`quantize_columns`: GPTQ's column loop with nearest-centroid VQ
+   (or, ``feedback=False``, plain nearest assignment: the paper's ablation).
+4. :func:`add_residual_codebooks`: k-means on the first pass's residual, then
+   step 3 again from the original W with both codebooks fixed.
+5. :func:`pack_layer`: the official layout (``qweight.QuantizedWeight``).
+
+A *vector* is ``v`` consecutive output rows of one input column; rows are
+zero-padded to ``R * v`` with ``R = ceil(out / v)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, replace
+from typing import Iterator
+
+import torch
+
+from .config import VPTQConfig, layer_plan
+from .hessian_ops import act_order, column_loop, condition_hessian, inverse_cholesky_upper, proxy_loss
+from .kmeans import augment_centroids, nearest_augmented, weighted_kmeans
+from .packing import index_bits, merge_codes, pack_codes
+from .qweight import QuantizedWeight, dequantize
+
+__all__ = [
+    "Prepared", "Part", "Pass", "VPTQTrace",
+    "vptq_quantize", "vq_no_feedback", "quantize_with_trace",
+    "prepare_layer", "normalise_columns", "column_order", "init_codebooks", "quantize_columns",
+    "add_residual_codebooks", "pack_layer", "to_vectors", "from_vectors",
+]
+
+
+# Data -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Prepared:
+    """A layer in working space. W [out, in] fp32 and H [in, in] f64 are normalised,
+    conditioned and permuted; U [in, in] fp32 or None (no feedback)."""
+
+    W: torch.Tensor
+    H: torch.Tensor
+    U: torch.Tensor | None
+    perm: torch.Tensor | None  # int64 [in]: working column j = original column perm[j]
+    scale: torch.Tensor | None  # fp16 [in], original order
+    bias: torch.Tensor | None  # fp16 [in], original order
+    dead: torch.Tensor  # bool [in], original order
+    outlier_size: int
+    group_num: int
+    group_size: int
+
+
+@dataclass(frozen=True)
+class Part:
+    """One codebook region: working columns [start, stop). C [k, v], C_res [k2, v] fp32 (fp16 values)."""
+
+    start: int
+    stop: int
+    v: int
+    C: torch.Tensor
+    C_res: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One quantization pass in working space: Q [out, in], E [out, in] (loop errors, zeros
+    without feedback), residual [out, in] = what the pass left, codes per column j: int64 [R_j]."""
+
+    Q: torch.Tensor
+    residual: torch.Tensor
+    codes: list[torch.Tensor]
+    res_codes: list[torch.Tensor | None]
+
+
+@dataclass
+class VPTQTrace:
+    """Intermediate results of one layer, for notebooks: reconstructions in the ORIGINAL space."""
+
+    prepared: Prepared
+    parts: list[Part]
+    kmeans_only: torch.Tensor  # [out, in] codebook init + nearest assignment, no feedback
+    first_pass: torch.Tensor  # [out, in] main codebook only
+    reconstruction: torch.Tensor  # [out, in] final (what dequantize(qw) must give)
+
+
+# Vectors ----------------------------------------------------------------------
+def to_vectors(W: torch.Tensor, v: int) -> torch.Tensor:
+    """Columns to vectors: W [out, S] -> X [S * R, v]; vector s*R + r = rows r*v..r*v+v-1 of column s."""
+    out, s = W.shape
+    r = -(-out // v)
+    Wp = torch.nn.functional.pad(W, (0, 0, 0, r * v - out))  # [R * v, S]
+    return Wp.reshape(r, v, s).permute(2, 0, 1).reshape(s * r, v)  # [R, v, S] -> [S, R, v] -> [S*R, v]
+
+
+def from_vectors(X: torch.Tensor, out: int, s: int) -> torch.Tensor:
+    """Inverse of :func:`to_vectors`: X [S * R, v] -> W [out, S] (padded rows dropped)."""
+    v = X.shape[1]
+    r = X.shape[0] // s
+    return X.reshape(s, r * v).T[:out]  # [S, R*v] -> [R*v, S] -> [out, S]
+
+
+# Step 1: working space ----------------------------------------------------------
+def normalise_columns(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per input column ``(W - min) / (max - min)``. W [out, in] -> (Wn [out, in], scale fp16 [in], bias fp16 [in]).
+
+    scale and bias are rounded to fp16 first, so ``Wn * scale + bias`` is exact
+    to fp32 with the stored values. A constant column gets scale 1.
+    """
+    lo, hi = W.float().min(0).values, W.float().max(0).values  # [in]
+    scale = (hi - lo).half()
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # also catches fp16 underflow
+    bias = lo.half()
+    return (W.float() - bias.float()) / scale.float(), scale, bias
+
+
+def column_order(H: torch.Tensor, enable_perm: bool, outlier_size: int) -> torch.Tensor | None:
+    """Working order of the columns. H [in, in] -> int64 perm [in] or None.
+
+    Act-order when enabled; otherwise, with outliers, only the ``outlier_size``
+    largest-``H_jj`` columns move to the front (in index order).
+    """
+    order = act_order(H)  # [in]
+    if enable_perm:
+        return order
+    if outlier_size == 0:
+        return None
+    front = torch.sort(order[:outlier_size]).values  # [O]
+    rest = torch.ones(H.shape[0], dtype=torch.bool)
+    rest[front] = False
+    return torch.cat([front, rest.nonzero().flatten()])
+
+
+def prepare_layer(W: torch.Tensor, H: torch.Tensor, config: VPTQConfig, feedback: bool = True) -> Prepared:
+    """Normalise, condition and permute. W [out, in], H [in, in] -> :class:`Prepared`."""
+    outlier, groups, size = layer_plan(config, W.shape[1])
+    scale = bias = None
+    Wn, Hn = W.float(), H.double()
+    if config.enable_norm:
+        Wn, scale, bias = normalise_columns(W)
+        d = scale.double()  # loss in normalised space: dW H dW^T = dWn (D H D) dWn^T
+        Hn = Hn * d.unsqueeze(0) * d.unsqueeze(1)  # [in, in]
+    Hc, Wc, dead = condition_hessian(Hn, Wn, config.percdamp)
+    perm = column_order(Hc, config.enable_perm, outlier)
+    if perm is not None:
+        Wc, Hc = Wc[:, perm], Hc[perm][:, perm]  # [out, in], [in, in] in working order
+    U = inverse_cholesky_upper(Hc) if feedback else None
+    return Prepared(Wc, Hc, U, perm, scale, bias, dead, outlier, groups, size)
+
+
+# Step 2: codebooks --------------------------------------------------------------
+def _part_bounds(prep: Prepared, config: VPTQConfig) -> list[tuple[int, int, int, int]]:
+    """(start, stop, v, k) per part: the outlier part first (if any), then the groups."""
+    bounds = []
+    if prep.outlier_size:
+        bounds.append((0, prep.outlier_size, config.vector_lens[0], config.num_centroids[0]))
+    for g in range(prep.group_num):
+        start = prep.outlier_size + g * prep.group_size
+        bounds.append((start, start + prep.group_size, config.v, config.k1))
+    return bounds
+
+
+def _fit_codebook(W: torch.Tensor, diag: torch.Tensor, v: int, k: int, seed: int,
+                  config: VPTQConfig) -> torch.Tensor:
+    """Weighted k-means over the vectors of W [out, S] (weight = H_jj of the column). -> C [k, v] fp16-valued fp32."""
+    X = to_vectors(W, v)  # [S * R, v]
+    w = diag.float().repeat_interleave(X.shape[0] // W.shape[1])  # [S * R]: column s's weight, R times
+    C, _ = weighted_kmeans(X, k, w, seed=seed, iters=config.kmeans_iters, init=config.kmeans_init)
+    return C.half().float()  # round now: the loop must use the stored values
+
+
+def init_codebooks(prep: Prepared, config: VPTQConfig) -> list[Part]:
+    """Weighted k-means codebook per part (no residual yet)."""
+    diag = torch.diag(prep.H)  # [in]
+    parts = []
+    for i, (start, stop, v, k) in enumerate(_part_bounds(prep, config)):
+        C = _fit_codebook(prep.W[:, start:stop], diag[start:stop], v, k, config.seed + i, config)
+        parts.append(Part(start, stop, v, C))
+    return parts
+
+
+# Step 3: the column loop ---------------------------------------------------------
+class _ColumnVQ:
+    """Per-column quantizer for :func:`column_loop`: nearest centroid, then nearest residual
+    centroid of what is left. Records the codes of every column it sees (local state only)."""
+
+    def __init__(self, parts: list[Part], out: int):
+        self.out = out
+        self.parts = parts
+        self.part_of = [i for i, p in enumerate(parts) for _ in range(p.start, p.stop)]  # [in]
+        self.c_aug = [augment_centroids(p.C) for p in parts]  # [v + 1, k] each
+        self.r_aug = [augment_centroids(p.C_res) if p.C_res is not None else None for p in parts]
+        self.codes: dict[int, torch.Tensor] = {}
+        self.res_codes: dict[int, torch.Tensor | None] = {}
+
+    def __call__(self, w: torch.Tensor, j: int) -> torch.Tensor:
+        i = self.part_of[j]
+        p = self.parts[i]
+        x = torch.nn.functional.pad(w, (0, -w.shape[0] % p.v)).reshape(-1, p.v)  # [R, v]
+        idx = nearest_augmented(x, self.c_aug[i])  # [R]
+        q = p.C[idx]  # [R, v]
+        ridx = None
+        if p.C_res is not None:
+            ridx = nearest_augmented(x - q, self.r_aug[i])  # [R]
+            q = q + p.C_res[ridx]
+        self.codes[j], self.res_codes[j] = idx, ridx
+        return q.reshape(-1)[: self.out]  # [out]
+
+
+def _quantize_columns_once(W: torch.Tensor, parts: list[Part]) -> tuple[torch.Tensor, _ColumnVQ]:
+    """No feedback: every column quantized as it is. W [out, in] -> Q [out, in]."""
+    vq = _ColumnVQ(parts, W.shape[0])
+    Q = torch.stack([vq(W[:, j], j) for j in range(W.shape[1])], 1)  # [out, in]
+    return Q, vq
+
+
+def quantize_columns(prep: Prepared, parts: list[Part], blocksize: int = 128, feedback: bool = True) -> Pass:
+    """Quantize all working columns with fixed codebooks, with (GPTQ loop) or without feedback."""
+    if feedback:
+        if prep.U is None:
+            raise ValueError("feedback=True needs prep.U; call prepare_layer(..., feedback=True)")
+        vq = _ColumnVQ(parts, prep.W.shape[0])
+        Q, E = column_loop(prep.W, prep.U, vq, blocksize)
+        residual = E * torch.diag(prep.U).unsqueeze(0)  # [out, in]: updated column minus its code
+    else:
+        Q, vq = _quantize_columns_once(prep.W, parts)
+        residual = prep.W - Q
+    n = prep.W.shape[1]
+    return Pass(Q, residual, [vq.codes[j] for j in range(n)], [vq.res_codes[j] for j in range(n)])
+
+
+# Step 4: residual ----------------------------------------------------------------
+def add_residual_codebooks(prep: Prepared, parts: list[Part], first: Pass, config: VPTQConfig) -> list[Part]:
+    """Fit a k2 codebook per group on ``first.residual`` (weights H_jj, one per vector). Outliers get none."""
+    diag = torch.diag(prep.H)  # [in]
+    out = []
+    for i, p in enumerate(parts):
+        if p.start < prep.outlier_size:  # the outlier part
+            out.append(p)
+            continue
+        seed = config.seed + 1000 + i
+        C_res = _fit_codebook(first.residual[:, p.start:p.stop], diag[p.start:p.stop], p.v, config.k2, seed, config)
+        out.append(replace(p, C_res=C_res))
+    return out
+
+
+# Step 5: pack ---------------------------------------------------------------------
+def _as_int16(x: torch.Tensor) -> torch.Tensor:
+    """uint16 values stored in int16 (the official convention)."""
+    x = x.to(torch.int64)
+    return torch.where(x >= 1 << 15, x - (1 << 16), x).to(torch.int16)
+
+
+def _group_codes(codes: list[torch.Tensor], prep: Prepared) -> torch.Tensor:
+    """Per-column codes [R] of the groups -> [G, R, S]."""
+    cols = torch.stack(codes[prep.outlier_size:], 1)  # [R, G * S]
+    return cols.reshape(cols.shape[0], prep.group_num, prep.group_size).permute(1, 0, 2)  # [R, G, S] -> [G, R, S]
+
+
+def pack_layer(prep: Prepared, parts: list[Part], final: Pass, config: VPTQConfig) -> QuantizedWeight:
+    """Codes and codebooks -> :class:`QuantizedWeight` in the official layout."""
+    out_f, in_f = prep.W.shape
+    groups = parts[1:] if prep.outlier_size else parts
+    b1 = index_bits(config.k1)
+    idx = _group_codes(final.codes, prep)  # [G, R, S]
+    res = _group_codes(final.res_codes, prep) if config.k2 else None  # [G, R, S]
+    merged = merge_codes(idx, res, b1)  # [G, R, S]
+    outlier = {}
+    if prep.outlier_size:
+        o = parts[0]
+        oidx = torch.stack(final.codes[: prep.outlier_size], 1).unsqueeze(0)  # [1, R0, O]
+        outlier = dict(outlier_centroids=o.C.half().reshape(1, -1), outlier_indices=_as_int16(oidx))
+    return QuantizedWeight(
+        out_features=out_f, in_features=in_f, vector_len=config.v, num_centroids=config.k1,
+        num_res_centroids=config.k2, group_num=prep.group_num, group_size=prep.group_size,
+        outlier_size=prep.outlier_size,
+        outlier_vector_len=config.vector_lens[0] if prep.outlier_size else 0,
+        outlier_num_centroids=config.num_centroids[0] if prep.outlier_size else 0,
+        centroids=torch.stack([p.C.half().reshape(-1) for p in groups]),  # [G, k1 * v]
+        indices=pack_codes(merged, b1 + index_bits(config.k2)),  # [G, R, words]
+        res_centroids=torch.stack([p.C_res.half().reshape(-1) for p in groups]) if config.k2 else None,
+        perm=_as_int16(prep.perm) if prep.perm is not None else None,
+        weight_scale=prep.scale, weight_bias=prep.bias, **outlier,
+    )
+
+
+# Driver ---------------------------------------------------------------------------
+def to_original(Q: torch.Tensor, prep: Prepared) -> torch.Tensor:
+    """Working-space weights [out, in] -> original column order and scale."""
+    if prep.perm is not None:
+        Q = Q[:, torch.argsort(prep.perm)]
+    if prep.scale is not None:
+        Q = Q * prep.scale.float() + prep.bias.float()
+    return Q
+
+
+@contextlib.contextmanager
+def _timed(seconds: dict[str, float], name: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    yield
+    seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
+
+
+def _utilisation(codes: list[torch.Tensor | None], parts: list[Part], residual: bool = False) -> list[float]:
+    """Fraction of each part's centroids that some vector uses."""
+    used = []
+    for p in parts:
+        C = p.C_res if residual else p.C
+        if C is None:
+            continue
+        cols = [c for c in codes[p.start:p.stop] if c is not None]
+        used.append(torch.cat(cols).unique().numel() / C.shape[0] if cols else 0.0)
+    return used
+
+
+def quantize_with_trace(W: torch.Tensor, H: torch.Tensor, config: VPTQConfig,
+                        feedback: bool = True) -> tuple[QuantizedWeight, VPTQTrace]:
+    """:func:`vptq_quantize` that also returns the intermediate results (:class:`VPTQTrace`)."""
+    seconds: dict[str, float] = {}
+    with _timed(seconds, "prepare"):
+        prep = prepare_layer(W, H, config, feedback)
+    with _timed(seconds, "kmeans"):
+        parts = init_codebooks(prep, config)
+    with _timed(seconds, "kmeans_only_assign"):
+        kmeans_only = quantize_columns(prep, parts, feedback=False)
+    first = kmeans_only
+    if feedback:
+        with _timed(seconds, "column_loop"):
+            first = quantize_columns(prep, parts, config.blocksize, feedback=True)
+    final = first
+    if config.k2:
+        with _timed(seconds, "residual"):
+            parts = add_residual_codebooks(prep, parts, first, config)
+            final = quantize_columns(prep, parts, config.blocksize, feedback)
+    with _timed(seconds, "pack"):
+        qw = pack_layer(prep, parts, final, config)
+    trace = VPTQTrace(prep, parts, to_original(kmeans_only.Q, prep), to_original(first.Q, prep),
+                      to_original(final.Q, prep))
+    qw.info.update(_info(W, H, qw, trace, final, feedback, seconds))
+    return qw, trace
+
+
+def _info(W: torch.Tensor, H: torch.Tensor, qw: QuantizedWeight, trace: VPTQTrace, final: Pass,
+          feedback: bool, seconds: dict[str, float]) -> dict:
+    parts, prep = trace.parts, trace.prepared
+    groups = parts[1:] if prep.outlier_size else parts
+    info = {
+        "proxy_loss_rel": proxy_loss(W, dequantize(qw), H),
+        "proxy_loss_rel_first_pass": proxy_loss(W, trace.first_pass, H),
+        "proxy_loss_rel_kmeans_only": proxy_loss(W, trace.kmeans_only, H),
+        "codebook_utilisation": _mean(_utilisation(final.codes, groups)),
+        "feedback": feedback,
+        "dead_columns": int(prep.dead.sum()),
+        "hessian_all_zero": bool(prep.dead.all()),
+        "seconds": seconds,
+    }
+    if qw.num_res_centroids:
+        info["res_codebook_utilisation"] = _mean(_utilisation(final.res_codes, groups, residual=True))
+    if prep.outlier_size:
+        info["outlier_codebook_utilisation"] = _mean(_utilisation(final.codes, parts[:1]))
+    return info
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+def vptq_quantize(W: torch.Tensor, H: torch.Tensor, config: VPTQConfig, feedback: bool = True) -> QuantizedWeight:
+    """Quantize one linear with VPTQ. W [out, in], H [in, in] -> :class:`QuantizedWeight`.
+
+    Pure: W and H are not modified; nothing is printed. ``qw.info`` holds the
+    relative proxy losses (final, first pass, k-means only), codebook
+    utilisation and seconds per step. ``feedback=False`` is plain weighted
+    k-means VQ (no second-order column loop) with the same v and k.
+    """
+    return quantize_with_trace(W, H, config, feedback)[0]
+
+
+def vq_no_feedback(W: torch.Tensor, H: torch.Tensor, config: VPTQConfig) -> QuantizedWeight:
+    """Baseline: weighted k-means VQ with nearest assignment, no second-order feedback."""
+    return vptq_quantize(W, H, config, feedback=False)
