@@ -44,8 +44,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_args(p)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("demo", help="the main job on the embedded default model")
-    p.add_argument("--max-windows", type=_positive_int, default=8, help="windows evaluated (default 8)")
+    p = sub.add_parser("quantize", help="quantize a model with VPTQ and save it in the official layout")
+    p.add_argument("--model", default="default", help="'default', a local folder or a hub id")
+    p.add_argument("--bits", type=int, choices=(2, 3, 4), default=2, help="preset (default 2)")
+    p.add_argument("--config", default=None, help="a VPTQConfig JSON file (overrides --bits)")
+    p.add_argument("--out", required=True, help="output folder (must not exist)")
+    p.add_argument("--seed", type=int, default=None, help="override the config's seed")
+    p.add_argument("--data-dir", default=None, help="folder with wiki.*.raw (calibration uses the validation split)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("bits", help="exact bits per weight of a config, overhead included")
+    p.add_argument("--bits", type=int, choices=(2, 3, 4), default=2, help="preset (default 2)")
+    p.add_argument("--config", default=None, help="a VPTQConfig JSON file (overrides --bits)")
+    p.add_argument("--model", default="default", help="'default', 'llama2-7b', 'llama2-13b' or a model folder")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_bits)
+
+    p = sub.add_parser("demo", help="the main job: quantize the default model at 2 bits, perplexity before/after")
+    p.add_argument("--bits", type=int, choices=(2, 3, 4), default=2, help="preset (default 2)")
+    p.add_argument("--max-windows", type=_positive_int, default=8, help="WikiText-2 test windows (default 8)")
+    p.add_argument("--out", default="artifacts/demo-2bit", help="where the quantized model is saved")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_demo)
     return parser
@@ -80,10 +100,112 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_config(args: argparse.Namespace):
+    from pathlib import Path
+
+    from .config import VPTQConfig, preset
+
+    if args.config is None:
+        config = preset(args.bits)
+    else:
+        path = Path(args.config)
+        if not path.is_file():
+            raise VPTQLabError(f"config file {path} does not exist: pass a VPTQConfig JSON file")
+        try:
+            config = VPTQConfig.from_json(path.read_text())
+        except (ValueError, TypeError) as exc:
+            raise VPTQLabError(f"{path}: {exc}") from exc
+    if getattr(args, "seed", None) is not None:
+        config = config.replace(seed=args.seed)
+    return config
+
+
+def _quantize(model_name: str, config, out: str, data_dir: str | None, progress: bool) -> dict:
+    from pathlib import Path
+
+    from .calibrate import quantize_
+    from .checkpoint import save_quantized
+    from .data import calibration_windows, load_wikitext2
+    from .models import load_model
+
+    if Path(out).exists():
+        raise VPTQLabError(f"{out} already exists: choose another --out folder (nothing was overwritten)")
+    model, tokenizer = load_model(model_name)
+    calib = calibration_windows(tokenizer, load_wikitext2("validation", data_dir), config.nsamples,
+                                config.seqlen, config.seed)
+    report = quantize_(model, config, calib, progress=progress)
+    save_quantized(model, tokenizer, out, report.to_dict())
+    return {"model": model_name, "out": out, "bits_per_weight": round(report.total_bits_per_weight(), 4),
+            "stored_bits_per_weight": round(report.total_bits_per_weight(stored=True), 4),
+            "mean_proxy_loss_rel": round(float(report.to_dataframe().proxy_loss_rel.mean()), 5),
+            "layers": len(report.records), "propagation": report.propagation,
+            "calibration": f"{config.nsamples} x {config.seqlen} tokens of WikiText-2 validation",
+            "seconds": report.seconds}
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    _print_record(_quantize(args.model, _load_config(args), args.out, args.data_dir, not args.no_progress),
+                  args.json)
+    return 0
+
+
+def _named_shapes(name: str) -> dict[str, tuple[int, int]]:
+    """Linear shapes of a named reference model, or of a model folder (loaded)."""
+    from .budget import LLAMA2_7B_BLOCK, LLAMA2_13B_BLOCK, SMOLLM2_135M_SHAPES, repeat_blocks, shapes_of
+
+    named = {"llama2-7b": lambda: repeat_blocks(LLAMA2_7B_BLOCK, 32),
+             "llama2-13b": lambda: repeat_blocks(LLAMA2_13B_BLOCK, 40),
+             **{alias: lambda: SMOLLM2_135M_SHAPES for alias in DEFAULT_MODELS}}
+    if name in named:
+        return named[name]()
+    from .models import load_model
+
+    return shapes_of(load_model(name)[0])
+
+
+def cmd_bits(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .bits import bits_per_weight
+
+    config = _load_config(args)
+    shapes = _named_shapes(args.model)
+    rows = [{"layer": name, "out": s[0], "in": s[1], **bits_per_weight(config, s, mode="paper").to_dict()}
+            for name, s in shapes.items()]
+    table = pd.DataFrame(rows)
+    weights = (table["out"] * table["in"]).sum()
+    total = {"layer": "TOTAL", "bits_per_weight": float((table["bits_per_weight"] * table["out"] * table["in"]).sum()
+                                                         / weights)}
+    if args.json:
+        print(json.dumps({"config": config.to_dict(), "layers": rows, "total": total}))
+    else:
+        print(table.to_string(index=False))
+        print(f"\nTOTAL bits per weight (overhead included): {total['bits_per_weight']:.4f}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    import shutil
+
+    from .config import preset
+
     eval_args = argparse.Namespace(split="test", seqlen=2048, max_windows=args.max_windows, data_dir=None,
                                    no_progress=False)
-    _print_record(_eval_record("default", eval_args), args.json)
+    before = _eval_record("default", eval_args)
+    shutil.rmtree(args.out, ignore_errors=True)  # the demo's own scratch folder
+    summary = _quantize("default", preset(args.bits), args.out, None, True)
+    after = _eval_record(args.out, eval_args)
+    rows = {"full precision (Q4_1 GGUF baseline)": (16.0, before), f"VPTQ {args.bits}-bit preset": (
+        summary["bits_per_weight"], after)}
+    if args.json:
+        print(json.dumps({"before": before, "after": after, "quantize": summary}))
+        return 0
+    print(f"\nWikiText-2 test, seqlen 2048, first {before['windows']} windows")
+    print(f"{'model':<40}{'bits/weight':>12}{'perplexity':>12}")
+    for name, (bits, rec) in rows.items():
+        print(f"{name:<40}{bits:>12.3f}{rec['perplexity']:>12.3f}")
+    print(f"quantized in {summary['seconds']:.0f} s; saved to {args.out}")
+    print(f"note: {before['note']}")
     return 0
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["tiny_tokenizer", "tiny_llama", "save_tiny_model"]
+__all__ = ["tiny_tokenizer", "tiny_llama", "save_tiny_model", "tiny_model", "TINY_FAMILIES"]
 
 
 def tiny_tokenizer(vocab_size: int = 384):
@@ -43,3 +43,30 @@ def save_tiny_model(folder: str | Path, model=None, tokenizer=None) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def tiny_model(family: str, vocab_size: int = 128, seed: int = 0):
+    """A 2-block random model of one supported family (hidden 32), for architecture tests."""
+    import transformers as tf
+
+    common = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=256,
+                  pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    builders = {
+        "llama": (tf.LlamaConfig, tf.LlamaForCausalLM),
+        "mistral": (tf.MistralConfig, tf.MistralForCausalLM),
+        "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM),
+        "gemma": (tf.GemmaConfig, tf.GemmaForCausalLM),
+        "gemma2": (tf.Gemma2Config, tf.Gemma2ForCausalLM),
+        "gemma3": (tf.Gemma3TextConfig, tf.Gemma3ForCausalLM),
+        "phi3": (tf.Phi3Config, tf.Phi3ForCausalLM),
+    }
+    torch.manual_seed(seed)
+    if family == "gpt2":
+        config = tf.GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=256)
+        return tf.GPT2LMHeadModel(config).eval()
+    config_cls, model_cls = builders[family]
+    return model_cls(config_cls(**common)).eval()
+
+
+TINY_FAMILIES = ("llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3", "phi3", "gpt2")

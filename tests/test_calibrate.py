@@ -1,0 +1,154 @@
+import pytest
+import torch
+from torch import nn
+
+from vptq_lab.arch import ARCHITECTURES, arch_for, get_blocks, get_module
+from vptq_lab.calibrate import capture_block_inputs, quantize_
+from vptq_lab.checkpoint import load_quantized, save_quantized
+from vptq_lab.config import VPTQConfig
+from vptq_lab.errors import VPTQLabError
+from vptq_lab.hessian import HessianAccumulator, hessian_hooks
+from vptq_lab.layers import QuantizedLinear
+from vptq_lab.testing import TINY_FAMILIES, tiny_model
+
+TINY = VPTQConfig(vector_lens=(-1, 4), num_centroids=(-1, 16), kmeans_iters=3, nsamples=4, seqlen=16)
+# Fine enough that every family's logits stay close (gemma's extra norms amplify coarse codebooks).
+FINE = VPTQConfig(vector_lens=(-1, 2), num_centroids=(-1, 256), kmeans_iters=3, nsamples=4, seqlen=16)
+
+
+def _calib(vocab=128, n=4, seqlen=16, seed=0):
+    return torch.randint(3, vocab, (n, seqlen), generator=torch.Generator().manual_seed(seed))
+
+
+def _linears(block, spec):
+    return [name for stage in spec.stages for name in stage]
+
+
+def test_hessian_hooks_accumulate_and_always_clean_up():
+    lin = nn.Linear(3, 2)
+    x = torch.tensor([[1.0, 2.0, 0.0], [0.0, 1.0, 1.0]])
+    with hessian_hooks({"lin": lin}) as accs:
+        lin(x)
+    assert torch.allclose(accs["lin"].hessian(), (x.t() @ x).double() / 2)
+    assert accs["lin"].sum.dtype == torch.float64 and accs["lin"].tokens == 2
+    lin(x)  # outside the context nothing counts
+    assert accs["lin"].tokens == 2 and not lin._forward_hooks
+    with pytest.raises(RuntimeError), hessian_hooks({"lin": lin}):
+        raise RuntimeError("a failing notebook cell")
+    assert not lin._forward_hooks
+
+
+def test_empty_accumulator_gives_zero_hessian():
+    assert torch.count_nonzero(HessianAccumulator(4).hessian()) == 0
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_every_family_quantizes_and_round_trips(family, tmp_path):
+    model = tiny_model(family)
+    spec = arch_for(model)
+    ids = _calib(seed=1)[:1]
+    with torch.no_grad():
+        ref = model(ids).logits
+    report = quantize_(model, FINE, _calib(), progress=False)
+    blocks = get_blocks(model, spec)
+    for block in blocks:
+        assert all(isinstance(get_module(block, n), QuantizedLinear) for n in _linears(block, spec))
+    assert len(report.records) == len(blocks) * len(_linears(blocks[0], spec))
+    with torch.no_grad():
+        out = model(ids).logits
+    assert torch.isfinite(out).all()
+    rel = float((out - ref).pow(2).mean() / ref.pow(2).mean())
+    assert rel < 0.05, f"{family}: quantized logits drifted by {rel:.3f}"
+    save_quantized(model, None, tmp_path / "q", report.to_dict())
+    loaded, _ = load_quantized(tmp_path / "q")
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, out)
+
+
+def test_gpt2_conv1d_weights_are_transposed():
+    model = tiny_model("gpt2")
+    conv = model.transformer.h[0].mlp.c_fc  # Conv1D: weight [in, out]
+    dense = conv.weight.detach().t().clone()  # [out, in]
+    x = torch.randn(2, conv.weight.shape[0])
+    quantize_(model, VPTQConfig(vector_lens=(-1, 2), num_centroids=(-1, 256), nsamples=4, seqlen=16),
+              _calib(), progress=False)
+    q = model.transformer.h[0].mlp.c_fc
+    assert (q.out_features, q.in_features) == tuple(dense.shape)
+    with torch.no_grad():  # a fine codebook reproduces the Conv1D map x W^T (a transposed W would be far off)
+        want = x @ dense.t()
+        assert float((q(x) - q.bias - want).norm() / want.norm()) < 0.3
+
+
+def test_unknown_architecture_lists_supported():
+    model = tiny_model("llama")
+    model.config.model_type = "mamba"
+    with pytest.raises(VPTQLabError, match="unsupported architecture 'mamba'.*llama.*gpt2"):
+        quantize_(model, TINY, _calib(), progress=False)
+    assert len(ARCHITECTURES) >= 7
+
+
+def test_requantizing_skips_quantized_layers():
+    model = tiny_model("llama")
+    first = quantize_(model, TINY, _calib(), progress=False)
+    codes = model.model.layers[0].self_attn.q_proj.indices.clone()
+    second = quantize_(model, TINY.replace(seed=5), _calib(), progress=False)
+    assert len(first.records) == 14 and second.records == []
+    assert torch.equal(model.model.layers[0].self_attn.q_proj.indices, codes)
+
+
+def test_nan_weights_are_refused():
+    model = tiny_model("llama")
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight[0, 0] = float("nan")
+    with pytest.raises(VPTQLabError, match="model.layers.1.mlp.up_proj has NaN or inf weights"):
+        quantize_(model, TINY, _calib(), progress=False)
+
+
+def test_calibration_must_be_token_ids():
+    with pytest.raises(VPTQLabError, match="integer token ids"):
+        quantize_(tiny_model("llama"), TINY, torch.randn(4, 16), progress=False)
+
+
+def test_propagation_modes_differ_and_are_recorded():
+    reports = {}
+    for mode in ("quantized", "full_precision"):
+        model = tiny_model("llama")
+        reports[mode] = quantize_(model, TINY.replace(propagation=mode), _calib(), progress=False)
+        assert reports[mode].propagation == mode
+    first = {r.name: r.proxy_loss_rel for r in reports["quantized"].records}
+    other = {r.name: r.proxy_loss_rel for r in reports["full_precision"].records}
+    assert first["model.layers.0.self_attn.q_proj"] == other["model.layers.0.self_attn.q_proj"]  # same input
+    assert first["model.layers.1.mlp.down_proj"] != other["model.layers.1.mlp.down_proj"]
+
+
+def test_capture_records_every_batch():
+    model = tiny_model("llama")
+    captured = capture_block_inputs(model, model.model.layers[0], _calib(n=5), batch_size=2)
+    assert [args[0].shape[0] for args, _ in captured] == [2, 2, 1]
+
+
+def test_finetune_lowers_block_error_and_changes_only_codebooks_and_norms():
+    model = tiny_model("llama")
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    cfg = TINY.replace(finetune=True, finetune_steps=30, finetune_lr=1e-2)
+    report = quantize_(model, cfg, _calib(n=8), keep=True, progress=False)
+    assert len(report.finetune) == 2
+    for stats in report.finetune:
+        assert stats["mse_after"] < stats["mse_before"]
+    name = "model.layers.0.self_attn.q_proj"
+    layer = model.model.layers[0].self_attn.q_proj
+    assert torch.equal(layer.indices, report.store[name].qweight.indices)  # codes untouched
+    assert not torch.equal(layer.centroids, report.store[name].qweight.centroids)  # codebook trained
+    assert layer.centroids.dtype == torch.float16
+    assert all(p.requires_grad == flags[n] for n, p in model.named_parameters() if n in flags)
+
+
+def test_keep_stores_inputs_for_plots():
+    model = tiny_model("llama")
+    report = quantize_(model, TINY, _calib(), keep=["model.layers.1.mlp.down_proj"], progress=False)
+    stored = report.store["model.layers.1.mlp.down_proj"]
+    assert list(report.store) == ["model.layers.1.mlp.down_proj"]
+    assert stored.W.shape == (32, 48) and stored.H.shape == (48, 48) and stored.H.dtype == torch.float64
+    df = report.to_dataframe()
+    assert set(df.role) == {"q", "k", "v", "o", "gate", "up", "down"}
+    assert (df.proxy_loss_rel > 0).all() and (df.hessian_tokens == 64).all()

@@ -1,0 +1,305 @@
+"""Quantize a whole model block by block: `quantize_(model, config, calibration)`.
+
+The loop is generic; the architecture table (:mod:`vptq_lab.arch`) says where the
+blocks are and which linears share an input. Two propagation modes:
+
+- ``"quantized"`` (GPTQ style): each stage's Hessian is collected with the earlier
+  stages of the block already quantized, and the next block sees the quantized
+  block's outputs.
+- ``"full_precision"`` (official VPTQ style): every Hessian comes from the
+  unquantized model's activations.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .arch import ArchSpec, arch_for, get_blocks, get_module, linear_role, linear_weight
+from .bits import bits_per_weight
+from .config import VPTQConfig
+from .errors import VPTQLabError
+from .hessian import hessian_hooks
+from .layers import QuantizedLinear
+from .qweight import QuantizedWeight
+from .quantizer import vptq_quantize
+
+__all__ = ["LayerRecord", "QuantizationReport", "LayerStore", "quantize_", "capture_block_inputs", "run_block"]
+
+log = logging.getLogger(__name__)
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook once block 0's inputs are recorded."""
+
+
+@dataclass
+class LayerRecord:
+    """One quantized linear: what the widgets, plots and report.json show."""
+
+    name: str
+    block: int
+    role: str
+    out_features: int
+    in_features: int
+    method: str
+    bits_per_weight: float  # paper accounting, all overhead included
+    stored_bits_per_weight: float  # the bits the file actually stores (padding, int16 outlier ids)
+    proxy_loss_rel: float
+    proxy_loss_rel_no_feedback: float | None
+    proxy_loss_rel_first_pass: float | None
+    codebook_utilisation: float | None
+    hessian_tokens: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class LayerStore:
+    """What a notebook needs to re-plot one layer without quantizing again."""
+
+    W: torch.Tensor  # [out, in] fp32, original
+    H: torch.Tensor  # [in, in] float64
+    qweight: QuantizedWeight
+
+
+@dataclass
+class QuantizationReport:
+    config: dict[str, Any]
+    method: str
+    propagation: str
+    records: list[LayerRecord] = field(default_factory=list)
+    finetune: list[dict[str, Any]] = field(default_factory=list)  # per block: loss before/after
+    seconds: float = 0.0
+    store: dict[str, LayerStore] = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"config": self.config, "method": self.method, "propagation": self.propagation,
+                "seconds": self.seconds, "finetune": self.finetune,
+                "layers": [r.to_dict() for r in self.records]}
+
+    def to_dataframe(self):
+        import pandas as pd
+
+        return pd.DataFrame([r.to_dict() for r in self.records])
+
+    def total_bits_per_weight(self, stored: bool = False) -> float:
+        key = "stored_bits_per_weight" if stored else "bits_per_weight"
+        weights = sum(r.out_features * r.in_features for r in self.records)
+        return sum(getattr(r, key) * r.out_features * r.in_features for r in self.records) / max(weights, 1)
+
+
+# Block inputs ------------------------------------------------------------------------------------------
+
+Captured = list[tuple[tuple, dict]]  # per calibration batch: (args, kwargs) of block 0's forward
+
+
+@torch.no_grad()
+def capture_block_inputs(model: nn.Module, block: nn.Module, calibration: torch.Tensor,
+                         batch_size: int = 4) -> Captured:
+    """Run the model on ``calibration`` [n, seqlen] until block 0, and keep that block's inputs."""
+    captured: Captured = []
+
+    def hook(_module, args, kwargs):
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "past_key_value", "layer_past")}
+        captured.append((args, kwargs))
+        raise _StopForward
+
+    handle = block.register_forward_pre_hook(hook, with_kwargs=True)
+    device = next(model.parameters()).device
+    try:
+        for start in range(0, calibration.shape[0], batch_size):
+            try:
+                model(calibration[start : start + batch_size].to(device), use_cache=False)
+            except _StopForward:
+                pass
+    finally:
+        handle.remove()
+    return captured
+
+
+def _first_output(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+@torch.no_grad()
+def run_block(block: nn.Module, inputs: Captured) -> Captured:
+    """Feed every captured batch through ``block``; returns the next block's inputs."""
+    return [((_first_output(block(*args, **kwargs)),) + tuple(args[1:]), kwargs) for args, kwargs in inputs]
+
+
+def _hidden(captured: Captured) -> list[torch.Tensor]:
+    return [args[0] if args else kwargs["hidden_states"] for args, kwargs in captured]
+
+
+# Quantizing one block -----------------------------------------------------------------------------------
+
+def _stage_hessians(block: nn.Module, stages: Iterable[tuple[str, ...]], inputs: Captured) -> dict[str, tuple]:
+    """Hessians of the first linear of each stage (shared by the stage), in one pass over the inputs."""
+    firsts = {stage[0]: get_module(block, stage[0]) for stage in stages}
+    with hessian_hooks(firsts) as accs:
+        run_block(block, inputs)
+    return {name: (acc.hessian(), acc.tokens) for name, acc in accs.items()}
+
+
+def _replace(block: nn.Module, dotted: str, new: nn.Module) -> None:
+    parent_name, _, leaf = dotted.rpartition(".")
+    setattr(get_module(block, parent_name) if parent_name else block, leaf, new)
+
+
+@dataclass
+class _BlockContext:
+    index: int
+    prefix: str
+    spec: ArchSpec
+    config: VPTQConfig
+    report: QuantizationReport
+    keep: Callable[[str], bool]
+
+
+def _quantize_linear(block: nn.Module, name: str, H: torch.Tensor, tokens: int, ctx: _BlockContext) -> None:
+    module = get_module(block, name)
+    full = f"{ctx.prefix}.{name}"
+    if isinstance(module, QuantizedLinear):
+        log.info("%s is already quantized; skipped", full)
+        return
+    W = linear_weight(module, ctx.spec.transposed)  # [out, in]
+    if not torch.isfinite(W).all():
+        raise VPTQLabError(f"{full} has NaN or inf weights: fix or reload the model before quantizing")
+    start = time.perf_counter()
+    qw = vptq_quantize(W, H.float(), ctx.config)
+    seconds = time.perf_counter() - start
+    _replace(block, name, QuantizedLinear(qw, getattr(module, "bias", None)))
+    ctx.report.records.append(_record(full, ctx, W.shape, qw, tokens, seconds))
+    if ctx.keep(full):
+        ctx.report.store[full] = LayerStore(W.clone(), H.clone(), qw)
+
+
+def _record(name: str, ctx: _BlockContext, shape: torch.Size, qw: QuantizedWeight, tokens: int,
+            seconds: float) -> LayerRecord:
+    info = qw.info
+    util = info.get("codebook_utilisation")
+    return LayerRecord(
+        name=name, block=ctx.index, role=linear_role(name), out_features=shape[0], in_features=shape[1],
+        method="vptq",
+        bits_per_weight=bits_per_weight(ctx.config, tuple(shape), mode="paper").bits_per_weight,
+        stored_bits_per_weight=bits_per_weight(ctx.config, tuple(shape), mode="stored").bits_per_weight,
+        proxy_loss_rel=float(info["proxy_loss_rel"]),
+        proxy_loss_rel_no_feedback=info.get("proxy_loss_rel_kmeans_only"),
+        proxy_loss_rel_first_pass=info.get("proxy_loss_rel_first_pass"),
+        codebook_utilisation=None if util is None else float(util if not isinstance(util, list) else util[0]),
+        hessian_tokens=tokens, seconds=round(seconds, 3))
+
+
+def _quantize_block(block: nn.Module, inputs: Captured, ctx: _BlockContext) -> None:
+    stages = [s for s in ctx.spec.stages if not all(isinstance(get_module(block, n), QuantizedLinear) for n in s)]
+    if not stages:
+        log.info("%s is already quantized; skipped", ctx.prefix)
+        return
+    if ctx.config.propagation == "full_precision":
+        hessians = _stage_hessians(block, stages, inputs)  # all from the unquantized block
+        for stage in stages:
+            for name in stage:
+                _quantize_linear(block, name, *hessians[stage[0]], ctx)
+        return
+    for stage in stages:  # GPTQ "true sequential": later stages see the quantized earlier ones
+        H, tokens = _stage_hessians(block, [stage], inputs)[stage[0]]
+        for name in stage:
+            _quantize_linear(block, name, H, tokens, ctx)
+
+
+# Layer-wise fine-tuning (paper §4) ------------------------------------------------------------------------
+
+def finetune_block(block: nn.Module, inputs: Captured, targets: list[torch.Tensor], spec: ArchSpec,
+                   steps: int, lr: float, seed: int) -> dict[str, float]:
+    """Train the block's centroids and norm weights so its outputs match ``targets`` (MSE, Adam)."""
+    qlinears = [m for m in block.modules() if isinstance(m, QuantizedLinear)]
+    norms = [get_module(block, n) for n in spec.norms if _has(block, n)]
+    params = [p for q in qlinears for p in q.trainable_centroids()]
+    norm_params = [m.weight for m in norms if getattr(m, "weight", None) is not None]
+    flags = [p.requires_grad for p in norm_params]
+    for p in norm_params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(params + norm_params, lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    before = _block_mse(block, inputs, targets)
+    try:
+        for _ in range(steps):
+            i = int(torch.randint(len(inputs), (1,), generator=gen))
+            args, kwargs = inputs[i]
+            with torch.enable_grad():
+                loss = nn.functional.mse_loss(_first_output(block(*args, **kwargs)), targets[i])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+            optimizer.step()
+    finally:
+        for q in qlinears:
+            q.commit_centroids()
+        for p, flag in zip(norm_params, flags):
+            p.requires_grad_(flag)
+            p.grad = None
+    return {"mse_before": before, "mse_after": _block_mse(block, inputs, targets), "steps": steps}
+
+
+def _has(root: nn.Module, dotted: str) -> bool:
+    try:
+        get_module(root, dotted)
+    except AttributeError:
+        return False
+    return True
+
+
+@torch.no_grad()
+def _block_mse(block: nn.Module, inputs: Captured, targets: list[torch.Tensor]) -> float:
+    outs = _hidden(run_block(block, inputs))
+    return float(sum(nn.functional.mse_loss(o, t) for o, t in zip(outs, targets)) / len(outs))
+
+
+# The driver ---------------------------------------------------------------------------------------------
+
+def _keep_predicate(keep: bool | Iterable[str] | None) -> Callable[[str], bool]:
+    if keep is True:
+        return lambda name: True
+    names = set(keep or ())
+    return lambda name: name in names
+
+
+def quantize_(model: nn.Module, config: VPTQConfig, calibration: torch.Tensor, *,
+              keep: bool | Iterable[str] | None = None, progress: bool = True,
+              batch_size: int = 4) -> QuantizationReport:
+    """Quantize every decoder-block linear of ``model`` in place; returns the per-layer report.
+
+    calibration: int64 token ids [nsamples, seqlen]. ``keep``: layer names (or True) whose W, H and
+    QuantizedWeight stay in ``report.store`` for plots. Linears already quantized are skipped.
+    """
+    if calibration.dim() != 2 or calibration.dtype not in (torch.int64, torch.int32):
+        raise VPTQLabError(f"calibration must be integer token ids [nsamples, seqlen], got {tuple(calibration.shape)} "
+                           f"{calibration.dtype}; build it with vptq_lab.data.calibration_windows")
+    spec = arch_for(model)
+    blocks = get_blocks(model, spec)
+    report = QuantizationReport(config.to_dict(), "vptq", config.propagation)
+    start = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    inputs = capture_block_inputs(model, blocks[0], calibration, batch_size)
+    for i, block in enumerate(tqdm(blocks, desc="quantizing blocks", disable=not progress)):
+        ctx = _BlockContext(i, f"{spec.blocks}.{i}", spec, config, report, _keep_predicate(keep))
+        fp_outputs = run_block(block, inputs) if config.propagation == "full_precision" or config.finetune else None
+        _quantize_block(block, inputs, ctx)
+        if config.finetune:
+            stats = finetune_block(block, inputs, _hidden(fp_outputs), spec, config.finetune_steps,
+                                   config.finetune_lr, config.seed + i)
+            report.finetune.append({"block": i, **stats})
+        inputs = fp_outputs if config.propagation == "full_precision" else run_block(block, inputs)
+    model.train(was_training)
+    report.seconds = round(time.perf_counter() - start, 2)
+    return report

@@ -1,0 +1,231 @@
+"""Save and load quantized models in the official VPTQ checkpoint layout.
+
+A saved folder is an ordinary Hugging Face folder: ``config.json`` carries
+``quantization_config`` (``quant_method: "vptq"``, ``config_for_layers``), the
+packed tensors sit in ``model.safetensors`` under their official names
+(``<layer>.centroids.weight``, ``<layer>.indices``, ...), plus the tokenizer,
+``report.json`` (per-layer records) and ``manifest.json`` (sha256 of every file).
+
+Only safetensors and JSON are ever read. Folders are written to a temporary
+sibling and renamed into place, so an interrupted save leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import VPTQLabError
+from .layers import QuantizedLinear
+from .qweight import QuantizedWeight
+
+__all__ = ["save_quantized", "load_quantized", "layer_config", "FORMAT_VERSION", "read_manifest"]
+
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+
+
+def layer_config(qw: QuantizedWeight, bias: bool) -> dict[str, Any]:
+    """One entry of ``config_for_layers`` in the official schema."""
+    outliers = qw.outlier_size > 0
+    return {
+        "in_features": qw.in_features,
+        "out_features": qw.out_features,
+        "bias": bias,
+        "vector_lens": [qw.outlier_vector_len if outliers else -1, qw.vector_len],
+        "num_centroids": [qw.outlier_num_centroids if outliers else -1, qw.num_centroids],
+        "num_res_centroids": [-1, qw.num_res_centroids if qw.num_res_centroids > 0 else -1],
+        "group_num": qw.group_num,
+        "group_size": qw.group_size,
+        "outlier_size": qw.outlier_size,
+        "enable_norm": qw.weight_scale is not None,
+        "enable_perm": qw.perm is not None,
+        "is_indice_packed": True,
+        "indices_as_float": False,
+    }
+
+
+def _qweight_from(cfg: dict[str, Any], tensors: dict[str, torch.Tensor], name: str) -> QuantizedWeight:
+    outliers = cfg["outlier_size"] > 0
+
+    def get(key: str, needed: bool) -> torch.Tensor | None:
+        full = f"{name}.{key}"
+        if needed and full not in tensors:
+            raise VPTQLabError(f"checkpoint is missing tensor {full!r}: the file is incomplete; re-save the model")
+        return tensors.get(full) if needed else None
+
+    qw = QuantizedWeight(
+        out_features=cfg["out_features"], in_features=cfg["in_features"], vector_len=cfg["vector_lens"][1],
+        num_centroids=cfg["num_centroids"][1], num_res_centroids=max(cfg["num_res_centroids"][1], 0),
+        group_num=cfg["group_num"], group_size=cfg["group_size"], outlier_size=cfg["outlier_size"],
+        outlier_vector_len=cfg["vector_lens"][0] if outliers else 0,
+        outlier_num_centroids=cfg["num_centroids"][0] if outliers else 0,
+        centroids=get("centroids.weight", True), indices=get("indices", True),
+        res_centroids=get("res_centroids.weight", cfg["num_res_centroids"][1] > 0),
+        outlier_centroids=get("outlier_centroids.weight", outliers), outlier_indices=get("outlier_indices", outliers),
+        perm=get("perm", cfg["enable_perm"]), weight_scale=get("weight_scale", cfg["enable_norm"]),
+        weight_bias=get("weight_bias", cfg["enable_norm"]))
+    _check_shapes(qw, name)
+    return qw
+
+
+def _check_shapes(qw: QuantizedWeight, name: str) -> None:
+    b1, b2 = qw.index_bits
+    words = -(-qw.group_size * (b1 + b2) // 32)
+    expected = {
+        "centroids.weight": (qw.centroids, (qw.group_num, qw.num_centroids * qw.vector_len)),
+        "indices": (qw.indices, (qw.group_num, qw.num_rows, words)),
+    }
+    if qw.res_centroids is not None:
+        expected["res_centroids.weight"] = (qw.res_centroids, (qw.group_num, qw.num_res_centroids * qw.vector_len))
+    if qw.perm is not None:
+        expected["perm"] = (qw.perm, (qw.in_features,))
+    if qw.outlier_size:
+        rows0 = -(-qw.out_features // qw.outlier_vector_len)
+        expected["outlier_indices"] = (qw.outlier_indices, (1, rows0, qw.outlier_size))
+    for key, (tensor, shape) in expected.items():
+        if tuple(tensor.shape) != shape:
+            raise VPTQLabError(f"{name}.{key} has shape {tuple(tensor.shape)}, but its layer config implies {shape}: "
+                               "the checkpoint's config.json and tensors do not match; re-save the model")
+    if qw.in_features != qw.outlier_size + qw.group_num * qw.group_size:
+        raise VPTQLabError(f"{name}: in_features {qw.in_features} != outlier_size + group_num * group_size")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _state_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]]]:
+    """All tensors to store (official names for quantized layers) and ``config_for_layers``."""
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, QuantizedLinear)}
+    tensors: dict[str, torch.Tensor] = {}
+    for key, value in model.state_dict().items():
+        owner = key.rpartition(".")[0]
+        if owner not in layers:
+            tensors[key] = value
+    if getattr(model.config, "tie_word_embeddings", False):
+        tensors.pop("lm_head.weight", None)
+    configs = {}
+    for name, layer in layers.items():
+        configs[name] = layer_config(layer.qweight, layer.bias is not None)
+        tensors.update({f"{name}.{k}": v for k, v in layer.qweight.tensors().items()})
+        if layer.bias is not None:
+            tensors[f"{name}.bias"] = layer.bias.detach()
+    return {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, configs
+
+
+def save_quantized(model: nn.Module, tokenizer, folder: str | Path, report: dict[str, Any] | None = None,
+                   overwrite: bool = False) -> Path:
+    """Write ``model`` (with QuantizedLinear layers) as an official-layout VPTQ folder; returns it."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    if folder.exists() and not overwrite:
+        raise VPTQLabError(f"{folder} already exists: choose another --out folder or pass overwrite=True")
+    tensors, configs = _state_tensors(model)
+    if not configs:
+        raise VPTQLabError("the model has no quantized layers: run quantize_ first")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        config = model.config.to_dict()
+        config["quantization_config"] = {"quant_method": "vptq", "config_for_layers": configs,
+                                         "shared_layer_config": {}, "vptq_lab_format_version": FORMAT_VERSION}
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        (tmp / "report.json").write_text(json.dumps(report or {}, indent=2))
+        files = sorted(p for p in tmp.iterdir() if p.is_file())
+        manifest = {"format_version": FORMAT_VERSION, "files": {p.name: _sha256(p) for p in files}}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        _swap_into_place(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def _swap_into_place(tmp: Path, folder: Path) -> None:
+    if folder.exists():
+        old = folder.with_name(f".{folder.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(folder)
+
+
+def read_manifest(folder: Path) -> dict[str, str]:
+    """Verify every file listed in manifest.json; returns name -> sha256."""
+    path = folder / "manifest.json"
+    if not path.is_file():
+        raise VPTQLabError(f"{folder} has no manifest.json: it was not written by vptq_lab (or was cut short)")
+    manifest = json.loads(path.read_text())
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise VPTQLabError(f"{folder} uses checkpoint format version {version}, newer than this vptq_lab "
+                           f"understands ({FORMAT_VERSION}): upgrade vptq_lab")
+    for name, digest in manifest["files"].items():
+        if Path(name).name != name:
+            raise VPTQLabError(f"manifest.json names {name!r}, outside the checkpoint folder: refusing to read it")
+        if not (folder / name).is_file():
+            raise VPTQLabError(f"{folder / name} is missing: the checkpoint is incomplete; re-save it")
+        if _sha256(folder / name) != digest:
+            raise VPTQLabError(f"{folder / name} does not match its sha256 in manifest.json: "
+                               "the file was modified or truncated; re-save or re-download the checkpoint")
+    return manifest["files"]
+
+
+def load_quantized(folder: str | Path, device: str | torch.device = "cpu", verify: bool = True):
+    """Load a VPTQ folder on any device (CPU included). Returns ``(model, tokenizer)``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(folder)
+    has_manifest = (folder / "manifest.json").is_file()
+    if verify and has_manifest:
+        read_manifest(folder)
+    raw = json.loads((folder / "config.json").read_text())
+    quant = raw.pop("quantization_config", None) or {}
+    if quant.get("quant_method") != "vptq":
+        raise VPTQLabError(f"{folder} is not a VPTQ checkpoint (quant_method {quant.get('quant_method')!r})")
+    version = quant.get("vptq_lab_format_version", FORMAT_VERSION)
+    if version > FORMAT_VERSION:
+        raise VPTQLabError(f"{folder} uses checkpoint format version {version}, newer than this vptq_lab "
+                           f"understands ({FORMAT_VERSION}): upgrade vptq_lab")
+    try:
+        tensors = load_file(str(folder / WEIGHTS))
+    except (SafetensorError, OSError) as exc:
+        raise VPTQLabError(f"cannot read {folder / WEIGHTS} ({exc}): the file is truncated or corrupt") from exc
+    config = AutoConfig.for_model(**raw)
+    model = AutoModelForCausalLM.from_config(config)
+    for name, cfg in quant["config_for_layers"].items():
+        qw = _qweight_from(cfg, tensors, name)
+        bias = tensors.pop(f"{name}.bias", None)
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent), leaf, QuantizedLinear(qw, bias))
+        for key in qw.tensors():
+            tensors.pop(f"{name}.{key}")
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    missing = [m for m in missing if not (m == "lm_head.weight" and config.tie_word_embeddings)
+               and ".".join(m.split(".")[:-1]) not in quant["config_for_layers"]]
+    if missing or unexpected:
+        raise VPTQLabError(f"{folder}: tensors missing {missing[:5]} or unexpected {unexpected[:5]}; re-save the model")
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    tokenizer = AutoTokenizer.from_pretrained(folder) if (folder / "tokenizer_config.json").is_file() else None
+    return model.to(device).eval(), tokenizer

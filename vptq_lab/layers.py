@@ -1,0 +1,78 @@
+"""`QuantizedLinear`: a drop-in for nn.Linear (and GPT-2's Conv1D) backed by a QuantizedWeight."""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+
+import torch
+from torch import nn
+
+from .qweight import QuantizedWeight, dequantize
+
+__all__ = ["QuantizedLinear"]
+
+_TENSOR_FIELDS = tuple(f.name for f in fields(QuantizedWeight) if f.type.startswith("torch.Tensor"))
+
+
+class QuantizedLinear(nn.Module):
+    """``y = x Wᵀ + b`` with W held as a :class:`QuantizedWeight`.
+
+    The format tensors are buffers (so ``.to(device)`` moves them); ``self.qweight``
+    is one stable object, so the dispatcher's dense-weight cache stays valid
+    between calls. For layer-wise fine-tuning, :meth:`trainable_centroids` exposes
+    fp32 copies of the codebooks whose gradients flow through the dequantization.
+    """
+
+    def __init__(self, qweight: QuantizedWeight, bias: torch.Tensor | None = None):
+        super().__init__()
+        self.in_features, self.out_features = qweight.in_features, qweight.out_features
+        for name in _TENSOR_FIELDS:
+            self.register_buffer(name, getattr(qweight, name))
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self._meta = {f.name: getattr(qweight, f.name) for f in fields(qweight) if f.name not in _TENSOR_FIELDS}
+        # Fine-tuning parameters live outside the module tree: they never reach state_dict or repr.
+        self.__dict__["_trainable"] = None
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        self.qweight = QuantizedWeight(**self._meta, **{n: getattr(self, n) for n in _TENSOR_FIELDS})
+
+    def _apply(self, fn, recurse=True):
+        module = super()._apply(fn, recurse)
+        self._rebuild()
+        return module
+
+    def extra_repr(self) -> str:
+        qw = self.qweight
+        b1, b2 = qw.index_bits
+        return (f"in={self.in_features}, out={self.out_features}, v={qw.vector_len}, k1={qw.num_centroids}, "
+                f"k2={qw.num_res_centroids}, outliers={qw.outlier_size}, groups={qw.group_num}, index_bits={b1 + b2}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._trainable is not None:
+            return nn.functional.linear(x, dequantize(self._trainable_view()), self.bias)
+        from vptq_lab.kernels.dispatch import vq_linear
+
+        return vq_linear(x, self.qweight, self.bias)
+
+    # Layer-wise fine-tuning ----------------------------------------------------
+    _CODEBOOKS = ("centroids", "res_centroids", "outlier_centroids")
+
+    def trainable_centroids(self) -> list[nn.Parameter]:
+        """Start fine-tuning: fp32 codebook parameters that the forward pass differentiates through."""
+        self.__dict__["_trainable"] = {
+            name: nn.Parameter(getattr(self, name).float().clone())
+            for name in self._CODEBOOKS if getattr(self, name) is not None
+        }
+        return list(self._trainable.values())
+
+    def _trainable_view(self) -> QuantizedWeight:
+        return replace(self.qweight, **self._trainable)
+
+    def commit_centroids(self) -> None:
+        """End fine-tuning: store the trained codebooks back in fp16 (indices are unchanged)."""
+        with torch.no_grad():
+            for name, param in self._trainable.items():
+                setattr(self, name, param.detach().to(getattr(self, name).dtype))
+        self.__dict__["_trainable"] = None
+        self._rebuild()
