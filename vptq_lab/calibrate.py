@@ -8,6 +8,10 @@ blocks are and which linears share an input. Two propagation modes:
   block's outputs.
 - ``"full_precision"`` (official VPTQ style): every Hessian comes from the
   unquantized model's activations.
+
+With ``checkpoint_dir=`` every finished block is committed to disk
+(:mod:`vptq_lab.resume`); ``resume=True`` continues a killed run from the next
+block and ends bit-identical to an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,14 +29,16 @@ from tqdm.auto import tqdm
 
 from .arch import ArchSpec, arch_for, get_blocks, get_module, linear_role, linear_weight
 from .bits import bits_per_weight
-from .config import VPTQConfig
+from .config import VPTQConfig, layer_plan
 from .errors import VPTQLabError
 from .hessian import hessian_hooks
 from .layers import QuantizedLinear
 from .qweight import QuantizedWeight
 from .quantizer import vptq_quantize
+from .resume import BlockCheckpoints, run_fingerprint
 
-__all__ = ["LayerRecord", "QuantizationReport", "LayerStore", "quantize_", "capture_block_inputs", "run_block"]
+__all__ = ["LayerRecord", "QuantizationReport", "LayerStore", "quantize_", "capture_block_inputs", "run_block",
+           "preflight"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +65,8 @@ class LayerRecord:
     codebook_utilisation: float | None
     hessian_tokens: int
     seconds: float
+    dead_columns: int = 0  # input columns that were always zero (H_jj = 0): their weights are dropped
+    hessian_all_zero: bool = False  # every input was zero: H damped to identity, flagged in the log
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -175,9 +184,20 @@ def _quantize_linear(block: nn.Module, name: str, H: torch.Tensor, tokens: int, 
     W = linear_weight(module, ctx.spec.transposed)  # [out, in]
     if not torch.isfinite(W).all():
         raise VPTQLabError(f"{full} has NaN or inf weights: fix or reload the model before quantizing")
+    if not torch.isfinite(H).all():
+        raise VPTQLabError(f"{full}: its inputs on the calibration data contain NaN or inf (the activations "
+                           "overflowed): load the model in float32, or check the calibration token ids")
     start = time.perf_counter()
-    qw = vptq_quantize(W, H.float(), ctx.config)
+    try:
+        qw = vptq_quantize(W, H.float(), ctx.config)
+    except VPTQLabError:
+        raise
+    except ValueError as exc:  # the quantizer's own checks: give them the layer's name
+        raise VPTQLabError(f"{full}: {exc}") from exc
     seconds = time.perf_counter() - start
+    if qw.info.get("hessian_all_zero"):
+        log.warning("%s saw only zero inputs on the calibration data (all-zero Hessian, damped to identity; its "
+                    "dead columns were set to zero): check the calibration data and the layers before it", full)
     _replace(block, name, QuantizedLinear(qw, getattr(module, "bias", None)))
     ctx.report.records.append(_record(full, ctx, W.shape, qw, tokens, seconds))
     if ctx.keep(full):
@@ -197,7 +217,8 @@ def _record(name: str, ctx: _BlockContext, shape: torch.Size, qw: QuantizedWeigh
         proxy_loss_rel_no_feedback=info.get("proxy_loss_rel_kmeans_only"),
         proxy_loss_rel_first_pass=info.get("proxy_loss_rel_first_pass"),
         codebook_utilisation=None if util is None else float(util if not isinstance(util, list) else util[0]),
-        hessian_tokens=tokens, seconds=round(seconds, 3))
+        hessian_tokens=tokens, seconds=round(seconds, 3), dead_columns=int(info.get("dead_columns", 0)),
+        hessian_all_zero=bool(info.get("hessian_all_zero", False)))
 
 
 def _quantize_block(block: nn.Module, inputs: Captured, ctx: _BlockContext) -> None:
@@ -273,25 +294,109 @@ def _keep_predicate(keep: bool | Iterable[str] | None) -> Callable[[str], bool]:
     return lambda name: name in names
 
 
+def _check_calibration(calibration: torch.Tensor) -> None:
+    if not isinstance(calibration, torch.Tensor) or calibration.dim() != 2 or \
+            calibration.dtype not in (torch.int64, torch.int32):
+        shape = tuple(getattr(calibration, "shape", ()))
+        raise VPTQLabError(f"calibration must be integer token ids [nsamples, seqlen], got {shape} "
+                           f"{getattr(calibration, 'dtype', type(calibration).__name__)}; "
+                           "build it with vptq_lab.data.calibration_windows")
+    if calibration.numel() == 0:
+        raise VPTQLabError(f"calibration is empty {tuple(calibration.shape)}: give at least one window of tokens")
+
+
+def _check_part(name: str, shape: tuple[int, int], what: str, columns: int, v: int, k: int) -> None:
+    vectors = columns * -(-shape[0] // v)  # columns x ceil(out / v)
+    if k > vectors:
+        raise VPTQLabError(
+            f"{name} {list(shape)}: {what}={k} centroids but the layer has only {vectors} vectors of length {v}: "
+            f"lower {what} to at most {1 << (vectors.bit_length() - 1)} (or lower v, group_num, npercent)")
+
+
+def _table_linear(block: nn.Module, leaf: str, name: str, spec: ArchSpec) -> nn.Module:
+    """The linear the architecture table names, or an error saying the model does not match the table."""
+    try:
+        module = get_module(block, leaf)
+    except AttributeError:
+        module = None
+    weight = getattr(module, "weight", None)
+    if not isinstance(module, QuantizedLinear) and not (isinstance(weight, torch.Tensor) and weight.dim() == 2):
+        raise VPTQLabError(f"{name} is not a linear layer ({type(module).__name__}), but the {spec.family!r} row of "
+                           "vptq_lab.arch.ARCHITECTURES expects one: the model does not match its architecture; "
+                           "load an unmodified model or fix the table row")
+    return module
+
+
+def _check_linear(name: str, module: nn.Module, spec: ArchSpec, config: VPTQConfig) -> None:
+    """The config's column plan and codebook sizes fit this linear."""
+    shape = tuple(linear_weight(module, spec.transposed).shape)  # (out, in)
+    try:
+        outliers, _, size = layer_plan(config, shape[1])
+    except ValueError as exc:
+        raise VPTQLabError(f"{name} {list(shape)}: {exc}") from exc
+    _check_part(name, shape, "num_centroids k1", size, config.v, config.k1)
+    if config.k2:
+        _check_part(name, shape, "num_res_centroids k2", size, config.v, config.k2)
+    if outliers:
+        _check_part(name, shape, "num_centroids k0", outliers, config.vector_lens[0], config.num_centroids[0])
+
+
+def preflight(model: nn.Module, spec: ArchSpec, config: VPTQConfig, calibration: torch.Tensor | None = None) -> None:
+    """Every check that can fail, run before the model is touched: finite weights, token ids in the vocabulary,
+    column plans and codebook sizes."""
+    for name, param in model.named_parameters():
+        if param.is_floating_point() and not torch.isfinite(param).all():
+            owner = name.removesuffix(".weight")
+            raise VPTQLabError(f"{owner} has NaN or inf weights: fix or reload the model before quantizing")
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    vocab = getattr(embeddings, "num_embeddings", None)
+    if calibration is not None and vocab is not None:
+        lo, hi = int(calibration.min()), int(calibration.max())
+        if lo < 0 or hi >= vocab:
+            raise VPTQLabError(f"calibration token ids span {lo}..{hi}, outside the model's vocabulary of {vocab}: "
+                               "tokenize the calibration text with this model's tokenizer")
+    for i, block in enumerate(get_blocks(model, spec)):
+        for leaf in (leaf for stage in spec.stages for leaf in stage):
+            name = f"{spec.blocks}.{i}.{leaf}"
+            module = _table_linear(block, leaf, name, spec)
+            if not isinstance(module, QuantizedLinear):
+                _check_linear(name, module, spec, config)
+
+
 def quantize_(model: nn.Module, config: VPTQConfig, calibration: torch.Tensor, *,
-              keep: bool | Iterable[str] | None = None, progress: bool = True,
-              batch_size: int = 4) -> QuantizationReport:
+              keep: bool | Iterable[str] | None = None, progress: bool = True, batch_size: int = 4,
+              checkpoint_dir: str | Path | None = None, resume: bool = False) -> QuantizationReport:
     """Quantize every decoder-block linear of ``model`` in place; returns the per-layer report.
 
     calibration: int64 token ids [nsamples, seqlen]. ``keep``: layer names (or True) whose W, H and
     QuantizedWeight stay in ``report.store`` for plots. Linears already quantized are skipped.
+    Every input is checked before the model is touched, so a bad config leaves the model as it was.
+
+    ``checkpoint_dir``: commit each finished block there (see :mod:`vptq_lab.resume`).
+    ``resume=True``: ``model`` must be freshly loaded; the completed blocks are re-applied from the
+    folder and the run continues with the next block (``keep`` then covers only the new blocks).
     """
-    if calibration.dim() != 2 or calibration.dtype not in (torch.int64, torch.int32):
-        raise VPTQLabError(f"calibration must be integer token ids [nsamples, seqlen], got {tuple(calibration.shape)} "
-                           f"{calibration.dtype}; build it with vptq_lab.data.calibration_windows")
+    _check_calibration(calibration)
+    if resume and checkpoint_dir is None:
+        raise VPTQLabError("resume=True needs checkpoint_dir= (the folder a previous run wrote)")
     spec = arch_for(model)
     blocks = get_blocks(model, spec)
+    preflight(model, spec, config, calibration)
+    ckpt = None
+    if checkpoint_dir is not None:
+        ckpt = BlockCheckpoints.open(checkpoint_dir, run_fingerprint(model, config, calibration, batch_size),
+                                     len(blocks), resume)
     report = QuantizationReport(config.to_dict(), "vptq", config.propagation)
     start = time.perf_counter()
     was_training = model.training
     model.eval()
     inputs = capture_block_inputs(model, blocks[0], calibration, batch_size)
-    for i, block in enumerate(tqdm(blocks, desc="quantizing blocks", disable=not progress)):
+    first = _resume_from(ckpt, blocks, report) if ckpt is not None else 0
+    if first:
+        inputs = ckpt.restore_hidden(inputs)
+    for i in tqdm(range(first, len(blocks)), desc="quantizing blocks", disable=not progress,
+                  initial=first, total=len(blocks)):
+        block = blocks[i]
         ctx = _BlockContext(i, f"{spec.blocks}.{i}", spec, config, report, _keep_predicate(keep))
         fp_outputs = run_block(block, inputs) if config.propagation == "full_precision" or config.finetune else None
         _quantize_block(block, inputs, ctx)
@@ -300,6 +405,20 @@ def quantize_(model: nn.Module, config: VPTQConfig, calibration: torch.Tensor, *
                                    config.finetune_lr, config.seed + i)
             report.finetune.append({"block": i, **stats})
         inputs = fp_outputs if config.propagation == "full_precision" else run_block(block, inputs)
+        if ckpt is not None:
+            ckpt.save(i, block, [r.to_dict() for r in report.records], report.finetune, _hidden(inputs))
     model.train(was_training)
     report.seconds = round(time.perf_counter() - start, 2)
     return report
+
+
+def _resume_from(ckpt: BlockCheckpoints, blocks: nn.ModuleList, report: QuantizationReport) -> int:
+    """Re-apply the completed blocks and their records; returns the first block still to do."""
+    state = ckpt.state
+    for i in range(state.completed):
+        ckpt.apply(blocks[i], i)
+    report.records = [LayerRecord(**r) for r in state.records]
+    report.finetune = list(state.finetune)
+    if state.completed:
+        log.info("resumed from %s: blocks 0..%d re-applied", ckpt.folder, state.completed - 1)
+    return state.completed

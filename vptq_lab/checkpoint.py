@@ -26,7 +26,7 @@ from .errors import VPTQLabError
 from .layers import QuantizedLinear
 from .qweight import QuantizedWeight
 
-__all__ = ["save_quantized", "load_quantized", "layer_config", "FORMAT_VERSION", "read_manifest"]
+__all__ = ["save_quantized", "load_quantized", "layer_config", "FORMAT_VERSION", "read_manifest", "safe_member"]
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
@@ -52,7 +52,28 @@ def layer_config(qw: QuantizedWeight, bias: bool) -> dict[str, Any]:
     }
 
 
+_LAYER_KEYS = ("in_features", "out_features", "vector_lens", "num_centroids", "num_res_centroids", "group_num",
+               "group_size", "outlier_size", "enable_norm", "enable_perm")
+
+
+def _check_layer_config(cfg: Any, name: str) -> None:
+    if not isinstance(cfg, dict):
+        raise VPTQLabError(f"config_for_layers[{name!r}] is {type(cfg).__name__}, not an object: config.json is "
+                           "damaged; re-save the model")
+    missing = [k for k in _LAYER_KEYS if k not in cfg]
+    if missing:
+        raise VPTQLabError(f"config_for_layers[{name!r}] lacks {missing}: config.json is damaged or from another "
+                           "tool; re-save the model")
+    pairs_ok = all(isinstance(cfg[k], (list, tuple)) and len(cfg[k]) == 2 and all(isinstance(x, int) for x in cfg[k])
+                   for k in ("vector_lens", "num_centroids", "num_res_centroids"))
+    ints_ok = all(isinstance(cfg[k], int) and cfg[k] >= 0 for k in _LAYER_KEYS[:2] + _LAYER_KEYS[5:8])
+    if not (pairs_ok and ints_ok) or cfg["vector_lens"][1] < 1 or cfg["group_num"] < 1 or \
+            (cfg["outlier_size"] > 0 and cfg["vector_lens"][0] < 1):
+        raise VPTQLabError(f"config_for_layers[{name!r}] has invalid values: config.json is damaged; re-save the model")
+
+
 def _qweight_from(cfg: dict[str, Any], tensors: dict[str, torch.Tensor], name: str) -> QuantizedWeight:
+    _check_layer_config(cfg, name)
     outliers = cfg["outlier_size"] > 0
 
     def get(key: str, needed: bool) -> torch.Tensor | None:
@@ -95,7 +116,10 @@ def _check_shapes(qw: QuantizedWeight, name: str) -> None:
             raise VPTQLabError(f"{name}.{key} has shape {tuple(tensor.shape)}, but its layer config implies {shape}: "
                                "the checkpoint's config.json and tensors do not match; re-save the model")
     if qw.in_features != qw.outlier_size + qw.group_num * qw.group_size:
-        raise VPTQLabError(f"{name}: in_features {qw.in_features} != outlier_size + group_num * group_size")
+        raise VPTQLabError(f"{name}: in_features {qw.in_features} != outlier_size + group_num * group_size: "
+                           "the checkpoint's config.json is damaged; re-save the model")
+    if qw.indices.dtype != torch.int32:
+        raise VPTQLabError(f"{name}.indices is {qw.indices.dtype}, not int32 (packed indices): re-save the model")
 
 
 def _sha256(path: Path) -> str:
@@ -168,25 +192,62 @@ def _swap_into_place(tmp: Path, folder: Path) -> None:
         tmp.rename(folder)
 
 
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise VPTQLabError(f"{path} is missing: {what}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise VPTQLabError(f"{path} is not valid JSON ({exc}): the file is damaged; re-save the model") from exc
+
+
+def safe_member(folder: Path, name: Any, source: str = "manifest.json") -> Path:
+    """``folder / name`` for a plain file name that stays inside ``folder`` (no ``..``, no path, no escaping link).
+
+    ``source`` names the file the name came from, for the error message.
+    """
+    if not isinstance(name, str) or not name or name in (".", "..") or Path(name).name != name or "\\" in name:
+        raise VPTQLabError(f"{source} names {name!r}, outside the folder {folder}: refusing to read it")
+    path = folder / name
+    if path.is_symlink() and folder.resolve() not in path.resolve().parents:
+        raise VPTQLabError(f"{path} is a link to {path.resolve()}, outside the folder {folder}: refusing to read it")
+    return path
+
+
 def read_manifest(folder: Path) -> dict[str, str]:
     """Verify every file listed in manifest.json; returns name -> sha256."""
+    folder = Path(folder)
     path = folder / "manifest.json"
     if not path.is_file():
         raise VPTQLabError(f"{folder} has no manifest.json: it was not written by vptq_lab (or was cut short)")
-    manifest = json.loads(path.read_text())
-    version = manifest.get("format_version")
+    manifest = _read_json(path, "re-save the model")
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise VPTQLabError(f"{folder} uses checkpoint format version {version}, newer than this vptq_lab "
                            f"understands ({FORMAT_VERSION}): upgrade vptq_lab")
-    for name, digest in manifest["files"].items():
-        if Path(name).name != name:
-            raise VPTQLabError(f"manifest.json names {name!r}, outside the checkpoint folder: refusing to read it")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not {"config.json", WEIGHTS} <= set(files):
+        raise VPTQLabError(f"{path} does not list config.json and {WEIGHTS}: it cannot vouch for the checkpoint; "
+                           "re-save the model")
+    for name, digest in files.items():
+        safe_member(folder, name)
         if not (folder / name).is_file():
             raise VPTQLabError(f"{folder / name} is missing: the checkpoint is incomplete; re-save it")
         if _sha256(folder / name) != digest:
             raise VPTQLabError(f"{folder / name} does not match its sha256 in manifest.json: "
                                "the file was modified or truncated; re-save or re-download the checkpoint")
-    return manifest["files"]
+    return files
+
+
+def _check_slot(model: nn.Module, name: str, folder: Path) -> None:
+    """``name`` must be a linear of the freshly built model (its place for a QuantizedLinear)."""
+    try:
+        weight = getattr(model.get_submodule(name), "weight", None)
+    except AttributeError:
+        weight = None
+    if not (isinstance(weight, torch.Tensor) and weight.dim() == 2):
+        raise VPTQLabError(f"{folder}/config.json quantizes {name!r}, which is not a linear of this model: "
+                           "config.json and the weights are from different models; re-save the model")
 
 
 def load_quantized(folder: str | Path, device: str | torch.device = "cpu", verify: bool = True):
@@ -196,14 +257,19 @@ def load_quantized(folder: str | Path, device: str | torch.device = "cpu", verif
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     folder = Path(folder)
+    if not folder.is_dir():
+        raise VPTQLabError(f"{folder} is not a folder: point at a saved VPTQ checkpoint folder")
     has_manifest = (folder / "manifest.json").is_file()
     if verify and has_manifest:
         read_manifest(folder)
-    raw = json.loads((folder / "config.json").read_text())
-    quant = raw.pop("quantization_config", None) or {}
+    raw = _read_json(folder / "config.json", "point at a saved VPTQ checkpoint folder")
+    quant = (raw.pop("quantization_config", None) if isinstance(raw, dict) else None) or {}
     if quant.get("quant_method") != "vptq":
         raise VPTQLabError(f"{folder} is not a VPTQ checkpoint (quant_method {quant.get('quant_method')!r})")
     version = quant.get("vptq_lab_format_version", FORMAT_VERSION)
+    if not isinstance(quant.get("config_for_layers"), dict) or not isinstance(version, int):
+        raise VPTQLabError(f"{folder}/config.json has no valid quantization_config.config_for_layers: "
+                           "the file is damaged; re-save the model")
     if version > FORMAT_VERSION:
         raise VPTQLabError(f"{folder} uses checkpoint format version {version}, newer than this vptq_lab "
                            f"understands ({FORMAT_VERSION}): upgrade vptq_lab")
@@ -211,16 +277,26 @@ def load_quantized(folder: str | Path, device: str | torch.device = "cpu", verif
         tensors = load_file(str(folder / WEIGHTS))
     except (SafetensorError, OSError) as exc:
         raise VPTQLabError(f"cannot read {folder / WEIGHTS} ({exc}): the file is truncated or corrupt") from exc
-    config = AutoConfig.for_model(**raw)
-    model = AutoModelForCausalLM.from_config(config)
+    try:
+        config = AutoConfig.for_model(**raw)
+        model = AutoModelForCausalLM.from_config(config)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise VPTQLabError(f"{folder}/config.json does not describe a model transformers can build "
+                           f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): re-save the model, "
+                           "or upgrade transformers") from exc
     for name, cfg in quant["config_for_layers"].items():
+        _check_slot(model, name, folder)
         qw = _qweight_from(cfg, tensors, name)
         bias = tensors.pop(f"{name}.bias", None)
         parent, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent), leaf, QuantizedLinear(qw, bias))
         for key in qw.tensors():
             tensors.pop(f"{name}.{key}")
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+    except RuntimeError as exc:  # size mismatches
+        raise VPTQLabError(f"{folder}: a tensor's shape does not match config.json "
+                           f"({' '.join(str(exc).split())[:300]}); re-save the model") from exc
     missing = [m for m in missing if not (m == "lm_head.weight" and config.tie_word_embeddings)
                and ".".join(m.split(".")[:-1]) not in quant["config_for_layers"]]
     if missing or unexpected:

@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="folder with wiki.*.raw (calibration uses the validation split)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--checkpoint-dir", default=None,
+                   help="commit every finished block here, so a killed run can be resumed (outside --out)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run saved in --checkpoint-dir (same model, config and data)")
     p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("bits", help="exact bits per weight of a config, overhead included")
@@ -112,7 +116,12 @@ def _load_config(args: argparse.Namespace):
         if not path.is_file():
             raise VPTQLabError(f"config file {path} does not exist: pass a VPTQConfig JSON file")
         try:
-            config = VPTQConfig.from_json(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise VPTQLabError(f"{path} is not valid JSON ({exc}): write one object like "
+                               '{"vector_lens": [-1, 6], "num_centroids": [-1, 1024]}') from exc
+        try:
+            config = VPTQConfig.from_dict(data)
         except (ValueError, TypeError) as exc:
             raise VPTQLabError(f"{path}: {exc}") from exc
     if getattr(args, "seed", None) is not None:
@@ -120,20 +129,33 @@ def _load_config(args: argparse.Namespace):
     return config
 
 
-def _quantize(model_name: str, config, out: str, data_dir: str | None, progress: bool) -> dict:
+def _check_out(out: str, checkpoint_dir: str | None, resume: bool) -> None:
+    """Refuse before any work: an existing --out is never touched, and the checkpoint dir must sit outside it."""
     from pathlib import Path
 
+    if Path(out).exists():
+        raise VPTQLabError(f"{out} already exists: choose another --out folder (nothing was overwritten)")
+    if resume and checkpoint_dir is None:
+        raise VPTQLabError("--resume needs --checkpoint-dir (the folder the interrupted run wrote)")
+    if checkpoint_dir is not None:
+        out_path, ckpt = Path(out).resolve(), Path(checkpoint_dir).resolve()
+        if ckpt == out_path or out_path in ckpt.parents:
+            raise VPTQLabError(f"--checkpoint-dir {checkpoint_dir} is inside --out {out}: put it elsewhere, "
+                               "since --out is written only once the model is complete")
+
+
+def _quantize(model_name: str, config, out: str, data_dir: str | None, progress: bool,
+              checkpoint_dir: str | None = None, resume: bool = False) -> dict:
     from .calibrate import quantize_
     from .checkpoint import save_quantized
     from .data import calibration_windows, load_wikitext2
     from .models import load_model
 
-    if Path(out).exists():
-        raise VPTQLabError(f"{out} already exists: choose another --out folder (nothing was overwritten)")
+    _check_out(out, checkpoint_dir, resume)
     model, tokenizer = load_model(model_name)
     calib = calibration_windows(tokenizer, load_wikitext2("validation", data_dir), config.nsamples,
                                 config.seqlen, config.seed)
-    report = quantize_(model, config, calib, progress=progress)
+    report = quantize_(model, config, calib, progress=progress, checkpoint_dir=checkpoint_dir, resume=resume)
     save_quantized(model, tokenizer, out, report.to_dict())
     return {"model": model_name, "out": out, "bits_per_weight": round(report.total_bits_per_weight(), 4),
             "stored_bits_per_weight": round(report.total_bits_per_weight(stored=True), 4),
@@ -144,8 +166,9 @@ def _quantize(model_name: str, config, out: str, data_dir: str | None, progress:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    _print_record(_quantize(args.model, _load_config(args), args.out, args.data_dir, not args.no_progress),
-                  args.json)
+    _check_out(args.out, args.checkpoint_dir, args.resume)
+    _print_record(_quantize(args.model, _load_config(args), args.out, args.data_dir, not args.no_progress,
+                            args.checkpoint_dir, args.resume), args.json)
     return 0
 
 

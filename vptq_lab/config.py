@@ -13,6 +13,7 @@ means "no residual codebook".
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 from dataclasses import dataclass, fields
@@ -87,10 +88,14 @@ class VPTQConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "VPTQConfig":
+        if not isinstance(data, dict):
+            raise ValueError(f"a VPTQConfig must be a JSON object of field: value, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(map(str, set(data) - known))
         if unknown:
-            raise ValueError(f"unknown VPTQConfig keys {unknown}; known keys are {sorted(known)}")
+            close = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
+            hints = "".join(f" ({k!r}: did you mean {m[0]!r}?)" for k, m in close.items() if m)
+            raise ValueError(f"unknown VPTQConfig keys {unknown}{hints}; known keys are {sorted(known)}")
         return cls(**data)
 
     def to_json(self) -> str:

@@ -75,6 +75,9 @@ def inverse_cholesky_upper(H: torch.Tensor, max_tries: int = 5) -> torch.Tensor:
     damping each time (starting at 1e-4 mean diag), then raises ValueError.
     """
     Hd = H.double()
+    if not torch.isfinite(Hd).all():
+        raise ValueError("the Hessian contains NaN or inf (the calibration activations overflowed): "
+                         "run the model in float32 and check the calibration data")
     base = torch.diag(Hd).abs().mean().clamp_min(1e-12)
     damp = 0.0
     for attempt in range(max_tries + 1):

@@ -148,6 +148,7 @@ def load_model(name_or_path: str = "default", device: str | torch.device = "cpu"
 
     ``name_or_path``: ``"default"``, a local HF folder (a saved VPTQ checkpoint too) or a hub id.
     """
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target = _resolve(name_or_path)
@@ -157,9 +158,14 @@ def load_model(name_or_path: str = "default", device: str | torch.device = "cpu"
         return load_quantized(target, device=device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(target)
-        model = AutoModelForCausalLM.from_pretrained(target, dtype=dtype)
+        # safetensors only: a pickled pytorch_model.bin can run code when loaded, so it is never read.
+        model = AutoModelForCausalLM.from_pretrained(target, dtype=dtype, use_safetensors=True)
     except OSError as exc:
-        raise VPTQLabError(f"could not load {name_or_path!r}: {exc}".splitlines()[0]) from exc
+        raise VPTQLabError(f"could not load {name_or_path!r}: {exc}".splitlines()[0]
+                           + " (vptq_lab reads only *.safetensors weights: convert a pytorch_model.bin first)") from exc
+    except (SafetensorError, ValueError, KeyError) as exc:  # a truncated file, an unknown model_type
+        raise VPTQLabError(f"could not load {name_or_path!r}: {str(exc).splitlines()[0] if str(exc) else exc!r}; "
+                           "the folder's weights or config.json are damaged or unsupported: re-download it") from exc
     return model.to(device).eval(), tokenizer
 
 
@@ -167,5 +173,9 @@ def _is_vptq_folder(target: str) -> bool:
     config = Path(target) / "config.json"
     if not config.is_file():
         return False
-    quant = json.loads(config.read_text()).get("quantization_config") or {}
-    return quant.get("quant_method") == "vptq"
+    try:
+        raw = json.loads(config.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise VPTQLabError(f"{config} is not valid JSON ({exc}): the model folder is damaged; re-download it") from exc
+    quant = (raw.get("quantization_config") if isinstance(raw, dict) else None) or {}
+    return isinstance(quant, dict) and quant.get("quant_method") == "vptq"
