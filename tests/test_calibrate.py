@@ -152,3 +152,45 @@ def test_keep_stores_inputs_for_plots():
     df = report.to_dataframe()
     assert set(df.role) == {"q", "k", "v", "o", "gate", "up", "down"}
     assert (df.proxy_loss_rel > 0).all() and (df.hessian_tokens == 64).all()
+
+
+@pytest.mark.parametrize("method", ["rtn", "gptq", "vq"])
+def test_baseline_methods_run_through_the_same_driver(method):
+    from vptq_lab.baselines import METHODS, method_preset
+
+    model = tiny_model("llama")
+    ids = _calib(seed=1)[:1]
+    with torch.no_grad():
+        ref = model(ids).logits
+    config = method_preset(method, 4)
+    if method == "vq":
+        config = FINE.replace(enable_perm=False)
+    report = quantize_(model, config, _calib(), method=method, progress=False)
+    assert report.method == method and len(report.records) == 14
+    assert {r.method for r in report.records} == {method}
+    rec = report.records[0]
+    assert rec.bits_per_weight == pytest.approx(METHODS[method].bits(config, (32, 32)))
+    with torch.no_grad():
+        rel = float((model(ids).logits - ref).pow(2).mean() / ref.pow(2).mean())
+    assert 0 < rel < 0.05
+    assert quantize_(model, config, _calib(), method=method, progress=False).records == []  # re-run: no-op
+
+
+def test_gptq_beats_rtn_on_proxy_loss_through_the_driver():
+    from vptq_lab.baselines import method_preset
+
+    losses = {}
+    for method in ("rtn", "gptq"):
+        report = quantize_(tiny_model("llama"), method_preset(method, 2), _calib(n=8), method=method,
+                           progress=False)
+        losses[method] = float(report.to_dataframe().proxy_loss_rel.mean())
+    assert losses["gptq"] < losses["rtn"]
+
+
+def test_method_and_config_must_match():
+    from vptq_lab.baselines import RTNConfig
+
+    with pytest.raises(VPTQLabError, match="method 'gptq' takes a GPTQConfig, got a RTNConfig"):
+        quantize_(tiny_model("llama"), RTNConfig(bits=2), _calib(), method="gptq", progress=False)
+    with pytest.raises(VPTQLabError, match="unknown method 'awq'"):
+        quantize_(tiny_model("llama"), TINY, _calib(), method="awq", progress=False)

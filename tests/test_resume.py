@@ -228,11 +228,11 @@ DRIVER = textwrap.dedent("""
 
     delay = float(os.environ.get("VPTQ_TEST_DELAY", "0"))
     if delay:  # slow each layer down so the test can kill the process mid-run; results are unchanged
-        real = cal.vptq_quantize
+        real = cal._quantize_block
         def slowed(*args, **kwargs):
             time.sleep(delay)
             return real(*args, **kwargs)
-        cal.vptq_quantize = slowed
+        cal._quantize_block = slowed
     out = sys.argv[sys.argv.index("--out") + 1]
     rc = main(["quantize", *sys.argv[1:], "--json", "--no-progress"])
     if rc == 0:

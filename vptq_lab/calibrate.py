@@ -34,7 +34,7 @@ from .errors import VPTQLabError
 from .hessian import hessian_hooks
 from .layers import QuantizedLinear
 from .qweight import QuantizedWeight
-from .quantizer import vptq_quantize
+from .baselines import METHODS, dequantized
 from .resume import BlockCheckpoints, run_fingerprint
 
 __all__ = ["LayerRecord", "QuantizationReport", "LayerStore", "quantize_", "capture_block_inputs", "run_block",
@@ -153,11 +153,27 @@ def _hidden(captured: Captured) -> list[torch.Tensor]:
 # Quantizing one block -----------------------------------------------------------------------------------
 
 def _stage_hessians(block: nn.Module, stages: Iterable[tuple[str, ...]], inputs: Captured) -> dict[str, tuple]:
-    """Hessians of the first linear of each stage (shared by the stage), in one pass over the inputs."""
+    """Hessians of the first linear of each stage (shared by the stage), in one pass over the inputs.
+
+    The pass stops right after the last of those linears has seen its input: the rest of the
+    block would only be thrown away.
+    """
     firsts = {stage[0]: get_module(block, stage[0]) for stage in stages}
-    with hessian_hooks(firsts) as accs:
-        run_block(block, inputs)
+    with hessian_hooks(firsts) as accs, torch.no_grad():
+        stop = list(firsts.values())[-1].register_forward_hook(_raise_stop)
+        try:
+            for args, kwargs in inputs:
+                try:
+                    block(*args, **kwargs)
+                except _StopForward:
+                    pass
+        finally:
+            stop.remove()
     return {name: (acc.hessian(), acc.tokens) for name, acc in accs.items()}
+
+
+def _raise_stop(*_: Any) -> None:
+    raise _StopForward
 
 
 def _replace(block: nn.Module, dotted: str, new: nn.Module) -> None:
@@ -170,15 +186,20 @@ class _BlockContext:
     index: int
     prefix: str
     spec: ArchSpec
-    config: VPTQConfig
+    config: Any  # the method's config class (VPTQConfig, RTNConfig, GPTQConfig)
     report: QuantizationReport
     keep: Callable[[str], bool]
+    method: str = "vptq"
+
+    @property
+    def propagation(self) -> str:
+        return getattr(self.config, "propagation", "quantized")
 
 
 def _quantize_linear(block: nn.Module, name: str, H: torch.Tensor, tokens: int, ctx: _BlockContext) -> None:
     module = get_module(block, name)
     full = f"{ctx.prefix}.{name}"
-    if isinstance(module, QuantizedLinear):
+    if _is_quantized(module):
         log.info("%s is already quantized; skipped", full)
         return
     W = linear_weight(module, ctx.spec.transposed)  # [out, in]
@@ -189,30 +210,41 @@ def _quantize_linear(block: nn.Module, name: str, H: torch.Tensor, tokens: int, 
                            "overflowed): load the model in float32, or check the calibration token ids")
     start = time.perf_counter()
     try:
-        qw = vptq_quantize(W, H.float(), ctx.config)
+        result = METHODS[ctx.method].quantize(W, H.float(), ctx.config)
     except VPTQLabError:
         raise
     except ValueError as exc:  # the quantizer's own checks: give them the layer's name
         raise VPTQLabError(f"{full}: {exc}") from exc
     seconds = time.perf_counter() - start
-    if qw.info.get("hessian_all_zero"):
+    if result.info.get("hessian_all_zero"):
         log.warning("%s saw only zero inputs on the calibration data (all-zero Hessian, damped to identity; its "
                     "dead columns were set to zero): check the calibration data and the layers before it", full)
-    _replace(block, name, QuantizedLinear(qw, getattr(module, "bias", None)))
-    ctx.report.records.append(_record(full, ctx, W.shape, qw, tokens, seconds))
+    if isinstance(result, QuantizedWeight):
+        _replace(block, name, QuantizedLinear(result, getattr(module, "bias", None)))
+    else:  # scalar baselines: the model keeps a dense layer holding the dequantized weight
+        with torch.no_grad():
+            dense = dequantized(result)  # [out, in]
+            module.weight.copy_(dense.t() if ctx.spec.transposed else dense)
+        module.vptq_lab_method = ctx.method
+    ctx.report.records.append(_record(full, ctx, W.shape, result, tokens, seconds))
     if ctx.keep(full):
-        ctx.report.store[full] = LayerStore(W.clone(), H.clone(), qw)
+        ctx.report.store[full] = LayerStore(W.clone(), H.clone(), result)
 
 
-def _record(name: str, ctx: _BlockContext, shape: torch.Size, qw: QuantizedWeight, tokens: int,
+def _is_quantized(module: nn.Module) -> bool:
+    return isinstance(module, QuantizedLinear) or hasattr(module, "vptq_lab_method")
+
+
+def _record(name: str, ctx: _BlockContext, shape: torch.Size, result: Any, tokens: int,
             seconds: float) -> LayerRecord:
-    info = qw.info
+    info = result.info
     util = info.get("codebook_utilisation")
+    bits = METHODS[ctx.method].bits(ctx.config, tuple(shape))
+    stored = (bits_per_weight(ctx.config, tuple(shape), mode="stored").bits_per_weight
+              if isinstance(result, QuantizedWeight) else bits)
     return LayerRecord(
         name=name, block=ctx.index, role=linear_role(name), out_features=shape[0], in_features=shape[1],
-        method="vptq",
-        bits_per_weight=bits_per_weight(ctx.config, tuple(shape), mode="paper").bits_per_weight,
-        stored_bits_per_weight=bits_per_weight(ctx.config, tuple(shape), mode="stored").bits_per_weight,
+        method=ctx.method, bits_per_weight=bits, stored_bits_per_weight=stored,
         proxy_loss_rel=float(info["proxy_loss_rel"]),
         proxy_loss_rel_no_feedback=info.get("proxy_loss_rel_kmeans_only"),
         proxy_loss_rel_first_pass=info.get("proxy_loss_rel_first_pass"),
@@ -222,11 +254,11 @@ def _record(name: str, ctx: _BlockContext, shape: torch.Size, qw: QuantizedWeigh
 
 
 def _quantize_block(block: nn.Module, inputs: Captured, ctx: _BlockContext) -> None:
-    stages = [s for s in ctx.spec.stages if not all(isinstance(get_module(block, n), QuantizedLinear) for n in s)]
+    stages = [s for s in ctx.spec.stages if not all(_is_quantized(get_module(block, n)) for n in s)]
     if not stages:
         log.info("%s is already quantized; skipped", ctx.prefix)
         return
-    if ctx.config.propagation == "full_precision":
+    if ctx.propagation == "full_precision":
         hessians = _stage_hessians(block, stages, inputs)  # all from the unquantized block
         for stage in stages:
             for name in stage:
@@ -359,15 +391,30 @@ def preflight(model: nn.Module, spec: ArchSpec, config: VPTQConfig, calibration:
         for leaf in (leaf for stage in spec.stages for leaf in stage):
             name = f"{spec.blocks}.{i}.{leaf}"
             module = _table_linear(block, leaf, name, spec)
-            if not isinstance(module, QuantizedLinear):
+            if isinstance(config, VPTQConfig) and not _is_quantized(module):
                 _check_linear(name, module, spec, config)
 
 
-def quantize_(model: nn.Module, config: VPTQConfig, calibration: torch.Tensor, *,
+def _check_method(method: str, config: Any, checkpoint_dir: str | Path | None) -> None:
+    if method not in METHODS:
+        raise VPTQLabError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    expected = METHODS[method].config_cls
+    if not isinstance(config, expected):
+        raise VPTQLabError(f"method {method!r} takes a {expected.__name__}, got a {type(config).__name__}: "
+                           f"use vptq_lab.baselines.method_preset({method!r}, bits) or build a {expected.__name__}")
+    if checkpoint_dir is not None and expected is not VPTQConfig:
+        raise VPTQLabError(f"checkpoint_dir/resume support the vector methods (vq, vptq), not {method!r}: "
+                           "drop checkpoint_dir (scalar baselines take minutes)")
+
+
+def quantize_(model: nn.Module, config: Any, calibration: torch.Tensor, *, method: str = "vptq",
               keep: bool | Iterable[str] | None = None, progress: bool = True, batch_size: int = 4,
               checkpoint_dir: str | Path | None = None, resume: bool = False) -> QuantizationReport:
     """Quantize every decoder-block linear of ``model`` in place; returns the per-layer report.
 
+    ``method``: "vptq" (default), "vq", "gptq" or "rtn" (:data:`vptq_lab.baselines.METHODS`), with that
+    method's config class. Vector methods replace each linear by a QuantizedLinear; scalar baselines write
+    their dequantized weight into the dense layer.
     calibration: int64 token ids [nsamples, seqlen]. ``keep``: layer names (or True) whose W, H and
     QuantizedWeight stay in ``report.store`` for plots. Linears already quantized are skipped.
     Every input is checked before the model is touched, so a bad config leaves the model as it was.
@@ -377,6 +424,7 @@ def quantize_(model: nn.Module, config: VPTQConfig, calibration: torch.Tensor, *
     folder and the run continues with the next block (``keep`` then covers only the new blocks).
     """
     _check_calibration(calibration)
+    _check_method(method, config, checkpoint_dir)
     if resume and checkpoint_dir is None:
         raise VPTQLabError("resume=True needs checkpoint_dir= (the folder a previous run wrote)")
     spec = arch_for(model)
@@ -386,7 +434,9 @@ def quantize_(model: nn.Module, config: VPTQConfig, calibration: torch.Tensor, *
     if checkpoint_dir is not None:
         ckpt = BlockCheckpoints.open(checkpoint_dir, run_fingerprint(model, config, calibration, batch_size),
                                      len(blocks), resume)
-    report = QuantizationReport(config.to_dict(), "vptq", config.propagation)
+    propagation = getattr(config, "propagation", "quantized")
+    finetune = getattr(config, "finetune", False)
+    report = QuantizationReport(config.to_dict(), method, propagation)
     start = time.perf_counter()
     was_training = model.training
     model.eval()
@@ -397,14 +447,14 @@ def quantize_(model: nn.Module, config: VPTQConfig, calibration: torch.Tensor, *
     for i in tqdm(range(first, len(blocks)), desc="quantizing blocks", disable=not progress,
                   initial=first, total=len(blocks)):
         block = blocks[i]
-        ctx = _BlockContext(i, f"{spec.blocks}.{i}", spec, config, report, _keep_predicate(keep))
-        fp_outputs = run_block(block, inputs) if config.propagation == "full_precision" or config.finetune else None
+        ctx = _BlockContext(i, f"{spec.blocks}.{i}", spec, config, report, _keep_predicate(keep), method)
+        fp_outputs = run_block(block, inputs) if propagation == "full_precision" or finetune else None
         _quantize_block(block, inputs, ctx)
-        if config.finetune:
+        if finetune:
             stats = finetune_block(block, inputs, _hidden(fp_outputs), spec, config.finetune_steps,
                                    config.finetune_lr, config.seed + i)
             report.finetune.append({"block": i, **stats})
-        inputs = fp_outputs if config.propagation == "full_precision" else run_block(block, inputs)
+        inputs = fp_outputs if propagation == "full_precision" else run_block(block, inputs)
         if ckpt is not None:
             ckpt.save(i, block, [r.to_dict() for r in report.records], report.finetune, _hidden(inputs))
     model.train(was_training)

@@ -66,6 +66,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_bits)
 
+    p = sub.add_parser("compare", help="RTN, GPTQ, plain VQ and VPTQ at equal budgets, on the same windows")
+    p.add_argument("--model", default="default", help="'default', a local folder or a hub id")
+    p.add_argument("--bits", default="2,3,4", help="comma-separated budgets (presets), e.g. 2,3,4")
+    p.add_argument("--methods", default="rtn,gptq,vq,vptq", help="comma-separated: rtn, gptq, vq, vptq")
+    p.add_argument("--out", required=True, help="CSV file for the table")
+    p.add_argument("--windows", type=_positive_int, default=32, help="WikiText-2 test windows (default 32)")
+    p.add_argument("--seqlen", type=_positive_int, default=2048, help="tokens per window (default 2048)")
+    p.add_argument("--cache", default=None, help="JSON-lines cache of finished rows (default: OUT.cache.jsonl)")
+    p.add_argument("--no-fp", action="store_true", help="skip the unquantized row")
+    p.add_argument("--data-dir", default=None, help="folder with wiki.*.raw")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=cmd_compare)
+
     p = sub.add_parser("demo", help="the main job: quantize the default model at 2 bits, perplexity before/after")
     p.add_argument("--bits", type=int, choices=(2, 3, 4), default=2, help="preset (default 2)")
     p.add_argument("--max-windows", type=_positive_int, default=8, help="WikiText-2 test windows (default 8)")
@@ -184,6 +197,36 @@ def _named_shapes(name: str) -> dict[str, tuple[int, int]]:
     from .models import load_model
 
     return shapes_of(load_model(name)[0])
+
+
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise VPTQLabError(f"--{what} must be comma-separated whole numbers like 2,3,4, got {text!r}") from None
+    if not values:
+        raise VPTQLabError(f"--{what} is empty: give e.g. 2,3,4")
+    return values
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .compare import CompareSettings, compare
+
+    budgets = _int_list(args.bits, "bits")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    out = Path(args.out)
+    if out.suffix != ".csv":
+        raise VPTQLabError(f"--out {out} should be a .csv file")
+    settings = CompareSettings(windows=args.windows, seqlen=args.seqlen, data_dir=args.data_dir)
+    table = compare(args.model, methods, budgets, settings=settings, include_fp=not args.no_fp,
+                    cache=args.cache or out.with_suffix(".cache.jsonl"), progress=not args.no_progress)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out, index=False)
+    print(table[["method", "target_bits", "bits", "perplexity", "proxy_loss_rel_mean", "quant_seconds"]]
+          .to_string(index=False))
+    return 0
 
 
 def cmd_bits(args: argparse.Namespace) -> int:

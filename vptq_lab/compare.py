@@ -1,0 +1,165 @@
+"""Compare methods at equal bit budgets: `compare(model, methods, budgets)` -> DataFrame.
+
+Every row quantizes a fresh copy of the model with one method at one budget,
+evaluates it on the same WikiText-2 windows, and records the bits actually paid
+(overhead included), perplexity, mean relative proxy loss, time and peak memory.
+Completed rows are appended to a JSON-lines cache, so a rerun (or an
+interrupted run) never redoes them.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+
+from .errors import VPTQLabError
+
+__all__ = ["compare", "CompareSettings", "peak_rss"]
+
+COLUMNS = ["model", "method", "target_bits", "bits", "perplexity", "proxy_loss_rel_mean", "quant_seconds",
+           "eval_seconds", "peak_rss_gib", "windows", "seqlen", "calibration", "propagation", "config", "note"]
+
+
+@dataclass(frozen=True)
+class CompareSettings:
+    """What every row shares: the evaluation windows and the calibration set."""
+
+    windows: int = 32
+    seqlen: int = 2048
+    nsamples: int | None = None  # None: each config's own nsamples
+    calib_seqlen: int | None = None
+    data_dir: str | None = None
+    seed: int = 0
+
+    def key(self) -> dict[str, Any]:
+        return {"windows": self.windows, "seqlen": self.seqlen, "nsamples": self.nsamples,
+                "calib_seqlen": self.calib_seqlen, "seed": self.seed}
+
+
+@contextmanager
+def peak_rss(interval: float = 0.05) -> Iterator[dict[str, float]]:
+    """Sample this process's resident memory while the block runs; yields {'peak_gib': ...} (filled at exit)."""
+    import psutil
+
+    proc, result, stop = psutil.Process(), {"peak_gib": 0.0}, threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            result["peak_gib"] = max(result["peak_gib"], proc.memory_info().rss / 2**30)
+            stop.wait(interval)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield result
+    finally:
+        stop.set()
+        thread.join()
+        result["peak_gib"] = round(max(result["peak_gib"], proc.memory_info().rss / 2**30), 3)
+
+
+def _row_key(model: str, method: str, config: Any, settings: CompareSettings) -> str:
+    return json.dumps({"model": model, "method": method, "config": config.to_dict(), **settings.key()},
+                      sort_keys=True)
+
+
+def _load_cache(path: Path | None) -> dict[str, dict[str, Any]]:
+    if path is None or not path.is_file():
+        return {}
+    rows = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            entry = json.loads(line)
+            rows[entry["key"]] = entry["row"]
+    return rows
+
+
+def _append_cache(path: Path | None, key: str, row: dict[str, Any]) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:  # one whole line per completed row: a crash loses at most the row in flight
+        fh.write(json.dumps({"key": key, "row": row}) + "\n")
+        fh.flush()
+
+
+def _config_for(method: str, bits: int, config: Any | None):
+    from .baselines import METHODS, method_preset
+
+    if method not in METHODS and method != "fp":
+        raise VPTQLabError(f"unknown method {method!r}: choose from fp, {', '.join(METHODS)}")
+    return config if config is not None else method_preset(method, bits)
+
+
+def _run_row(model_name: str, method: str, bits: int, config: Any, settings: CompareSettings,
+             progress: bool) -> dict[str, Any]:
+    from .calibrate import quantize_
+    from .data import calibration_windows, load_wikitext2
+    from .eval import perplexity
+    from .models import BASELINE_NOTE, DEFAULT_NAMES, load_model
+
+    model, tokenizer = load_model(model_name)
+    row: dict[str, Any] = {"model": model_name, "method": method, "target_bits": bits,
+                           "windows": settings.windows, "seqlen": settings.seqlen,
+                           "note": BASELINE_NOTE if model_name in DEFAULT_NAMES else ""}
+    with peak_rss() as memory:
+        start = time.perf_counter()
+        if method != "fp":
+            nsamples = settings.nsamples or getattr(config, "nsamples", 32)
+            calib_len = settings.calib_seqlen or getattr(config, "seqlen", 512)
+            calib = calibration_windows(tokenizer, load_wikitext2("validation", settings.data_dir), nsamples,
+                                        calib_len, settings.seed)
+            report = quantize_(model, config, calib, method=method, progress=progress)
+            df = report.to_dataframe()
+            row.update(bits=round(report.total_bits_per_weight(), 4),
+                       proxy_loss_rel_mean=round(float(df.proxy_loss_rel.mean()), 6),
+                       calibration=f"{nsamples}x{calib_len} wikitext2 validation",
+                       propagation=report.propagation, config=json.dumps(config.to_dict(), sort_keys=True))
+        else:
+            row.update(bits=16.0, proxy_loss_rel_mean=0.0, calibration="", propagation="", config="{}")
+        row["quant_seconds"] = round(time.perf_counter() - start, 1)
+        rec = perplexity(model, tokenizer, seqlen=settings.seqlen, max_windows=settings.windows,
+                         data_dir=settings.data_dir, progress=progress)
+    row.update(perplexity=round(rec.perplexity, 4), eval_seconds=rec.seconds, peak_rss_gib=memory["peak_gib"])
+    if not rec.comparable:
+        row["note"] = (row["note"] + "; " if row["note"] else "") + "stand-in corpus, not WikiText-2"
+    return row
+
+
+def compare(model: str = "default", methods: Sequence[str] = ("rtn", "gptq", "vq", "vptq"),
+            budgets: Sequence[int] = (2, 3, 4), *, settings: CompareSettings = CompareSettings(),
+            configs: dict[tuple[str, int], Any] | None = None, cache: str | Path | None = None,
+            include_fp: bool = True, progress: bool = True) -> pd.DataFrame:
+    """Quantize ``model`` with each method at each budget and evaluate all on the same windows.
+
+    ``configs`` overrides the preset for a (method, bits) pair. Rows already in ``cache`` are reused.
+    Returns a DataFrame with :data:`COLUMNS`.
+    """
+    cache_path = Path(cache) if cache is not None else None
+    done = _load_cache(cache_path)
+    plan = ([("fp", 16, None)] if include_fp else []) + [(m, b, _config_for(m, b, (configs or {}).get((m, b))))
+                                                          for m in methods for b in budgets]
+    rows = []
+    for method, bits, config in plan:
+        key = _row_key(model, method, config if config is not None else _FP, settings)
+        if key not in done:
+            done[key] = _run_row(model, method, bits, config, settings, progress)
+            _append_cache(cache_path, key, done[key])
+        rows.append(done[key])
+    return pd.DataFrame(rows).reindex(columns=COLUMNS)
+
+
+class _FPConfig:
+    def to_dict(self) -> dict[str, Any]:
+        return {}
+
+
+_FP = _FPConfig()
