@@ -1,0 +1,85 @@
+"""Choose the 2/3/4-bit presets by measurement: proxy loss on real layers, bits with all overhead.
+
+For each target budget, take `budget.suggest`'s top candidates (plus the current preset), quantize
+four real linears of the default model (block 10: q, o, up, down) with Hessians from WikiText-2
+validation windows, and rank by mean relative proxy loss. Bits are model totals (paper accounting).
+
+    python benchmarks/preset_search.py --out benchmarks/results/preset_search.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import pandas as pd
+import torch
+
+from vptq_lab.arch import arch_for, get_blocks, get_module
+from vptq_lab.bits import model_bits
+from vptq_lab.budget import SMOLLM2_135M_SHAPES, suggest
+from vptq_lab.calibrate import _stage_hessians, capture_block_inputs, run_block
+from vptq_lab.config import preset
+from vptq_lab.data import calibration_windows, load_wikitext2
+from vptq_lab.models import load_model
+from vptq_lab.quantizer import vptq_quantize
+
+LAYERS = ("self_attn.q_proj", "self_attn.o_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+def block_hessians(block_index: int, nsamples: int, seqlen: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{linear: (W [out, in], H [in, in])} for the LAYERS of one block, from full-precision activations."""
+    model, tok = load_model("default")
+    spec = arch_for(model)
+    blocks = get_blocks(model, spec)
+    calib = calibration_windows(tok, load_wikitext2("validation"), nsamples, seqlen, seed=0)
+    inputs = capture_block_inputs(model, blocks[0], calib)
+    for block in blocks[:block_index]:
+        inputs = run_block(block, inputs)
+    block = blocks[block_index]
+    stages = [s for s in spec.stages if any(n in s for n in LAYERS)]
+    hessians = _stage_hessians(block, stages, inputs)
+    owner = {n: s[0] for s in stages for n in s}
+    return {n: (get_module(block, n).weight.detach().float(), hessians[owner[n]][0].float()) for n in LAYERS}
+
+
+def candidates(target: int, top: int) -> list:
+    table = suggest(SMOLLM2_135M_SHAPES, target, max_rows=top)
+    configs = list(table["config"])
+    if preset(target) not in configs:
+        configs.append(preset(target))
+    return configs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--targets", default="2,3,4")
+    parser.add_argument("--top", type=int, default=5)
+    parser.add_argument("--nsamples", type=int, default=16)
+    parser.add_argument("--seqlen", type=int, default=512)
+    parser.add_argument("--block", type=int, default=10)
+    parser.add_argument("--out", default="benchmarks/results/preset_search.csv")
+    args = parser.parse_args()
+    layers = block_hessians(args.block, args.nsamples, args.seqlen)
+    rows = []
+    for target in map(int, args.targets.split(",")):
+        for config in candidates(target, args.top):
+            start = time.perf_counter()
+            losses = {n: vptq_quantize(W, H, config).info["proxy_loss_rel"] for n, (W, H) in layers.items()}
+            rows.append({"target": target, "v": config.v, "k1": config.k1, "k2": config.k2,
+                         "npercent": config.npercent, "group_num": config.group_num,
+                         "is_current_preset": config == preset(target),
+                         "bits": round(model_bits(config, SMOLLM2_135M_SHAPES).bits_per_weight, 4),
+                         "proxy_loss_rel_mean": round(sum(losses.values()) / len(losses), 6),
+                         **{f"loss_{n.split('.')[-1]}": round(v, 6) for n, v in losses.items()},
+                         "seconds": round(time.perf_counter() - start, 1), "config": config.to_json()})
+            print(rows[-1], flush=True)
+    table = pd.DataFrame(rows).sort_values(["target", "proxy_loss_rel_mean"])
+    table["machine"] = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    table["calibration"] = f"{args.nsamples}x{args.seqlen} wikitext2 validation, block {args.block}"
+    table.to_csv(args.out, index=False)
+
+
+if __name__ == "__main__":
+    main()
