@@ -18,8 +18,10 @@ venv: $(VENV)/.installed
 demo: venv
 	$(PY) -m vptq_lab.cli demo
 
+# The unit tests, then the tutorials under nbval in their smoke configuration (CI=1).
 test: venv
 	$(PY) -m pytest tests -q -p no:cacheprovider
+	CI=1 $(PY) -m pytest --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks -q -p no:cacheprovider
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,0 +1,69 @@
+"""CPU evaluation speed of a quantized default model against the full-precision one, in one run.
+
+Every decoder linear of SmolLM2-135M is replaced by a QuantizedLinear holding a 2-bit-preset-shaped
+VPTQ weight (v5, k512, 2 groups) with random codes: speed does not depend on the values. Both models
+evaluate the same WikiText-2 test windows, interleaved window by window so that load drift hits both
+equally. The dispatcher dequantizes each weight once and caches it (fp32), so the target is <= 1.1x.
+
+    python benchmarks/cpu_eval_speed.py --windows 4 --out benchmarks/results/cpu_eval_speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import torch
+
+from vptq_lab.arch import arch_for, get_blocks, get_module
+from vptq_lab.data import load_wikitext2, tokenize
+from vptq_lab.eval import window_nll
+from vptq_lab.layers import QuantizedLinear
+from vptq_lab.models import load_model
+from vptq_lab.kernels.testing import random_qweight
+
+
+def quantized_copy(seed: int = 0):
+    """The default model with random 2-bit-shaped VPTQ weights in every decoder linear."""
+    model, _ = load_model("default")
+    spec = arch_for(model)
+    for block in get_blocks(model, spec):
+        for name in (n for stage in spec.stages for n in stage):
+            linear = get_module(block, name)
+            qw = random_qweight(linear.out_features, linear.in_features, v=5, k1=512, group_num=2, perm=True,
+                                seed=seed)
+            parent, _, leaf = name.rpartition(".")
+            setattr(get_module(block, parent), leaf, QuantizedLinear(qw, linear.bias))
+    return model.eval()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--windows", type=int, default=4)
+    parser.add_argument("--seqlen", type=int, default=2048)
+    parser.add_argument("--out", default="benchmarks/results/cpu_eval_speed.json")
+    args = parser.parse_args()
+    dense, tok = load_model("default")
+    quant = quantized_copy()
+    ids = tokenize(tok, load_wikitext2("test"))  # [1, n]
+    seconds = {"full_precision": 0.0, "quantized": 0.0}
+    window_nll(quant, ids[:, : args.seqlen])  # first call dequantizes and caches every weight: not timed
+    for i in range(args.windows):
+        window = ids[:, i * args.seqlen : (i + 1) * args.seqlen]
+        for name, model in (("full_precision", dense), ("quantized", quant)):
+            start = time.perf_counter()
+            window_nll(model, window)
+            seconds[name] += time.perf_counter() - start
+    result = {"windows": args.windows, "seqlen": args.seqlen, **{k: round(v, 2) for k, v in seconds.items()},
+              "ratio": round(seconds["quantized"] / seconds["full_precision"], 3), "target": "<= 1.1",
+              "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads",
+              "command": f"python benchmarks/cpu_eval_speed.py --windows {args.windows}"}
+    with open(args.out, "w") as fh:
+        json.dump(result, fh, indent=2)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
