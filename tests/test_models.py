@@ -55,7 +55,7 @@ def test_default_model_cache_matches_the_gguf():
     assert "Q4_1" in (folder / "SOURCE.txt").read_text()
     assert json.loads((folder / "config.json").read_text()).get("quantization_config") is None
     gguf = models.default_gguf_path()
-    assert models._sha256(gguf) == models.DEFAULT_GGUF_SHA256
+    assert models.sha256_file(gguf) == models.DEFAULT_GGUF_SHA256
     ref = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
     ids = tok("The capital of France is Paris. The capital of Italy is", return_tensors="pt").input_ids
     with torch.inference_mode():

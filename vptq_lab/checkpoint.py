@@ -12,7 +12,6 @@ sibling and renamed into place, so an interrupted save leaves nothing half-writt
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._files import sha256_file
 from .errors import VPTQLabError
 from .layers import QuantizedLinear
 from .qweight import QuantizedWeight
@@ -122,30 +122,24 @@ def _check_shapes(qw: QuantizedWeight, name: str) -> None:
         raise VPTQLabError(f"{name}.indices is {qw.indices.dtype}, not int32 (packed indices): re-save the model")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _state_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]]]:
-    """All tensors to store (official names for quantized layers) and ``config_for_layers``."""
-    layers = {name: m for name, m in model.named_modules() if isinstance(m, QuantizedLinear)}
-    tensors: dict[str, torch.Tensor] = {}
-    for key, value in model.state_dict().items():
-        owner = key.rpartition(".")[0]
-        if owner not in layers:
-            tensors[key] = value
-    if getattr(model.config, "tie_word_embeddings", False):
-        tensors.pop("lm_head.weight", None)
+def module_tensors(module: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]]]:
+    """A module's tensors, its QuantizedLinear layers under their official names, and those layers' configs."""
+    layers = {name: m for name, m in module.named_modules() if isinstance(m, QuantizedLinear)}
+    tensors = {k: v for k, v in module.state_dict().items() if k.rpartition(".")[0] not in layers}
     configs = {}
     for name, layer in layers.items():
         configs[name] = layer_config(layer.qweight, layer.bias is not None)
         tensors.update({f"{name}.{k}": v for k, v in layer.qweight.tensors().items()})
         if layer.bias is not None:
             tensors[f"{name}.bias"] = layer.bias.detach()
+    return tensors, configs
+
+
+def _state_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]]]:
+    """All tensors to store (official names for quantized layers) and ``config_for_layers``."""
+    tensors, configs = module_tensors(model)
+    if getattr(model.config, "tie_word_embeddings", False):
+        tensors.pop("lm_head.weight", None)
     return {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, configs
 
 
@@ -172,7 +166,7 @@ def save_quantized(model: nn.Module, tokenizer, folder: str | Path, report: dict
             tokenizer.save_pretrained(tmp)
         (tmp / "report.json").write_text(json.dumps(report or {}, indent=2))
         files = sorted(p for p in tmp.iterdir() if p.is_file())
-        manifest = {"format_version": FORMAT_VERSION, "files": {p.name: _sha256(p) for p in files}}
+        manifest = {"format_version": FORMAT_VERSION, "files": {p.name: sha256_file(p) for p in files}}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
         _swap_into_place(tmp, folder)
     except BaseException:
@@ -233,7 +227,7 @@ def read_manifest(folder: Path) -> dict[str, str]:
         safe_member(folder, name)
         if not (folder / name).is_file():
             raise VPTQLabError(f"{folder / name} is missing: the checkpoint is incomplete; re-save it")
-        if _sha256(folder / name) != digest:
+        if sha256_file(folder / name) != digest:
             raise VPTQLabError(f"{folder / name} does not match its sha256 in manifest.json: "
                                "the file was modified or truncated; re-save or re-download the checkpoint")
     return files

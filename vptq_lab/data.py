@@ -12,7 +12,6 @@ Sources are tried in order:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ._files import sha256_file
 from .errors import VPTQLabError
 
 __all__ = ["TextDataset", "load_wikitext2", "tokenize", "calibration_windows", "WIKITEXT2_SHA256"]
@@ -56,14 +56,6 @@ def _check_split(split: str) -> str:
     return split
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def rows_from_raw(raw: str) -> list[str]:
     """The rows `datasets` yields for a wikitext raw file (recipe in the data README)."""
     return [(line + "\n") if line.strip() else "" for line in raw.split("\n")[:-1]]
@@ -79,7 +71,7 @@ def _from_folder(folder: Path, split: str, required: bool) -> TextDataset | None
             raise VPTQLabError(f"{folder} has no {name}: put the wikitext-2-raw files there or name another folder")
         log.info("%s has no %s; trying the next source", folder, name)
         return None
-    actual, expected = _sha256(path), WIKITEXT2_SHA256.get(name)
+    actual, expected = sha256_file(path), WIKITEXT2_SHA256.get(name)
     if expected is None:
         log.warning("%s has no known sha256 here; using it unverified", path)
     elif actual != expected:

@@ -12,7 +12,6 @@ cache under the user's cache dir; later loads take seconds.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from ._files import sha256_file
 from .errors import VPTQLabError
 
 __all__ = ["load_model", "default_gguf_path", "cache_dir", "default_model_folder", "BASELINE_NOTE"]
@@ -63,21 +63,13 @@ def default_gguf_path() -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def default_model_folder() -> Path:
     """The safetensors cache of the default model, built on first use (atomically)."""
     folder = cache_dir() / f"smollm2-135m-instruct-{DEFAULT_GGUF_SHA256[:12]}"
     if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
         return folder
     gguf = default_gguf_path()
-    actual = _sha256(gguf)
+    actual = sha256_file(gguf)
     if actual != DEFAULT_GGUF_SHA256:
         raise VPTQLabError(
             f"{gguf} has sha256 {actual[:16]}..., expected {DEFAULT_GGUF_SHA256[:16]}...: "

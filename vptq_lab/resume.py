@@ -233,18 +233,9 @@ class BlockCheckpoints:
 
 def _block_tensors(block: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
     """A quantized block's tensors (official names) and its layers' configs."""
-    from .checkpoint import layer_config
-    from .layers import QuantizedLinear
+    from .checkpoint import module_tensors
 
-    layers = {n: m for n, m in block.named_modules() if isinstance(m, QuantizedLinear)}
-    tensors = {k: v for k, v in block.state_dict().items() if k.rpartition(".")[0] not in layers}
-    configs = {}
-    for name, layer in layers.items():
-        configs[name] = layer_config(layer.qweight, layer.bias is not None)
-        tensors.update({f"{name}.{k}": v for k, v in layer.qweight.tensors().items()})
-        if layer.bias is not None:
-            tensors[f"{name}.bias"] = layer.bias.detach()
-    return tensors, configs
+    return module_tensors(block)
 
 
 def _read_progress(path: Path) -> dict:
