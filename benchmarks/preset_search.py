@@ -16,10 +16,9 @@ import time
 import pandas as pd
 import torch
 
-from vptq_lab.arch import arch_for, get_blocks, get_module
 from vptq_lab.bits import model_bits
 from vptq_lab.budget import SMOLLM2_135M_SHAPES, suggest
-from vptq_lab.calibrate import _stage_hessians, capture_block_inputs, run_block
+from vptq_lab import calibrate
 from vptq_lab.config import preset
 from vptq_lab.data import calibration_windows, load_wikitext2
 from vptq_lab.models import load_model
@@ -28,20 +27,13 @@ from vptq_lab.quantizer import vptq_quantize
 LAYERS = ("self_attn.q_proj", "self_attn.o_proj", "mlp.up_proj", "mlp.down_proj")
 
 
-def block_hessians(block_index: int, nsamples: int, seqlen: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """{linear: (W [out, in], H [in, in])} for the LAYERS of one block, from full-precision activations."""
+def block_hessians(block_index: int, nsamples: int, seqlen: int, layers: tuple[str, ...] = LAYERS
+                   ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{linear: (W [out, in], H [in, in])} for ``layers`` of one block, from full-precision activations."""
     model, tok = load_model("default")
-    spec = arch_for(model)
-    blocks = get_blocks(model, spec)
     calib = calibration_windows(tok, load_wikitext2("validation"), nsamples, seqlen, seed=0)
-    inputs = capture_block_inputs(model, blocks[0], calib)
-    for block in blocks[:block_index]:
-        inputs = run_block(block, inputs)
-    block = blocks[block_index]
-    stages = [s for s in spec.stages if any(n in s for n in LAYERS)]
-    hessians = _stage_hessians(block, stages, inputs)
-    owner = {n: s[0] for s in stages for n in s}
-    return {n: (get_module(block, n).weight.detach().float(), hessians[owner[n]][0].float()) for n in LAYERS}
+    found = calibrate.block_hessians(model, calib, block_index)
+    return {name: found[name] for name in layers}
 
 
 def candidates(target: int, top: int) -> list:

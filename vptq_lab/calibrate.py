@@ -37,7 +37,7 @@ from .qweight import QuantizedWeight
 from .baselines import METHODS, dequantized
 from .resume import BlockCheckpoints, run_fingerprint
 
-__all__ = ["LayerRecord", "QuantizationReport", "LayerStore", "quantize_", "capture_block_inputs", "run_block",
+__all__ = ["block_hessians", "LayerRecord", "QuantizationReport", "LayerStore", "quantize_", "capture_block_inputs", "run_block",
            "preflight"]
 
 log = logging.getLogger(__name__)
@@ -174,6 +174,27 @@ def _stage_hessians(block: nn.Module, stages: Iterable[tuple[str, ...]], inputs:
 
 def _raise_stop(*_: Any) -> None:
     raise _StopForward
+
+
+@torch.no_grad()
+def block_hessians(model: nn.Module, calibration: torch.Tensor, block_index: int, batch_size: int = 4
+                   ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``{linear: (W [out, in] fp32, H [in, in] fp32)}`` for every linear of one decoder block.
+
+    H comes from the full-precision model's activations on ``calibration`` [n, seqlen] (the official
+    VPTQ way), so one layer can be studied without quantizing the blocks before it.
+    """
+    spec = arch_for(model)
+    blocks = get_blocks(model, spec)
+    if not 0 <= block_index < len(blocks):
+        raise VPTQLabError(f"block_index {block_index} is out of range: the model has {len(blocks)} blocks")
+    inputs = capture_block_inputs(model, blocks[0], calibration, batch_size)
+    for block in blocks[:block_index]:
+        inputs = run_block(block, inputs)
+    block = blocks[block_index]
+    hessians = _stage_hessians(block, spec.stages, inputs)
+    return {name: (linear_weight(get_module(block, name), spec.transposed), hessians[stage[0]][0].float())
+            for stage in spec.stages for name in stage}
 
 
 def _replace(block: nn.Module, dotted: str, new: nn.Module) -> None:
