@@ -398,10 +398,11 @@ RTN_PRESETS: dict[int, RTNConfig] = {  # 2.17, 3.17, 4.17 bits
 GPTQ_PRESETS: dict[int, GPTQConfig] = {  # 2.19, 3.19, 4.19 bits (act-order perm: +0.023)
     b: GPTQConfig(bits=b, group_size=192) for b in (2, 3, 4)
 }
-VQ_PRESETS: dict[int, VPTQConfig] = {  # VPTQ's presets without perm (no loop, so order is moot): 1.86, 3.01, 4.07
-    b: vptq_preset(b).replace(enable_perm=False) for b in (2, 3, 4)
-}
-_VPTQ_PRESETS: dict[int, VPTQConfig] = {b: vptq_preset(b) for b in (2, 3, 4)}  # 1.88, 3.03, 4.09
+# Plain VQ uses VPTQ's own presets (same v, k, outliers and bits: 1.985, 2.958, 3.958), so the only
+# difference between the two is the column loop's second-order feedback. The perm stays on: the
+# outlier columns of the 3- and 4-bit presets must move first, and the perm is charged as stored.
+_VPTQ_PRESETS: dict[int, VPTQConfig] = {b: vptq_preset(b) for b in (2, 3, 4)}
+VQ_PRESETS: dict[int, VPTQConfig] = dict(_VPTQ_PRESETS)
 
 METHODS: dict[str, MethodSpec] = {
     "rtn": MethodSpec("rtn", RTNConfig, lambda W, H, c: rtn_quantize(W, c, H),
