@@ -77,9 +77,12 @@ def pareto_figure() -> None:
     if not path.is_file():
         return
     table = pd.read_csv(path)
-    table["method"] = table["row"].str.replace(r", .*", "", regex=True)
-    table["note"] = ["" for _ in range(len(table))]
-    table.loc[table["method"].str.startswith("full precision"), "note"] = BASELINE
+    fp = table["method"] == "fp"
+    table["method"] = [
+        "full precision" if is_fp else f"VPTQ, {prop.replace('_', '-')} propagation"
+        for is_fp, prop in zip(fp, table["propagation"].fillna(""))]
+    table["note"] = ""
+    table.loc[fp, "note"] = BASELINE
     save(plots.bits_vs_perplexity(table, log_y=True, note="SmolLM2-135M, WikiText-2 test, first 32 x 2048 tokens"),
          "bits_vs_perplexity")
 
