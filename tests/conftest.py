@@ -10,6 +10,17 @@ import pytest  # noqa: E402
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw"
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module: on 2 shared cores, OpenMP spinning across both is much slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def wikitext_dir() -> Path:
     """The WikiText-2 raw folder: $VPTQ_LAB_DATA, else ../shared beside the checkout."""

@@ -8,13 +8,7 @@ import torch
 from vptq_lab.kmeans import nearest, weighted_kmeans
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The CI machine has 2 shared cores; OpenMP spinning across them is much slower than 1 thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _blobs(n_per: int = 200, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

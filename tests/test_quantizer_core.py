@@ -17,13 +17,7 @@ from vptq_lab.qweight import QuantizedWeight, dequantize
 from vptq_lab.quantizer import from_vectors, quantize_with_trace, to_vectors, vptq_quantize, vq_no_feedback
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The CI machine has 2 shared cores; OpenMP spinning across them is much slower than 1 thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _layer(out: int = 64, n_in: int = 96, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -36,12 +36,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any, Callable
 
 import torch
 
-from .bits import bits_per_weight
+from .bits import BitCounts, bits_per_weight
 from .config import VPTQConfig
 from .config import preset as vptq_preset
 from .hessian_ops import act_order, column_loop, condition_hessian, inverse_cholesky_upper, proxy_loss
@@ -142,7 +142,7 @@ ScalarConfig = RTNConfig | GPTQConfig
 
 # Bits ----------------------------------------------------------------------------
 @dataclass(frozen=True)
-class ScalarBits:
+class ScalarBits(BitCounts):
     """Bits of one scalar-quantized layer (or a sum), by where they go. Same interface as ``BitBreakdown``."""
 
     code_bits: float = 0.0
@@ -150,25 +150,6 @@ class ScalarBits:
     zero_bits: float = 0.0
     perm_bits: float = 0.0
     num_weights: int = 0
-
-    @property
-    def total_bits(self) -> float:
-        return self.code_bits + self.scale_bits + self.zero_bits + self.perm_bits
-
-    @property
-    def bits_per_weight(self) -> float:
-        return self.total_bits / self.num_weights if self.num_weights else 0.0
-
-    @property
-    def compression(self) -> float:
-        """Ratio to fp16."""
-        return 16.0 / self.bits_per_weight if self.bits_per_weight else math.inf
-
-    def __add__(self, other: "ScalarBits") -> "ScalarBits":
-        return ScalarBits(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
-
-    def to_dict(self) -> dict[str, float]:
-        return {**asdict(self), "total_bits": self.total_bits, "bits_per_weight": self.bits_per_weight}
 
 
 def _num_groups(config: ScalarConfig, n_in: int) -> int:

@@ -30,22 +30,15 @@ __all__ = ["BitBreakdown", "bits_per_weight", "model_bits"]
 Mode = Literal["paper", "stored"]
 
 
-@dataclass(frozen=True)
-class BitBreakdown:
-    """Bits of one layer (or a sum of layers), by where they go."""
+class BitCounts:
+    """Arithmetic shared by bit breakdowns (this one and ``baselines.ScalarBits``).
 
-    index_bits: float = 0.0
-    codebook_bits: float = 0.0
-    outlier_index_bits: float = 0.0
-    outlier_codebook_bits: float = 0.0
-    norm_bits: float = 0.0  # weight_scale + weight_bias
-    perm_bits: float = 0.0
-    num_weights: int = 0
+    Every dataclass field except ``num_weights`` counts bits; they are summed in field order.
+    """
 
     @property
     def total_bits(self) -> float:
-        return (self.index_bits + self.codebook_bits + self.outlier_index_bits
-                + self.outlier_codebook_bits + self.norm_bits + self.perm_bits)
+        return sum(getattr(self, f.name) for f in fields(self) if f.name != "num_weights")
 
     @property
     def bits_per_weight(self) -> float:
@@ -56,11 +49,24 @@ class BitBreakdown:
         """Ratio to fp16."""
         return 16.0 / self.bits_per_weight if self.bits_per_weight else math.inf
 
-    def __add__(self, other: "BitBreakdown") -> "BitBreakdown":
-        return BitBreakdown(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+    def __add__(self, other):
+        return type(self)(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
 
     def to_dict(self) -> dict[str, float]:
         return {**asdict(self), "total_bits": self.total_bits, "bits_per_weight": self.bits_per_weight}
+
+
+@dataclass(frozen=True)
+class BitBreakdown(BitCounts):
+    """Bits of one layer (or a sum of layers), by where they go."""
+
+    index_bits: float = 0.0
+    codebook_bits: float = 0.0
+    outlier_index_bits: float = 0.0
+    outlier_codebook_bits: float = 0.0
+    norm_bits: float = 0.0  # weight_scale + weight_bias
+    perm_bits: float = 0.0
+    num_weights: int = 0
 
 
 def _overhead(config: VPTQConfig, n_in: int, perm_stored: bool) -> dict[str, float]:
