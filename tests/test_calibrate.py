@@ -127,6 +127,32 @@ def test_capture_records_every_batch():
     assert [args[0].shape[0] for args, _ in captured] == [2, 2, 1]
 
 
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_finetune_sub_batch_is_the_same_rows_of_the_block(family):
+    """A fine-tuning step on a few sequences of a captured batch sees exactly those rows' inputs:
+    the block's output on the slice equals the same rows of its output on the whole batch."""
+    from vptq_lab.calibrate import _first_output, _sub_batch
+
+    model = tiny_model(family)
+    block = get_blocks(model, arch_for(model))[0]
+    (args, kwargs), = capture_block_inputs(model, block, _calib(n=4), batch_size=4)
+    with torch.no_grad():
+        full = _first_output(block(*args, **kwargs))
+        gen = torch.Generator().manual_seed(3)
+        sub_args, sub_kwargs, target = _sub_batch(args, kwargs, full, 2, gen)
+        rows = torch.randperm(4, generator=torch.Generator().manual_seed(3))[:2]
+        assert target.shape[0] == 2 and torch.equal(target, full[rows])
+        torch.testing.assert_close(_first_output(block(*sub_args, **sub_kwargs)), full[rows])
+    assert _sub_batch(args, kwargs, full, 0, gen)[2] is full  # 0: the whole batch
+
+
+def test_finetune_one_sequence_per_step_still_lowers_block_error():
+    cfg = TINY.replace(finetune=True, finetune_steps=30, finetune_lr=1e-3, finetune_batch=1)  # noisier steps: lower lr
+    report = quantize_(tiny_model("llama"), cfg, _calib(n=8), progress=False)
+    assert [s["sequences_per_step"] for s in report.finetune] == [1, 1]
+    assert all(s["mse_after"] < s["mse_before"] for s in report.finetune)
+
+
 def test_finetune_lowers_block_error_and_changes_only_codebooks_and_norms():
     model = tiny_model("llama")
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
@@ -134,7 +160,7 @@ def test_finetune_lowers_block_error_and_changes_only_codebooks_and_norms():
     report = quantize_(model, cfg, _calib(n=8), keep=True, progress=False)
     assert len(report.finetune) == 2
     for stats in report.finetune:
-        assert stats["mse_after"] < stats["mse_before"]
+        assert stats["mse_after"] < stats["mse_before"] and stats["sequences_per_step"] == 4
     name = "model.layers.0.self_attn.q_proj"
     layer = model.model.layers[0].self_attn.q_proj
     assert torch.equal(layer.indices, report.store[name].qweight.indices)  # codes untouched

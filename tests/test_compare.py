@@ -53,3 +53,20 @@ def test_cli_compare(tiny_model_dir, tmp_path, data_env, capsys):
     assert list(table.method) == ["fp", "rtn"] and table.bits.iloc[1] > 4
     assert main(["compare", "--bits", "x", "--out", str(out)]) == 2
     assert "comma-separated whole numbers" in capsys.readouterr().err
+
+
+def test_committed_cache_keys_still_match_the_presets():
+    """A config field added later (finetune_batch) must not orphan rows cached before it existed:
+    the committed whole-model caches are found by the current presets' keys."""
+    from pathlib import Path
+
+    from vptq_lab.compare import _row_key
+    from vptq_lab.config import preset
+
+    cache = Path(__file__).resolve().parents[1] / "benchmarks/results/vptq_table.cache.jsonl"
+    keys = {json.loads(line)["key"] for line in cache.read_text().splitlines() if line.strip()}
+    settings = CompareSettings(windows=32, seqlen=2048)
+    for bits in (2, 3, 4):
+        assert _row_key("default", "vptq", preset(bits), settings) in keys, bits
+    tuned = _row_key("default", "vptq", preset(2).replace(finetune=True, finetune_batch=1), settings)
+    assert '"finetune_batch": 1' in tuned and tuned not in keys

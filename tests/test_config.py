@@ -37,6 +37,7 @@ def valid_dicts(draw: st.DrawFn) -> dict:
         finetune=draw(st.booleans()),
         finetune_steps=draw(st.integers(1, 1000)),
         finetune_lr=draw(st.floats(1e-8, 1.0)),
+        finetune_batch=draw(st.integers(0, 64)),
     )
     return d
 
@@ -71,6 +72,7 @@ BAD = [  # (field, bad value, a word the message must contain)
     ("percdamp", float("nan"), "percdamp"),
     ("vector_lens", (6,), "vector_lens"),
     ("finetune_lr", 0.0, "finetune_lr"),
+    ("finetune_batch", -1, "finetune_batch"),
 ]
 
 

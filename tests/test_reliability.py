@@ -60,7 +60,7 @@ CONFIG_CASES = [  # (id, JSON text, [phrases: the problem, then the fix])
      ["outlier part has no residual", "set the first entry to -1"]),
     ("C5", '{"num_centroids": [-1, 131072]}', ["k1=131072", "at most 16 bits"]),
     ("C6", '{"num_centroid": [-1, 256]}', ["unknown VPTQConfig keys ['num_centroid']", "did you mean 'num_centroids'"]),
-    ("C7", '{"seed": "zero"}', ["seed='zero'", "must be a int"]),
+    ("C7", '{"seed": "zero"}', ["seed='zero'", "must be an int"]),
     ("C8", '{"vector_lens": 6}', ["vector_lens=6", "pair of ints like (-1, 8)"]),
     ("C9", '[-1, 256]', ["must be a JSON object", "got list"]),
     ("C10", '{"vector_lens": [-1, 6],}', ["is not valid JSON", "write one object like"]),
@@ -460,7 +460,8 @@ def test_L10_eval_of_a_damaged_checkpoint_is_one_line(saved, tmp_path, capsys):
 FIELD_TYPES = {"vector_lens": "pair", "num_centroids": "pair", "num_res_centroids": "pair", "npercent": float,
                "group_num": int, "enable_norm": bool, "enable_perm": bool, "percdamp": float, "blocksize": int,
                "kmeans_iters": int, "kmeans_init": str, "seed": int, "nsamples": int, "seqlen": int,
-               "propagation": str, "finetune": bool, "finetune_steps": int, "finetune_lr": float}
+               "propagation": str, "finetune": bool, "finetune_steps": int, "finetune_lr": float,
+               "finetune_batch": int}
 junk = st.one_of(st.none(), st.text(max_size=5), st.lists(st.integers(), max_size=3), st.dictionaries(
     st.text(max_size=3), st.integers(), max_size=2), st.floats(allow_nan=True), st.booleans())
 

@@ -293,9 +293,33 @@ def _quantize_block(block: nn.Module, inputs: Captured, ctx: _BlockContext) -> N
 
 # Layer-wise fine-tuning (paper §4) ------------------------------------------------------------------------
 
+def _take_rows(value: Any, rows: torch.Tensor, batch: int) -> Any:
+    """``value`` restricted to batch ``rows``: tensors whose first dim is the batch (> 1) are indexed,
+    broadcast ones (first dim 1, e.g. rotary cos/sin, position ids) and non-tensors pass through."""
+    if isinstance(value, torch.Tensor):
+        return value[rows] if value.dim() > 0 and value.shape[0] == batch > 1 else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_take_rows(v, rows, batch) for v in value)
+    return value
+
+
+def _sub_batch(args: tuple, kwargs: dict, target: torch.Tensor, size: int, gen: torch.Generator):
+    """A random ``size``-sequence slice of one captured batch (the whole batch when ``size`` is 0 or larger)."""
+    batch = target.shape[0]
+    if size <= 0 or size >= batch:
+        return args, kwargs, target
+    rows = torch.randperm(batch, generator=gen)[:size]
+    return (_take_rows(args, rows, batch), {k: _take_rows(v, rows, batch) for k, v in kwargs.items()},
+            target[rows])
+
+
 def finetune_block(block: nn.Module, inputs: Captured, targets: list[torch.Tensor], spec: ArchSpec,
-                   steps: int, lr: float, seed: int) -> dict[str, float]:
-    """Train the block's centroids and norm weights so its outputs match ``targets`` (MSE, Adam)."""
+                   steps: int, lr: float, seed: int, batch: int = 0) -> dict[str, float]:
+    """Train the block's centroids and norm weights so its outputs match ``targets`` (MSE, Adam).
+
+    Each step takes one captured batch at random; ``batch`` > 0 keeps that many of its sequences
+    (cheaper steps: the cost of a step is linear in the tokens it sees).
+    """
     qlinears = [m for m in block.modules() if isinstance(m, QuantizedLinear)]
     norms = [get_module(block, n) for n in spec.norms if _has(block, n)]
     params = [p for q in qlinears for p in q.trainable_centroids()]
@@ -309,9 +333,9 @@ def finetune_block(block: nn.Module, inputs: Captured, targets: list[torch.Tenso
     try:
         for _ in range(steps):
             i = int(torch.randint(len(inputs), (1,), generator=gen))
-            args, kwargs = inputs[i]
+            args, kwargs, target = _sub_batch(*inputs[i], targets[i], batch, gen)
             with torch.enable_grad():
-                loss = nn.functional.mse_loss(_first_output(block(*args, **kwargs)), targets[i])
+                loss = nn.functional.mse_loss(_first_output(block(*args, **kwargs)), target)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
             optimizer.step()
@@ -321,7 +345,8 @@ def finetune_block(block: nn.Module, inputs: Captured, targets: list[torch.Tenso
         for p, flag in zip(norm_params, flags):
             p.requires_grad_(flag)
             p.grad = None
-    return {"mse_before": before, "mse_after": _block_mse(block, inputs, targets), "steps": steps}
+    return {"mse_before": before, "mse_after": _block_mse(block, inputs, targets), "steps": steps,
+            "sequences_per_step": batch or int(targets[0].shape[0])}
 
 
 def _has(root: nn.Module, dotted: str) -> bool:
@@ -473,7 +498,7 @@ def quantize_(model: nn.Module, config: Any, calibration: torch.Tensor, *, metho
         _quantize_block(block, inputs, ctx)
         if finetune:
             stats = finetune_block(block, inputs, _hidden(fp_outputs), spec, config.finetune_steps,
-                                   config.finetune_lr, config.seed + i)
+                                   config.finetune_lr, config.seed + i, config.finetune_batch)
             report.finetune.append({"block": i, **stats})
         inputs = fp_outputs if propagation == "full_precision" else run_block(block, inputs)
         if ckpt is not None:

@@ -66,9 +66,14 @@ def peak_rss(interval: float = 0.05) -> Iterator[dict[str, float]]:
         result["peak_gib"] = round(max(result["peak_gib"], proc.memory_info().rss / 2**30), 3)
 
 
+# Config fields added after caches were first written: left out of a row's key while they hold their
+# default, so rows cached before the field existed are still found.
+_KEY_OMIT_AT_DEFAULT = {"finetune_batch": 0}
+
+
 def _row_key(model: str, method: str, config: Any, settings: CompareSettings) -> str:
-    return json.dumps({"model": model, "method": method, "config": config.to_dict(), **settings.key()},
-                      sort_keys=True)
+    cfg = {k: v for k, v in config.to_dict().items() if k not in _KEY_OMIT_AT_DEFAULT or v != _KEY_OMIT_AT_DEFAULT[k]}
+    return json.dumps({"model": model, "method": method, "config": cfg, **settings.key()}, sort_keys=True)
 
 
 def _load_cache(path: Path | None) -> dict[str, dict[str, Any]]:

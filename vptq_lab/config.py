@@ -53,6 +53,7 @@ class VPTQConfig:
     finetune: bool = False
     finetune_steps: int = 100
     finetune_lr: float = 1e-4
+    finetune_batch: int = 0  # calibration sequences per Adam step; 0: a whole capture batch (quantize_'s batch_size)
 
     def __post_init__(self) -> None:
         for name in _PAIR_FIELDS:  # JSON gives lists: store tuples so equality and hashing work
@@ -122,13 +123,14 @@ def _type_ok(value: Any, expected: type) -> bool:
 
 def _check_types(cfg: VPTQConfig) -> None:
     hints = {"bool": bool, "int": int, "float": float, "str": str}
+    names = {"bool": "a bool (true/false)", "int": "an int", "float": "a float", "str": "a string"}
     for f in fields(cfg):
         value = getattr(cfg, f.name)
         if f.name in _PAIR_FIELDS:
             if not (isinstance(value, tuple) and len(value) == 2 and all(_type_ok(x, int) for x in value)):
                 raise ValueError(f"{f.name}={value!r} must be a pair of ints like (-1, 8)")
         elif not _type_ok(value, hints[str(f.type)]):
-            raise ValueError(f"{f.name}={value!r} must be a {f.type}")
+            raise ValueError(f"{f.name}={value!r} must be {names[str(f.type)]}")
     for name, allowed in _CHOICES.items():
         if getattr(cfg, name) not in allowed:
             raise ValueError(f"{name}={getattr(cfg, name)!r} must be one of {allowed}")
@@ -186,6 +188,9 @@ def _check_ranges(cfg: VPTQConfig) -> None:
         raise ValueError(f"finetune_lr={cfg.finetune_lr} must be > 0 (try 1e-4)")
     if cfg.seed < 0:
         raise ValueError(f"seed={cfg.seed} must be >= 0")
+    if cfg.finetune_batch < 0:
+        raise ValueError(f"finetune_batch={cfg.finetune_batch} must be >= 0 (0: a whole capture batch; "
+                         "n: n calibration sequences per fine-tuning step)")
 
 
 # Starting points for a 135M model with hidden 576 (SmolLM2-135M). The codebook is
