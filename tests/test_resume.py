@@ -318,6 +318,24 @@ def test_sigkill_at_a_random_block_then_resume_is_bit_identical(proc_env, two_ru
     assert k <= done < 4, f"k={k}, done={done}"
 
     record = _finish(_start(proc_env, out, "--checkpoint-dir", str(ck), "--resume"))
+    assert not ck.exists()  # the CLI deletes the block checkpoints once --out is saved
     (ref, ref_eval) = two_runs[0]
     _assert_same_folder(ref, out)
     assert record["perplexity"] == ref_eval["perplexity"], f"k={k}, wait={extra_wait:.2f}"
+
+
+def test_cli_removes_only_its_own_checkpoint_files_unless_asked_to_keep(proc_env, tmp_path, monkeypatch):
+    from vptq_lab.cli import main
+
+    monkeypatch.delenv("VPTQ_LAB_DATA", raising=False)  # the stand-in text, as in the subprocess runs
+
+    root, model_dir, _ = proc_env
+    base = ["quantize", "--model", str(model_dir), "--config", str(root / "cfg.json"), "--no-progress"]
+    kept = tmp_path / "kept"
+    assert main([*base, "--out", str(tmp_path / "m1"), "--checkpoint-dir", str(kept), "--keep-checkpoints"]) == 0
+    assert json.loads((kept / PROGRESS).read_text())["completed"] == 4  # whole, resumable-from evidence
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("a user's file")
+    assert main([*base, "--out", str(tmp_path / "m2"), "--checkpoint-dir", str(mine), "--json"]) == 0
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]  # ours gone, theirs kept

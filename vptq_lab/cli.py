@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="commit every finished block here, so a killed run can be resumed (outside --out)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run saved in --checkpoint-dir (same model, config and data)")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep --checkpoint-dir after success (by default its files are deleted once --out is saved)")
     p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("bits", help="exact bits per weight of a config, overhead included")
@@ -158,7 +160,7 @@ def _check_out(out: str, checkpoint_dir: str | None, resume: bool) -> None:
 
 
 def _quantize(model_name: str, config, out: str, data_dir: str | None, progress: bool,
-              checkpoint_dir: str | None = None, resume: bool = False) -> dict:
+              checkpoint_dir: str | None = None, resume: bool = False, keep_checkpoints: bool = False) -> dict:
     from .calibrate import quantize_
     from .checkpoint import save_quantized
     from .data import calibration_windows, load_wikitext2
@@ -170,18 +172,25 @@ def _quantize(model_name: str, config, out: str, data_dir: str | None, progress:
                                 config.seqlen, config.seed)
     report = quantize_(model, config, calib, progress=progress, checkpoint_dir=checkpoint_dir, resume=resume)
     save_quantized(model, tokenizer, out, report.to_dict())
+    cleanup = {}
+    if checkpoint_dir is not None:  # the model is saved whole: the block checkpoints have done their job
+        from .resume import remove_checkpoints
+
+        cleanup = {"checkpoint_dir": checkpoint_dir, "checkpoint_dir_kept": keep_checkpoints}
+        if not keep_checkpoints:
+            cleanup["checkpoint_mb_freed"] = round(remove_checkpoints(checkpoint_dir) / 2**20, 1)
     return {"model": model_name, "out": out, "bits_per_weight": round(report.total_bits_per_weight(), 4),
             "stored_bits_per_weight": round(report.total_bits_per_weight(stored=True), 4),
             "mean_proxy_loss_rel": round(float(report.to_dataframe().proxy_loss_rel.mean()), 5),
             "layers": len(report.records), "propagation": report.propagation,
             "calibration": f"{config.nsamples} x {config.seqlen} tokens of WikiText-2 validation",
-            "seconds": report.seconds}
+            "seconds": report.seconds, **cleanup}
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     _check_out(args.out, args.checkpoint_dir, args.resume)
     _print_record(_quantize(args.model, _load_config(args), args.out, args.data_dir, not args.no_progress,
-                            args.checkpoint_dir, args.resume), args.json)
+                            args.checkpoint_dir, args.resume, args.keep_checkpoints), args.json)
     return 0
 
 

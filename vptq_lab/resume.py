@@ -37,7 +37,8 @@ from torch import nn
 from .config import VPTQConfig
 from .errors import VPTQLabError
 
-__all__ = ["BlockCheckpoints", "run_fingerprint", "atomic_write_bytes", "PROGRESS", "CHECKPOINT_VERSION"]
+__all__ = ["BlockCheckpoints", "run_fingerprint", "atomic_write_bytes", "remove_checkpoints", "PROGRESS",
+           "CHECKPOINT_VERSION"]
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +230,28 @@ class BlockCheckpoints:
         atomic_write_bytes(self.folder / PROGRESS, json.dumps(self.progress, indent=1).encode())
         if old_hidden and old_hidden["file"] != hidden_file:  # no longer needed once progress points past it
             (self.folder / old_hidden["file"]).unlink(missing_ok=True)
+
+
+def remove_checkpoints(folder: str | Path) -> int:
+    """Delete a finished run's checkpoint folder; returns the bytes freed.
+
+    Only ``progress.json`` and the files it lists are removed (names checked to stay inside the
+    folder), then the folder itself if nothing else is left in it: files a user put there are kept.
+    """
+    from .checkpoint import safe_member
+
+    folder = Path(folder)
+    progress = _read_progress(folder / PROGRESS)
+    entries = [*progress["blocks"].values(), *([progress["hidden"]] if progress["hidden"] else [])]
+    paths = [safe_member(folder, entry["file"], PROGRESS) for entry in entries] + [folder / PROGRESS]
+    freed = 0
+    for path in paths:  # progress.json last: an interrupted cleanup stays a readable (if incomplete) folder
+        if path.is_file():
+            freed += path.stat().st_size
+            path.unlink()
+    if not any(folder.iterdir()):
+        folder.rmdir()
+    return freed
 
 
 def _block_tensors(block: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
