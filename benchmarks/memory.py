@@ -76,8 +76,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--tiny", action="store_true", help="a tiny random model and config: checks the script only")
     p.add_argument("--model", default="default", help="'default' (SmolLM2-135M), a model folder or a hub id")
     p.add_argument("--bits", type=int, choices=(2, 3, 4), default=2, help="preset (default 2)")
-    p.add_argument("--nsamples", type=int, default=None, help="override the preset's nsamples (128)")
-    p.add_argument("--seqlen", type=int, default=None, help="override the preset's seqlen (2048)")
+    p.add_argument("--nsamples", type=int, default=None, help="override the preset's calibration nsamples (32)")
+    p.add_argument("--seqlen", type=int, default=None, help="override the preset's calibration seqlen (512)")
+    p.add_argument("--save", type=Path, default=None,
+                   help="also save the quantized model here (after the measurement; a new folder)")
     p.add_argument("--data-dir", default=None, help="wikitext-2-raw folder (default $VPTQ_LAB_DATA, then fallbacks)")
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     return p.parse_args()
@@ -101,6 +103,8 @@ def _setup(args: argparse.Namespace, scratch: Path):
 
 def main() -> None:
     args = parse_args()
+    if args.save is not None and args.save.exists():
+        sys.exit(f"memory.py: --save {args.save} already exists: choose a new folder (nothing was run)")
     from vptq_lab.calibrate import quantize_
     from vptq_lab.data import calibration_windows, load_wikitext2
     from vptq_lab.models import load_model
@@ -122,6 +126,13 @@ def main() -> None:
         t2 = time.perf_counter()
         report = quantize_(model, config, calib, progress=True)
         wall["quantize"] = time.perf_counter() - t2
+        if args.save is not None:
+            from vptq_lab.checkpoint import save_quantized
+
+            rss.phase("save")
+            t3 = time.perf_counter()
+            save_quantized(model, tokenizer, args.save, report.to_dict())
+            wall["save"] = time.perf_counter() - t3
         rss.phase("end")
     wall = {k: round(v, 2) for k, v in wall.items()}
     result = {
@@ -136,6 +147,7 @@ def main() -> None:
                         "sampled_per_phase": {k: round(v / MB, 1) for k, v in rss.peaks.items()}},
         "wall_s": {**wall, "total": round(sum(wall.values()), 2)},
         "quantize_report_seconds": report.seconds,
+        "saved_to": str(args.save) if args.save is not None else None,
         "bits_per_weight": round(report.total_bits_per_weight(), 4),
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
                     "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),

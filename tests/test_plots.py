@@ -187,6 +187,18 @@ def test_bit_budget_from_breakdowns_and_dicts():
     assert plots.bit_budget({"paper": paper}, ax=target) is target.figure
 
 
+def test_bit_budget_shows_scales_and_zeros_of_scalar_methods():
+    from vptq_lab.baselines import GPTQConfig, scalar_bits
+
+    gptq = scalar_bits(GPTQConfig(bits=2, group_size=128), (576, 576))  # 5 groups per row (576 / 128, rounded up)
+    ax = _check(plots.bit_budget({"gptq": gptq, "vptq": bits_per_weight(OUTLIERS, (576, 576))}), title="Bit budget")
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["index", "codebook", "scale+zero", "outlier", "norm", "perm"]
+    heights = {name: ax.patches[2 * i].get_height() for i, name in enumerate(legend)}  # the gptq bar
+    assert heights["index"] == pytest.approx(2.0) and heights["scale+zero"] == pytest.approx(2 * 16 * 5 / 576)
+    assert float(ax.texts[0].get_text()) == pytest.approx(gptq.bits_per_weight, abs=1e-3)
+
+
 def test_bits_vs_perplexity_frontier_markers_and_note():
     df = pd.DataFrame({
         "method": ["vptq", "vptq", "vptq", "rtn", "rtn", "fp16 (Q4_1)"],

@@ -296,9 +296,13 @@ def column_loop_state(trace: Any, c: int) -> Figure:
 
 
 # Bits, perplexity, kernels ---------------------------------------------------------------------
-_SEGMENTS = (("index", ("index_bits",)), ("codebook", ("codebook_bits",)),
+# Segment -> the breakdown fields it sums. Scalar methods' codes count as "index"; their scales and zero
+# points form "scale+zero", drawn only when some bar has them.
+_SEGMENTS = (("index", ("index_bits", "code_bits")), ("codebook", ("codebook_bits",)),
+             ("scale+zero", ("scale_bits", "zero_bits")),
              ("outlier", ("outlier_index_bits", "outlier_codebook_bits")), ("norm", ("norm_bits",)),
              ("perm", ("perm_bits",)))
+_OPTIONAL_SEGMENTS = ("scale+zero",)
 
 
 def _per_weight(b: Any) -> dict[str, float]:
@@ -312,13 +316,16 @@ def _per_weight(b: Any) -> dict[str, float]:
 def bit_budget(breakdowns: Mapping[str, Any], ax: Axes | None = None) -> Figure:
     """Stacked bars of bits per weight: index, codebook, outlier, norm, perm, one bar per label.
 
-    Values: :class:`~vptq_lab.bits.BitBreakdown`, its ``to_dict()``, or ``{segment: bits/weight}``.
+    Values: :class:`~vptq_lab.bits.BitBreakdown`, :class:`~vptq_lab.baselines.ScalarBits` (codes,
+    scale+zero, perm), their ``to_dict()``, or ``{segment: bits/weight}``.
     """
     fig, ax = _fig_ax(ax, (max(4.0, 1.2 * len(breakdowns) + 2.5), 3.8))
     rows = {label: _per_weight(b) for label, b in breakdowns.items()}
+    segments = [(name, keys) for name, keys in _SEGMENTS
+                if name not in _OPTIONAL_SEGMENTS or any(r[name] for r in rows.values())]
     x = np.arange(len(rows))
     bottom = np.zeros(len(rows))
-    for i, (name, _) in enumerate(_SEGMENTS):
+    for i, (name, _) in enumerate(segments):
         h = np.array([r[name] for r in rows.values()])
         ax.bar(x, h, 0.6, bottom=bottom, label=name, color=f"C{i}")
         bottom += h

@@ -1,0 +1,97 @@
+"""Issue 4's table: RTN, GPTQ, plain VQ and VPTQ at their 2/3/4-bit presets on the default model.
+
+Rows come from ``vptq_lab.compare`` and its JSON-lines cache (``benchmarks/results/compare.cache.jsonl``),
+so this script only computes the rows the cache lacks. Several lanes can fill the cache side by side:
+
+    OMP_NUM_THREADS=1 vptq-lab compare --model default --bits 2,3,4 --methods gptq,rtn \\
+        --out /tmp/lane1.csv --cache benchmarks/results/compare.cache.jsonl
+    OMP_NUM_THREADS=1 vptq-lab compare --model default --bits 2,3,4 --methods vq \\
+        --out /tmp/lane2.csv --cache benchmarks/results/compare.cache.jsonl
+    python benchmarks/compare_table.py     # the remaining rows (none, above), the CSV/markdown and the figures
+
+Writes benchmarks/results/compare.{csv,md} and docs/images/compare_{pareto,bit_budget}.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from vptq_lab import plots
+from vptq_lab.baselines import GPTQConfig, RTNConfig, scalar_bits
+from vptq_lab.bits import model_bits
+from vptq_lab.budget import SMOLLM2_135M_SHAPES
+from vptq_lab.compare import CompareSettings, compare
+from vptq_lab.config import VPTQConfig
+
+RESULTS = Path("benchmarks/results")
+IMAGES = Path("docs/images")
+NAMES = {"fp": "full precision", "rtn": "RTN", "gptq": "GPTQ", "vq": "plain VQ", "vptq": "VPTQ"}
+BASELINE = "baseline: Q4_1 GGUF, already ~4-bit rounded"
+
+
+def breakdown(method: str, config_json: str):
+    """Bit breakdown of the default model's linears under a row's config (same sum as the row's bits)."""
+    cfg = json.loads(config_json)
+    if method in ("rtn", "gptq"):
+        config = (RTNConfig if method == "rtn" else GPTQConfig).from_dict(cfg)
+        shapes = list(SMOLLM2_135M_SHAPES.values())
+        total = scalar_bits(config, shapes[0])
+        for shape in shapes[1:]:
+            total = total + scalar_bits(config, shape)
+        return total
+    return model_bits(VPTQConfig.from_dict(cfg), SMOLLM2_135M_SHAPES)
+
+
+def markdown(df: pd.DataFrame) -> str:
+    cells = [[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row] for row in df.itertuples(index=False)]
+    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells]) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--windows", type=int, default=32)
+    parser.add_argument("--cache", type=Path, default=RESULTS / "compare.cache.jsonl")
+    args = parser.parse_args()
+    table = compare("default", ["rtn", "gptq", "vq", "vptq"], [2, 3, 4],
+                    settings=CompareSettings(windows=args.windows, seqlen=2048), cache=args.cache)
+    write(table, args.windows)
+
+
+def write(table: pd.DataFrame, windows: int) -> None:
+    table["machine"] = f"{platform.machine()} CPU, {torch.get_num_threads()} torch thread(s) per run"
+    table.to_csv(RESULTS / "compare.csv", index=False)
+
+    shown = table.assign(method=[NAMES[m] for m in table.method],
+                         row_minutes=((table.quant_seconds + table.eval_seconds) / 60).round(1))
+    cols = ["method", "target_bits", "bits", "perplexity", "proxy_loss_rel_mean", "quant_seconds", "eval_seconds",
+            "row_minutes", "peak_rss_gib"]
+    (RESULTS / "compare.md").write_text(markdown(shown[cols]))
+    print(shown[cols].to_string(index=False))
+
+    quant = shown[table.method != "fp"].drop(columns="note")
+    fig = plots.bits_vs_perplexity(quant, log_y=True,
+                                   note=f"SmolLM2-135M, WikiText-2 test, first {windows} x 2048 tokens")
+    fp = table[table.method == "fp"]
+    if len(fp):
+        fig.axes[0].axhline(float(fp.perplexity.iloc[0]), color="0.5", linestyle=":",
+                            label=f"full precision ({BASELINE})")
+        fig.axes[0].legend(fontsize="small")
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    fig.savefig(IMAGES / "compare_pareto.png", dpi=100, bbox_inches="tight")
+
+    bars = {f"{NAMES[r.method]} {r.target_bits}": breakdown(r.method, r.config)
+            for r in table.itertuples() if r.method != "fp"}
+    for (label, b), bits in zip(bars.items(), table[table.method != "fp"].bits):
+        assert abs(b.bits_per_weight - bits) < 1e-3, (label, b.bits_per_weight, bits)  # same accounting as the row
+    plots.bit_budget(bars).savefig(IMAGES / "compare_bit_budget.png", dpi=100, bbox_inches="tight")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""Reliability checks run once on the default model (issues 3 and 8), each as separate processes.
+
+Three 2-bit quantizations of SmolLM2-135M with the same preset and seed:
+
+* ``reload``  (process C): quantize in this process, evaluate the model in memory, save it, load the folder
+  back and evaluate again on the same windows. In-memory and reloaded perplexity must be equal.
+* ``resume``  (process B, then B'): ``vptq-lab quantize --checkpoint-dir`` killed with SIGKILL after a random
+  block, then ``--resume``; the folder is evaluated from disk.
+* run A is ``benchmarks/memory.py --save FOLDER`` (it also records peak RSS).
+* ``verify``: A, B and C must hold bit-identical tensors (A vs C: two uninterrupted processes; A vs B: an
+  interrupted and resumed run against an uninterrupted one), and equal perplexity from disk.
+
+    OMP_NUM_THREADS=1 python benchmarks/memory.py --save work/A
+    OMP_NUM_THREADS=1 python benchmarks/default_model_checks.py reload --work work
+    OMP_NUM_THREADS=1 python benchmarks/default_model_checks.py resume --work work
+    OMP_NUM_THREADS=1 python benchmarks/default_model_checks.py verify --work work
+
+Results go to ``benchmarks/results/default_model_checks.json`` (one key per step, merged).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import random
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+OUT = RESULTS / "default_model_checks.json"
+EVAL_WINDOWS = 8  # WikiText-2 test windows of 2048 tokens for every perplexity here
+
+
+def _record(step: str, data: dict) -> None:
+    results = json.loads(OUT.read_text()) if OUT.exists() else {}
+    data = {**data, "command": shlex.join(["python", *sys.argv]),
+            "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "VPTQ_LAB_DATA")},
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    results[step] = data
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps({step: data}, indent=2))
+
+
+def _eval_folder(folder: Path) -> dict:
+    """Perplexity of a saved folder, in a fresh process (the CLI)."""
+    cmd = [sys.executable, "-m", "vptq_lab.cli", "eval", "--model", str(folder), "--max-windows",
+           str(EVAL_WINDOWS), "--json", "--no-progress"]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"eval of {folder} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def cmd_reload(work: Path) -> None:
+    import torch
+
+    from vptq_lab.calibrate import quantize_
+    from vptq_lab.checkpoint import save_quantized
+    from vptq_lab.config import preset
+    from vptq_lab.data import calibration_windows, load_wikitext2, tokenize
+    from vptq_lab.eval import perplexity, window_nll
+    from vptq_lab.models import load_model
+
+    config = preset(2)
+    model, tokenizer = load_model("default")
+    calib = calibration_windows(tokenizer, load_wikitext2("validation"), config.nsamples, config.seqlen, config.seed)
+    t0 = time.perf_counter()
+    report = quantize_(model, config, calib, progress=False)
+    quant_s = time.perf_counter() - t0
+    test = load_wikitext2("test")
+    window = tokenize(tokenizer, test)[:, :2048]
+    in_memory = perplexity(model, tokenizer, test, max_windows=EVAL_WINDOWS, progress=False)
+    nll_mem = window_nll(model, window)
+    with torch.no_grad():
+        logits_mem = model(window).logits
+    folder = save_quantized(model, tokenizer, work / "C", report=report.to_dict())
+    del model
+    reloaded, tok2 = load_model(str(folder))
+    from_disk = perplexity(reloaded, tok2, test, max_windows=EVAL_WINDOWS, progress=False)
+    with torch.no_grad():
+        logits_disk = reloaded(window).logits
+    _record("reload", {
+        "what": "2-bit preset quantized in this process; perplexity in memory, then after save -> load_model",
+        "bits_per_weight": round(report.total_bits_per_weight(), 4), "quantize_seconds": round(quant_s, 1),
+        "windows": EVAL_WINDOWS, "seqlen": 2048,
+        "perplexity_in_memory": in_memory.perplexity, "perplexity_reloaded": from_disk.perplexity,
+        "equal": in_memory.perplexity == from_disk.perplexity,
+        "first_window_nll_in_memory": float(nll_mem), "first_window_max_abs_logit_diff":
+            float((logits_mem - logits_disk).abs().max()),
+        "folder": str(folder)})
+
+
+def _progress(ck: Path) -> int:
+    from vptq_lab.resume import PROGRESS
+
+    try:
+        return int(json.loads((ck / PROGRESS).read_text())["completed"])
+    except (FileNotFoundError, json.JSONDecodeError):
+        return 0
+
+
+def cmd_resume(work: Path, seed: int | None) -> None:
+    rng = random.Random(seed)
+    kill_after, extra_wait = rng.randint(1, 28), rng.uniform(0.0, 20.0)
+    out, ck = work / "B", work / "B-checkpoints"
+    cmd = [sys.executable, "-m", "vptq_lab.cli", "quantize", "--model", "default", "--bits", "2", "--out", str(out),
+           "--checkpoint-dir", str(ck), "--json", "--no-progress"]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while _progress(ck) < kill_after:
+        if proc.poll() is not None:
+            raise SystemExit(f"the run ended before the kill: {proc.communicate()[1][-3000:]}")
+        time.sleep(0.2)
+    time.sleep(extra_wait)  # land somewhere inside the next block
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    killed_s = time.perf_counter() - t0
+    done_at_kill = _progress(ck)
+    out_exists_after_kill = out.exists()
+    t1 = time.perf_counter()
+    resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, check=False)
+    if resumed.returncode != 0:
+        raise SystemExit(f"resume failed:\n{resumed.stderr[-3000:]}")
+    resume_s = time.perf_counter() - t1
+    _record("resume", {
+        "what": "vptq-lab quantize --bits 2 --checkpoint-dir, SIGKILL after a random block, then --resume",
+        "returncode_of_killed_run": proc.returncode, "killed_after_blocks_completed": kill_after,
+        "extra_wait_s": round(extra_wait, 2), "blocks_completed_at_kill": done_at_kill,
+        "out_folder_existed_after_kill": out_exists_after_kill, "seconds_before_kill": round(killed_s, 1),
+        "resume_seconds": round(resume_s, 1), "folder": str(out)})
+
+
+def _same_tensors(a: Path, b: Path) -> dict:
+    import torch
+    from safetensors.torch import load_file
+
+    ta, tb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    differing = sorted(k for k in ta.keys() & tb.keys()
+                       if ta[k].dtype != tb[k].dtype or not torch.equal(ta[k], tb[k]))
+    return {"tensors": len(ta), "same_names": ta.keys() == tb.keys(), "differing": differing[:10],
+            "bit_identical": ta.keys() == tb.keys() and not differing,
+            "same_file_bytes": (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes(),
+            "same_config_json": (a / "config.json").read_text() == (b / "config.json").read_text()}
+
+
+def cmd_verify(work: Path) -> None:
+    folders = {name: work / name for name in ("A", "B", "C")}
+    missing = [str(f) for f in folders.values() if not (f / "model.safetensors").is_file()]
+    if missing:
+        raise SystemExit(f"missing runs: {missing}; run memory.py --save, reload and resume first (see --help)")
+    evals = {name: _eval_folder(f) for name, f in folders.items()}
+    a_vs_c, a_vs_b = _same_tensors(folders["A"], folders["C"]), _same_tensors(folders["A"], folders["B"])
+    ppl = {name: e["perplexity"] for name, e in evals.items()}
+    _record("verify", {
+        "what": "A = memory.py --save (uninterrupted), B = killed + resumed CLI run, C = in-process run (reload)",
+        "determinism_two_processes_A_vs_C": a_vs_c, "kill_resume_A_vs_B": a_vs_b,
+        "perplexity_from_disk": ppl, "windows": EVAL_WINDOWS, "all_perplexities_equal": len(set(ppl.values())) == 1,
+        "passed": a_vs_c["bit_identical"] and a_vs_b["bit_identical"] and len(set(ppl.values())) == 1})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("step", choices=("reload", "resume", "verify"))
+    parser.add_argument("--work", type=Path, required=True, help="scratch folder holding A, B and C (kept)")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the kill point (default: random)")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    if args.step == "reload":
+        cmd_reload(args.work)
+    elif args.step == "resume":
+        cmd_resume(args.work, args.seed)
+    else:
+        cmd_verify(args.work)
+
+
+if __name__ == "__main__":
+    main()
