@@ -73,15 +73,16 @@ def write(table: pd.DataFrame, windows: int) -> None:
     table["machine"] = f"{platform.machine()} CPU, {torch.get_num_threads()} torch thread(s) per run"
     table.to_csv(RESULTS / "compare.csv", index=False)
 
-    shown = table.assign(method=[NAMES[m] + ("" if v == "preset" else f" {v}") for m, v in
-                                 zip(table.method, table.variant)],
+    table.loc[table.method == "fp", "variant"] = "-"
+    labels = [NAMES[m] + ("" if v in ("preset", "-") else f" {v}") for m, v in zip(table.method, table.variant)]
+    shown = table.assign(method=[NAMES[m] for m in table.method],
                          row_minutes=((table.quant_seconds + table.eval_seconds) / 60).round(1))
     cols = ["method", "variant", "target_bits", "bits", "perplexity", "proxy_loss_rel_mean", "quant_seconds",
             "eval_seconds", "row_minutes", "peak_rss_gib"]
     (RESULTS / "compare.md").write_text(markdown(shown[cols]))
     print(shown[cols].to_string(index=False))
 
-    quant = shown[table.method != "fp"].drop(columns="note")
+    quant = shown.assign(method=labels)[table.method != "fp"].drop(columns="note")
     fig = plots.bits_vs_perplexity(quant, log_y=True,
                                    note=f"SmolLM2-135M, WikiText-2 test, first {windows} x 2048 tokens")
     fp = table[table.method == "fp"]
@@ -93,7 +94,7 @@ def write(table: pd.DataFrame, windows: int) -> None:
     fig.savefig(IMAGES / "compare_pareto.png", dpi=100, bbox_inches="tight")
 
     bars = {f"{name} {r.target_bits}": breakdown(r.method, r.config)
-            for name, r in zip(shown.method, table.itertuples()) if r.method != "fp"}
+            for name, r in zip(labels, table.itertuples()) if r.method != "fp"}
     for (label, b), bits in zip(bars.items(), table[table.method != "fp"].bits):
         assert abs(b.bits_per_weight - bits) < 1e-3, (label, b.bits_per_weight, bits)  # same accounting as the row
     plots.bit_budget(bars).savefig(IMAGES / "compare_bit_budget.png", dpi=100, bbox_inches="tight")
