@@ -76,3 +76,10 @@ def write_results(out: Path, name: str, smoke: bool, rows: list[dict], meta: dic
         writer.writeheader()
         writer.writerows(rows)
     return stem.with_suffix(".json")
+
+
+def markdown_table(df) -> str:
+    """A GitHub table of a DataFrame (no tabulate dependency); floats to 4 significant digits."""
+    cells = [[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row] for row in df.itertuples(index=False)]
+    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells]) + "\n"

@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from _bench import markdown_table
 from vptq_lab import plots
 from vptq_lab.baselines import GPTQConfig, RTNConfig, scalar_bits
 from vptq_lab.bits import model_bits
@@ -46,12 +47,6 @@ def breakdown(method: str, config_json: str):
             total = total + scalar_bits(config, shape)
         return total
     return model_bits(VPTQConfig.from_dict(cfg), SMOLLM2_135M_SHAPES)
-
-
-def markdown(df: pd.DataFrame) -> str:
-    cells = [[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row] for row in df.itertuples(index=False)]
-    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells]) + "\n"
 
 
 def main() -> None:
@@ -79,7 +74,7 @@ def write(table: pd.DataFrame, windows: int) -> None:
                          row_minutes=((table.quant_seconds + table.eval_seconds) / 60).round(1))
     cols = ["method", "variant", "target_bits", "bits", "perplexity", "proxy_loss_rel_mean", "quant_seconds",
             "eval_seconds", "row_minutes", "peak_rss_gib"]
-    (RESULTS / "compare.md").write_text(markdown(shown[cols]))
+    (RESULTS / "compare.md").write_text(markdown_table(shown[cols]))
     print(shown[cols].to_string(index=False))
 
     quant = shown.assign(method=labels)[table.method != "fp"].drop(columns="note")

@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from _bench import markdown_table
 from vptq_lab.compare import CompareSettings, compare
 from vptq_lab.config import preset
 
@@ -69,15 +70,8 @@ def write_table(cache: Path) -> pd.DataFrame:
     table = table.sort_values(["target_bits", "row"])
     table.to_csv(RESULTS / "vptq_table.csv", index=False)
     cols = ["row", "bits", "perplexity", "proxy_loss_rel_mean", "quant_seconds", "eval_seconds", "peak_rss_gib"]
-    (RESULTS / "vptq_table.md").write_text(markdown(table[cols]))
+    (RESULTS / "vptq_table.md").write_text(markdown_table(table[cols]))
     return table
-
-
-def markdown(df: pd.DataFrame) -> str:
-    """A GitHub table (no tabulate dependency); floats to 4 significant digits."""
-    cells = [[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row] for row in df.itertuples(index=False)]
-    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells]) + "\n"
 
 
 def main() -> None:
