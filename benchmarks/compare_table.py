@@ -24,7 +24,7 @@ import torch
 
 from _bench import markdown_table
 from vptq_lab import plots
-from vptq_lab.baselines import GPTQConfig, RTNConfig, scalar_bits
+from vptq_lab.baselines import GPTQConfig, RTNConfig, ScalarBits, scalar_bits
 from vptq_lab.bits import model_bits
 from vptq_lab.budget import SMOLLM2_135M_SHAPES
 from vptq_lab.compare import CompareSettings, compare
@@ -41,11 +41,7 @@ def breakdown(method: str, config_json: str):
     cfg = json.loads(config_json)
     if method in ("rtn", "gptq"):
         config = (RTNConfig if method == "rtn" else GPTQConfig).from_dict(cfg)
-        shapes = list(SMOLLM2_135M_SHAPES.values())
-        total = scalar_bits(config, shapes[0])
-        for shape in shapes[1:]:
-            total = total + scalar_bits(config, shape)
-        return total
+        return sum((scalar_bits(config, shape) for shape in SMOLLM2_135M_SHAPES.values()), ScalarBits())
     return model_bits(VPTQConfig.from_dict(cfg), SMOLLM2_135M_SHAPES)
 
 
