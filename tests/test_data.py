@@ -1,8 +1,10 @@
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
+from vptq_lab import data
 from vptq_lab.data import (WIKITEXT2_SHA256, calibration_windows, load_wikitext2, rows_from_raw, tokenize)
 from vptq_lab.errors import VPTQLabError
 
@@ -43,6 +45,7 @@ def test_named_folder_without_the_file_is_an_error(tmp_path):
 
 def test_stand_in_is_labelled_not_comparable(monkeypatch, tmp_path):
     monkeypatch.setenv("VPTQ_LAB_DATA", str(tmp_path))  # env folder lacking the file falls through
+    monkeypatch.setattr(data, "CHECKOUT_DATA_DIRS", ())  # and no shared folder beside the checkout
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     ds = load_wikitext2("test")
     assert not ds.comparable and "NOT WikiText-2" in ds.name
@@ -67,3 +70,21 @@ def test_calibration_text_shorter_than_a_window(tiny_tok, wikitext_dir):
     short = type(ds)(ds.name, ds.split, ds.rows[:3], ds.source, ds.comparable)
     with pytest.raises(VPTQLabError, match="fewer than one window"):
         calibration_windows(tiny_tok, short, nsamples=2, seqlen=4096)
+
+
+def test_checkout_looks_in_the_shared_folder_beside_it():
+    assert data.CHECKOUT_DATA_DIRS == (Path(data.__file__).resolve().parents[2] / "shared/data/wikitext-2-raw",)
+
+
+def test_shared_folder_beside_the_checkout_is_used_without_the_env_var(monkeypatch, wikitext_dir, tmp_path):
+    monkeypatch.delenv("VPTQ_LAB_DATA", raising=False)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr(data, "CHECKOUT_DATA_DIRS", (tmp_path / "missing", wikitext_dir))
+    ds = load_wikitext2("test")
+    assert ds.comparable and ds.source == str(wikitext_dir)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "wiki.test.raw").write_text("not wikitext\n")
+    monkeypatch.setattr(data, "CHECKOUT_DATA_DIRS", (bad,))
+    with pytest.raises(VPTQLabError, match="sha256"):  # a default folder is checked like a named one
+        load_wikitext2("test")

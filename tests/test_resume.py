@@ -327,7 +327,7 @@ def test_sigkill_at_a_random_block_then_resume_is_bit_identical(proc_env, two_ru
 def test_cli_removes_only_its_own_checkpoint_files_unless_asked_to_keep(proc_env, tmp_path, monkeypatch):
     from vptq_lab.cli import main
 
-    monkeypatch.delenv("VPTQ_LAB_DATA", raising=False)  # the stand-in text, as in the subprocess runs
+    monkeypatch.delenv("VPTQ_LAB_DATA", raising=False)  # the same text source as the subprocess runs
 
     root, model_dir, _ = proc_env
     base = ["quantize", "--model", str(model_dir), "--config", str(root / "cfg.json"), "--no-progress"]

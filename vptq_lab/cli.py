@@ -29,7 +29,9 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seqlen", type=_positive_int, default=2048, help="tokens per window (default 2048)")
     p.add_argument("--max-windows", type=_positive_int, default=None, help="evaluate only the first N windows")
     p.add_argument("--split", default="test", help="test, validation or train (default test)")
-    p.add_argument("--data-dir", default=None, help="folder with wiki.*.raw (default: $VPTQ_LAB_DATA, then the hub)")
+    p.add_argument("--data-dir", default=None,
+                   help="folder with wiki.*.raw (default: $VPTQ_LAB_DATA, then ../shared/data/wikitext-2-raw "
+                        "beside the checkout, then the hub)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 

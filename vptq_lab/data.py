@@ -4,8 +4,11 @@ Sources are tried in order:
 
 1. a folder the user names (``data_dir=`` or ``$VPTQ_LAB_DATA``), each file checked
    against its known sha256;
-2. the Hugging Face hub through ``datasets`` (fails fast when offline);
-3. an offline stand-in corpus: the English help text that ships with the
+2. in a source checkout, the project's shared folder beside it,
+   ``<checkout>/../shared/data/wikitext-2-raw`` (``CHECKOUT_DATA_DIRS``), checked the same way,
+   so notebooks opened straight from JupyterLab find it without ``$VPTQ_LAB_DATA``;
+3. the Hugging Face hub through ``datasets`` (fails fast when offline);
+4. an offline stand-in corpus: the English help text that ships with the
    interpreter (``pydoc_data.topics``). Every result built on it carries
    ``comparable=False``: its numbers are not comparable to published ones.
 """
@@ -32,6 +35,11 @@ WIKITEXT2_SHA256 = {
     "wiki.test.raw": "173c87a53759e0201f33e0ccf978e510c2042d7f2cb78229d9a50d79b9e7dd08",
     "wiki.valid.raw": "4cd0f6876d07a413aa911261ff6d363c72d757d47f0fdd6015702014c89cb9c7",
 }
+_CHECKOUT = Path(__file__).resolve().parents[1]
+# Only a source checkout (pyproject.toml beside the package) looks beside itself; an installed wheel does not.
+CHECKOUT_DATA_DIRS: tuple[Path, ...] = (
+    (_CHECKOUT.parent / "shared" / "data" / "wikitext-2-raw",) if (_CHECKOUT / "pyproject.toml").is_file() else ()
+)
 
 
 @dataclass(frozen=True)
@@ -117,6 +125,11 @@ def load_wikitext2(split: str = "test", data_dir: str | os.PathLike | None = Non
         found = _from_folder(Path(folder).expanduser(), split, required=data_dir is not None)
         if found is not None:
             return found
+    for default in CHECKOUT_DATA_DIRS:
+        if default.is_dir():
+            found = _from_folder(default, split, required=False)
+            if found is not None:
+                return found
     found = _from_hub(split)
     if found is not None:
         return found
