@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from vptq_lab.testing import jupyterlab
 
 pytestmark = pytest.mark.browser
 
@@ -65,43 +62,6 @@ def _notebook(folder: Path) -> Path:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for_server(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"jupyter lab exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"jupyter lab did not answer {url} within {timeout}s")
-
-
-def _start_lab(root: Path, port: int, token: str, log) -> subprocess.Popen:
-    home = root.parent / "jupyter-home"
-    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(home / "config"), "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
-           "JUPYTER_DATA_DIR": str(home / "data"),  # extensions and kernels still come from sys.prefix
-           "IPYTHONDIR": str(home / "ipython"), "MPLBACKEND": "agg", "OMP_NUM_THREADS": "1",
-           "MKL_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ServerApp.ip=127.0.0.1",
-           f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
-           f"--ServerApp.root_dir={root}", f"--LabApp.workspaces_dir={home / 'workspaces'}",
-           f"--LabApp.user_settings_dir={home / 'settings'}", "--LabApp.news_url=",
-           "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", "--LabApp.extension_manager=readonly"]
-    if os.geteuid() == 0:  # CI containers run as root
-        cmd.append("--allow-root")
-    return subprocess.Popen(["nice", "-n", "10", *cmd], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-
-
 @pytest.fixture
 def artifacts() -> Path:
     folder = Path(os.environ.get("VPTQ_LAB_ARTIFACTS") or REPO / "artifacts") / "browser"
@@ -118,31 +78,22 @@ def test_widgets_in_jupyterlab(tmp_path, artifacts):
     root = tmp_path / "lab"
     root.mkdir()
     _notebook(root)
-    port, token = _free_port(), secrets.token_hex(16)
     log_path = artifacts / "jupyterlab.log"
-    with open(log_path, "w") as log:
-        proc = _start_lab(root, port, token, log)
-        try:
-            _wait_for_server(f"http://127.0.0.1:{port}/api/status?token={token}", proc)
-            with sync_api.sync_playwright() as p:
-                context = p.chromium.launch_persistent_context(
-                    str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True,
-                    args=CHROMIUM_ARGS, viewport={"width": 1280, "height": 1400})
-                page = context.new_page()
-                try:
-                    _drive(page, port, token, artifacts, sync_api.expect)
-                except Exception:
-                    page.screenshot(path=str(artifacts / "failure.png"), full_page=True)
-                    raise
-                finally:
-                    context.close()
-        finally:
-            proc.terminate()
+    env = {**os.environ, "MPLBACKEND": "agg", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    with open(log_path, "w") as log, jupyterlab(root, tmp_path / "jupyter-home", log, env) as (port, token):
+        with sync_api.sync_playwright() as p:
+            context = p.chromium.launch_persistent_context(
+                str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True,
+                args=CHROMIUM_ARGS, viewport={"width": 1280, "height": 1400})
+            page = context.new_page()
             try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                _drive(page, port, token, artifacts, sync_api.expect)
+            except Exception:
+                page.screenshot(path=str(artifacts / "failure.png"), full_page=True)
+                raise
+            finally:
+                context.close()
     elapsed = time.monotonic() - start
     (artifacts / "timing.txt").write_text(f"{elapsed:.1f} s\n")
     assert elapsed < 300, f"the browser test took {elapsed:.0f}s"
