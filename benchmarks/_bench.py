@@ -23,7 +23,8 @@ def parse_args(description: str) -> argparse.Namespace:
     """Common flags; exits politely when there is no GPU and no smoke mode was asked for."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--cpu-smoke", "--tiny", dest="smoke", action="store_true",
-                        help="tiny shapes on CPU (Triton under the interpreter): checks the script works, times nothing useful")
+                        help="tiny shapes on CPU (Triton under the interpreter): checks the script works, "
+                             "times nothing useful")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON and CSV results")
     args = parser.parse_args()
     if not args.smoke and not torch.cuda.is_available():

@@ -68,7 +68,8 @@ class Block(nn.Module):
         self.heads, self.hd = cfg["heads"], h // cfg["heads"]
         shapes = {"q": (h, h), "k": (h, h), "v": (h, h), "o": (h, h), "gate": (inter, h), "up": (inter, h),
                   "down": (h, inter)}
-        self.lin = nn.ModuleDict({n: Linear(*s, dtype, device, vq, seed * 7 + i) for i, (n, s) in enumerate(shapes.items())})
+        self.lin = nn.ModuleDict({n: Linear(*s, dtype, device, vq, seed * 7 + i)
+                                  for i, (n, s) in enumerate(shapes.items())})
         self.norm1 = nn.Parameter(torch.ones(h, device=device, dtype=dtype), requires_grad=False)
         self.norm2 = nn.Parameter(torch.ones(h, device=device, dtype=dtype), requires_grad=False)
         self.register_buffer("k_cache", torch.zeros(1, self.heads, max_len, self.hd, device=device, dtype=dtype))

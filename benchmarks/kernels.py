@@ -78,7 +78,8 @@ def main() -> None:
     print(f"wrote {path} ({len(rows)} rows)")
     for row in rows:
         print(f"{row['shape']:>12} {row['bits']:>20} b={row['batch']:<3} dense {row['dense_ms']:.4f} ms  "
-              f"triton {row['vq_linear_triton_ms']:.4f} ms  x{row['speedup_vs_dense']:.2f}  gemm_best={row['gemm_best']}")
+              f"triton {row['vq_linear_triton_ms']:.4f} ms  x{row['speedup_vs_dense']:.2f}  "
+              f"gemm_best={row['gemm_best']}")
 
 
 if __name__ == "__main__":

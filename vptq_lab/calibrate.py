@@ -37,8 +37,8 @@ from .qweight import QuantizedWeight
 from .baselines import METHODS, dequantized
 from .resume import BlockCheckpoints, run_fingerprint
 
-__all__ = ["block_hessians", "LayerRecord", "QuantizationReport", "LayerStore", "quantize_", "capture_block_inputs", "run_block",
-           "preflight"]
+__all__ = ["block_hessians", "LayerRecord", "QuantizationReport", "LayerStore", "quantize_", "capture_block_inputs",
+           "run_block", "preflight"]
 
 log = logging.getLogger(__name__)
 

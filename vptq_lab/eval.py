@@ -51,7 +51,8 @@ def _check_args(model, seqlen: int, max_windows: int | None) -> None:
         raise VPTQLabError(f"seqlen must be at least 2, got {seqlen}")
     limit = _context_limit(model)
     if limit is not None and seqlen > limit:
-        raise VPTQLabError(f"seqlen {seqlen} exceeds the model's context of {limit} tokens: use --seqlen {limit} or less")
+        raise VPTQLabError(
+            f"seqlen {seqlen} exceeds the model's context of {limit} tokens: use --seqlen {limit} or less")
     if max_windows is not None and max_windows < 1:
         raise VPTQLabError(f"max_windows must be at least 1, got {max_windows}; omit it to use every window")
 
