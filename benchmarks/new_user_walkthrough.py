@@ -74,6 +74,13 @@ def _summary(path: Path, seconds: float) -> dict:
             "stdout": text, "tables": tables}
 
 
+def _write(out: Path, record: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+    tmp.replace(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repo", type=Path, required=True, help="a throwaway clone (its notebooks get overwritten)")
@@ -119,10 +126,10 @@ def main(argv: list[str] | None = None) -> int:
                     s = record["notebooks"][path.name]
                     print(f"  {s['seconds']:.0f}s, {s['executed']}/{s['code_cells']} cells, errors: {s['errors']}",
                           flush=True)
+                    _write(args.out, record)  # after each notebook, so a stopped run keeps what finished
             finally:
                 context.close()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+    _write(args.out, record)
     ok = all(not s["errors"] and s["executed"] == s["code_cells"] for s in record["notebooks"].values())
     print("all cells ran, no errors" if ok else f"FAILED: see {args.out}")
     return 0 if ok else 1
