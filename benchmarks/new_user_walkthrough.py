@@ -24,11 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-from vptq_lab.testing import jupyterlab
+from vptq_lab.testing import CHROMIUM, CHROMIUM_ARGS, jupyterlab
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 HERE = Path(__file__).resolve().parents[1]
 
 
@@ -111,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     with open(shots / "jupyterlab.log", "w") as log, jupyterlab(repo, work / "home", log, env) as (port, token):
         with sync_playwright() as p:
             context = p.chromium.launch_persistent_context(str(work / "profile"), executable_path=str(CHROMIUM),
-                                                           headless=True, args=ARGS,
+                                                           headless=True, args=CHROMIUM_ARGS,
                                                            viewport={"width": 1280, "height": 1400})
             page = context.pages[0] if context.pages else context.new_page()
             dialog = page.locator(".jp-Dialog")

@@ -15,13 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from vptq_lab.testing import jupyterlab
+from vptq_lab.testing import CHROMIUM, CHROMIUM_ARGS, jupyterlab
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 REPO = Path(__file__).resolve().parents[1]
 
 SETUP = """\

@@ -19,7 +19,13 @@ from typing import IO
 
 import torch
 
-__all__ = ["tiny_tokenizer", "tiny_llama", "save_tiny_model", "tiny_model", "TINY_FAMILIES", "jupyterlab"]
+__all__ = ["tiny_tokenizer", "tiny_llama", "save_tiny_model", "tiny_model", "TINY_FAMILIES", "jupyterlab", "CHROMIUM",
+           "CHROMIUM_ARGS"]
+
+# Debian's chromium, driven by playwright (never ``playwright install``), headless and offline.
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 def tiny_tokenizer(vocab_size: int = 384):
