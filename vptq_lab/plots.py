@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -25,7 +26,8 @@ from .qweight import QuantizedWeight
 __all__ = [
     "to_png", "weight_histogram", "hessian_diagonal", "outlier_heatmap", "matrix_heatmap",
     "codebook_stats", "codebook_usage", "vector_projection", "proxy_loss_by_role", "column_error",
-    "column_loop_state", "bit_budget", "bits_vs_perplexity", "kernel_throughput", "ROLE_ORDER",
+    "column_loop_state", "bit_budget", "bits_vs_perplexity", "kernel_throughput",
+    "kernel_results", "KERNEL_PATHS", "ROLE_ORDER",
 ]
 
 ROLE_ORDER = ("q", "k", "v", "qkv", "o", "gate", "up", "gate_up", "down")
@@ -396,4 +398,37 @@ def kernel_throughput(df, value: str | None = None, ax: Axes | None = None) -> F
     ylabel = "throughput (GB/s, higher is better)" if value == "gbps" else "time per call (µs, lower is better)"
     ax.set(title="Kernel throughput by shape and backend", xlabel="weight shape (out × in) and batch", ylabel=ylabel)
     ax.legend(title="backend", fontsize="small")
+    return fig
+
+
+# Columns of a ``benchmarks/kernels.py`` row (milliseconds per call) and the bar label each gets.
+KERNEL_PATHS = {"dense_ms": "fp16 dense F.linear", "vq_linear_triton_ms": "vq_linear (Triton)",
+                "torch_dequant_ms": "torch dequant + F.linear"}
+
+
+def kernel_results(data: Mapping[str, Any], bits: str | None = None, ax: Axes | None = None) -> Figure:
+    """Time per call of each path in one ``benchmarks/kernels.py`` result file, for one bit budget.
+
+    data: the file's JSON, ``{"meta": {"device_name" or "device": ...}, "rows": [...]}``; each row has shape,
+    out, in, batch, bits and the ``*_ms`` columns of :data:`KERNEL_PATHS`. bits: a row's ``bits`` name
+    (default: the first in the file). The device name goes into the title, so a figure never loses it.
+    """
+    rows = pd.DataFrame(list(data.get("rows", [])))
+    if rows.empty:
+        raise ValueError("kernel results hold no rows: rerun benchmarks/kernels.py")
+    names = list(dict.fromkeys(rows["bits"]))
+    bits = bits or names[0]
+    if bits not in names:
+        raise ValueError(f"bits={bits!r} is not in these results; they hold {names}")
+    meta = data.get("meta", {})
+    device = meta.get("device_name") or meta.get("device") or "unknown device"
+    sub = rows[rows["bits"] == bits].copy()
+    sub["shape"] = [f"{s} {o}×{i}" for s, o, i in zip(sub["shape"], sub["out"], sub["in"])]
+    present = [c for c in KERNEL_PATHS if c in sub]
+    long = sub.melt(id_vars=["shape", "batch"], value_vars=present, var_name="backend", value_name="ms").dropna()
+    long["backend"] = long["backend"].map(KERNEL_PATHS)
+    long["us"] = long["ms"] * 1000.0
+    fig = kernel_throughput(long, value="us", ax=ax)
+    fig_ax = ax or fig.axes[0]
+    fig_ax.set_title(f"{device}: {bits} ({meta.get('dtype', 'dtype not recorded')})")
     return fig
