@@ -50,3 +50,59 @@ def test_committed_executed_without_errors(path):
     assert all(c.get("execution_count") for c in code), f"{path.name} is not committed executed"
     errors = [o for c in code for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors, f"{path.name} was committed with an error output"
+
+
+def _code(prefix: str) -> str:
+    path = next(p for p in NOTEBOOKS if p.name.startswith(prefix))
+    return "\n".join(_source(c) for c in _cells(path) if c["cell_type"] == "code")
+
+
+# Every concept of VPTQ_NOTES.md sections 2 (the pieces) and 3 (bit accounting), with the notebook and the code
+# that computes it there. A notebook edit that drops one of these cells fails here.
+CONCEPTS = {
+    "2.1 Hessians from forward hooks, float64, divided by the token count": (
+        "02", [r"hessian_hooks\(", r"rows\.T @ rows / rows\.shape\[0\]", r"H_tiny\.dtype"]),
+    "2.1 layers with one input share one H (q/k/v, gate/up)": ("02", [r"spec\.stages", r"one H serves all three"]),
+    "2.1 quantized vs full-precision propagation": ("05", [r"TINY_CFG\.replace\(propagation=mode\)"]),
+    "2.1 how much propagation changes the next block's H": ("02", [r"next_hessian\(q_block0\)"]),
+    "2.2 dead columns": ("02", [r"condition_hessian\(H_dead", r"Wc\[:, 3\] == 0"]),
+    "2.2 damping": ("02", [r"percdamp=0\.01", r"smallest eigenvalue"]),
+    "2.2 act-order": ("02", [r"act_order\(H_damped\)"]),
+    "2.2 upper Cholesky factor of H^-1": ("02", [r"inverse_cholesky_upper\(H_damped\)", r"U\.double\(\)\.T @ U"]),
+    "2.3 vectors: v output rows of one input column, padded": ("01", [r"to_vectors\(W_small, v=2\)", r"from_vectors\("]),
+    "2.4 k-means weighted by H_jj": ("03", [r"init_codebooks\(prep, config\)"]),
+    "2.4 what per-point weights change in k-means": ("01", [r"weighted_kmeans\(X_iso, 8, weights=w"]),
+    "2.5 the column loop with error feedback, and the no-feedback ablation": (
+        "03", [r"quantize_columns\(prep, parts, config\.blocksize, feedback=True\)", r"feedback=False",
+               r"vq_no_feedback\("]),
+    "2.6 residual VQ": ("04", [r"num_res_centroids=\(-1, k2\)"]),
+    "2.7 outlier columns": ("04", [r"npercent=npercent", r"vector_lens=\(v0, base\.v\)"]),
+    "2.8 groups": ("04", [r"group_num=g"]),
+    "2.9 per-column normalisation": ("04", [r"enable_norm=True"]),
+    "2.10 layer-wise fine-tuning": ("05", [r"finetune=True"]),
+    "3 index and codebook bits by hand, against bits_per_weight": ("01", [r"bits_per_weight\(cfg, \(out_f, in_f\)"]),
+    "3 paper checks: 1.002 bits, 2.02 (7B), 2.19 (13B), 3.27 for 'v8-k65536-256'": (
+        "01", [r"out_f, in_f, v, k = 4096, 4096, 8, 256", r'"2\.02"', r'"2\.19"', r'"3\.27"']),
+    "3 totals per transformer block, with perm/scale/bias charged": ("01", [r"llama_block\(", r"enable_norm=True"]),
+    "3 a k=4096, v=6 codebook costs ~0.8 bit per weight on the 135M model": (
+        "07", [r"vptq_model_bits\(paper_cfg, SMOLLM2_135M_SHAPES\)"]),
+}
+
+
+@pytest.mark.parametrize("concept", list(CONCEPTS))
+def test_every_vptq_notes_concept_is_computed_in_a_notebook(concept):
+    prefix, patterns = CONCEPTS[concept]
+    code = _code(prefix)
+    missing = [p for p in patterns if not re.search(p, code)]
+    assert not missing, f"notebook {prefix} no longer computes {concept!r}: {missing}"
+
+
+def test_the_concept_list_covers_every_numbered_piece_of_vptq_notes_section_2():
+    notes = Path(__file__).resolve().parents[2] / "shared" / "docs" / "VPTQ_NOTES.md"
+    if not notes.is_file():
+        pytest.skip(f"{notes} is not beside this checkout")
+    text = notes.read_text(encoding="utf-8")
+    section = text[text.index("## 2.") : text.index("## 3.")]
+    pieces = {f"2.{n}" for n in re.findall(r"^(\d+)\. \*\*", section, flags=re.M)}
+    assert len(pieces) >= 10
+    assert pieces <= {c.split()[0] for c in CONCEPTS}, sorted(pieces - {c.split()[0] for c in CONCEPTS})
