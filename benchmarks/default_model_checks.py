@@ -137,32 +137,21 @@ def cmd_resume(work: Path, seed: int | None) -> None:
         "resume_seconds": round(resume_s, 1), "folder": str(out)})
 
 
-def _same_tensors(a: Path, b: Path) -> dict:
-    import torch
-    from safetensors.torch import load_file
-
-    ta, tb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
-    differing = sorted(k for k in ta.keys() & tb.keys()
-                       if ta[k].dtype != tb[k].dtype or not torch.equal(ta[k], tb[k]))
-    return {"tensors": len(ta), "same_names": ta.keys() == tb.keys(), "differing": differing[:10],
-            "bit_identical": ta.keys() == tb.keys() and not differing,
-            "same_file_bytes": (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes(),
-            "same_config_json": (a / "config.json").read_text() == (b / "config.json").read_text()}
-
-
 def cmd_verify(work: Path) -> None:
+    from vptq_lab.checkpoint import compare_checkpoints
+
     folders = {name: work / name for name in ("A", "B", "C")}
     missing = [str(f) for f in folders.values() if not (f / "model.safetensors").is_file()]
     if missing:
         raise SystemExit(f"missing runs: {missing}; run memory.py --save, reload and resume first (see --help)")
     evals = {name: _eval_folder(f) for name, f in folders.items()}
-    a_vs_c, a_vs_b = _same_tensors(folders["A"], folders["C"]), _same_tensors(folders["A"], folders["B"])
+    a_vs_c, a_vs_b = compare_checkpoints(folders["A"], folders["C"]), compare_checkpoints(folders["A"], folders["B"])
     ppl = {name: e["perplexity"] for name, e in evals.items()}
     _record("verify", {
         "what": "A = memory.py --save (uninterrupted), B = killed + resumed CLI run, C = in-process run (reload)",
         "determinism_two_processes_A_vs_C": a_vs_c, "kill_resume_A_vs_B": a_vs_b,
         "perplexity_from_disk": ppl, "windows": EVAL_WINDOWS, "all_perplexities_equal": len(set(ppl.values())) == 1,
-        "passed": a_vs_c["bit_identical"] and a_vs_b["bit_identical"] and len(set(ppl.values())) == 1})
+        "passed": a_vs_c["identical"] and a_vs_b["identical"] and len(set(ppl.values())) == 1})
 
 
 def main() -> None:

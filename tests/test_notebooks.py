@@ -69,7 +69,8 @@ CONCEPTS = {
     "2.2 damping": ("02", [r"percdamp=0\.01", r"smallest eigenvalue"]),
     "2.2 act-order": ("02", [r"act_order\(H_damped\)"]),
     "2.2 upper Cholesky factor of H^-1": ("02", [r"inverse_cholesky_upper\(H_damped\)", r"U\.double\(\)\.T @ U"]),
-    "2.3 vectors: v output rows of one input column, padded": ("01", [r"to_vectors\(W_small, v=2\)", r"from_vectors\("]),
+    "2.3 vectors: v output rows of one input column, padded": (
+        "01", [r"to_vectors\(W_small, v=2\)", r"from_vectors\("]),
     "2.4 k-means weighted by H_jj": ("03", [r"init_codebooks\(prep, config\)"]),
     "2.4 what per-point weights change in k-means": ("01", [r"weighted_kmeans\(X_iso, 8, weights=w"]),
     "2.5 the column loop with error feedback, and the no-feedback ablation": (

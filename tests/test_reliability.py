@@ -16,10 +16,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vptq_lab.calibrate import quantize_
-from vptq_lab.checkpoint import FORMAT_VERSION, load_quantized, read_manifest, save_quantized
+from vptq_lab.checkpoint import FORMAT_VERSION, compare_checkpoints, load_quantized, read_manifest, save_quantized
 from vptq_lab.cli import main
 from vptq_lab.config import VPTQConfig
 from vptq_lab.data import TextDataset, calibration_windows
@@ -377,6 +378,30 @@ def test_P21_a_failed_save_leaves_nothing(tmp_path):
     with pytest.raises(VPTQLabError, match="no quantized layers: run quantize_ first"):
         save_quantized(tiny_model("llama"), None, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_compare_checkpoints_finds_what_differs(saved, tmp_path):
+    same = compare_checkpoints(saved, _copy(saved, tmp_path / "copy"))
+    assert same["identical"] and same["tensors"] > 0 and same["differing"] == []
+    # one codebook entry changed, re-saved through safetensors: same names, one differing tensor
+    other = _copy(saved, tmp_path / "other")
+    tensors = load_file(str(other / "model.safetensors"))
+    name = next(k for k in sorted(tensors) if k.endswith("centroids.weight"))
+    tensors[name] = tensors[name].clone()
+    tensors[name].view(-1)[0] += 1
+    save_file(tensors, str(other / "model.safetensors"))
+    diff = compare_checkpoints(saved, other)
+    assert not diff["identical"] and diff["same_names"] and diff["differing"] == [name]
+    assert diff["same_config_json"] and diff["same_report"] and not diff["same_file_bytes"]
+    # a report that differs only in wall-clock seconds is the same report
+    report = json.loads((saved / "report.json").read_text())
+    for layer in report["layers"]:
+        layer["seconds"] = layer.get("seconds", 0) + 1.0
+    timed = _copy(saved, tmp_path / "timed")
+    (timed / "report.json").write_text(json.dumps(report))
+    assert compare_checkpoints(saved, timed)["same_report"]
+    with pytest.raises(VPTQLabError, match="holds no model.safetensors"):
+        compare_checkpoints(saved, tmp_path)
 
 
 # The CLI -----------------------------------------------------------------------------------------------

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 import vptq_lab.calibrate as calibrate
 from vptq_lab.calibrate import quantize_
+from vptq_lab.checkpoint import compare_checkpoints
 from vptq_lab.config import VPTQConfig
 from vptq_lab.errors import VPTQLabError
 from vptq_lab.layers import QuantizedLinear
@@ -276,15 +276,9 @@ def two_runs(proc_env):
 
 
 def _assert_same_folder(a: Path, b: Path):
-    ta, tb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
-    assert ta.keys() == tb.keys()
-    for key in ta:
-        assert ta[key].dtype == tb[key].dtype and torch.equal(ta[key], tb[key]), key
-    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
-    assert (a / "config.json").read_text() == (b / "config.json").read_text()
-    ra, rb = (json.loads((f / "report.json").read_text()) for f in (a, b))
-    strip = lambda r: [{k: v for k, v in layer.items() if k != "seconds"} for layer in r["layers"]]  # noqa: E731
-    assert strip(ra) == strip(rb) and ra["finetune"] == rb["finetune"] and ra["config"] == rb["config"]
+    diff = compare_checkpoints(a, b)
+    assert diff["identical"], json.dumps(diff)
+    assert diff["tensors"] > 0
 
 
 def test_same_seed_same_model_and_perplexity_in_two_processes(two_runs):

@@ -26,7 +26,8 @@ from .errors import VPTQLabError
 from .layers import QuantizedLinear
 from .qweight import QuantizedWeight
 
-__all__ = ["save_quantized", "load_quantized", "layer_config", "FORMAT_VERSION", "read_manifest", "safe_member"]
+__all__ = ["save_quantized", "load_quantized", "layer_config", "FORMAT_VERSION", "read_manifest", "safe_member",
+           "compare_checkpoints"]
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
@@ -299,3 +300,47 @@ def load_quantized(folder: str | Path, device: str | torch.device = "cpu", verif
         model.tie_weights()
     tokenizer = AutoTokenizer.from_pretrained(folder) if (folder / "tokenizer_config.json").is_file() else None
     return model.to(device).eval(), tokenizer
+
+
+def _without_timings(value: Any) -> Any:
+    """value with every ``seconds`` key removed, at any depth (wall-clock times differ between equal runs)."""
+    if isinstance(value, dict):
+        return {k: _without_timings(v) for k, v in value.items() if k != "seconds"}
+    if isinstance(value, list):
+        return [_without_timings(v) for v in value]
+    return value
+
+
+def _report_without_timings(folder: Path) -> Any:
+    return _without_timings(_read_json(folder / "report.json",
+                                       "save_quantized writes one into every folder; re-save the model"))
+
+
+def compare_checkpoints(a: str | Path, b: str | Path) -> dict[str, Any]:
+    """Whether two saved folders hold the same quantized model, and where they differ.
+
+    Compares ``model.safetensors`` tensor by tensor (names, dtypes, values) and byte for byte, ``config.json`` as
+    text, and ``report.json`` without its wall-clock ``seconds`` fields. ``identical`` is true only when
+    all of these agree; ``differing`` lists up to 10 tensor names whose dtype or values differ.
+    """
+    from safetensors.torch import load_file
+
+    a, b = Path(a), Path(b)
+    for folder in (a, b):
+        if not (folder / WEIGHTS).is_file():
+            raise VPTQLabError(f"{folder} holds no {WEIGHTS}: pass a folder written by save_quantized")
+    ta, tb = load_file(str(a / WEIGHTS)), load_file(str(b / WEIGHTS))
+    differing = sorted(k for k in ta.keys() & tb.keys() if ta[k].dtype != tb[k].dtype or not torch.equal(ta[k], tb[k]))
+    result = {
+        "tensors": len(ta),
+        "same_names": ta.keys() == tb.keys(),
+        "only_in_a": sorted(ta.keys() - tb.keys())[:10],
+        "only_in_b": sorted(tb.keys() - ta.keys())[:10],
+        "differing": differing[:10],
+        "same_tensors": ta.keys() == tb.keys() and not differing,
+        "same_file_bytes": (a / WEIGHTS).read_bytes() == (b / WEIGHTS).read_bytes(),
+        "same_config_json": (a / "config.json").read_text() == (b / "config.json").read_text(),
+        "same_report": _report_without_timings(a) == _report_without_timings(b),
+    }
+    result["identical"] = all(result[k] for k in ("same_tensors", "same_file_bytes", "same_config_json", "same_report"))
+    return result
