@@ -11,6 +11,9 @@ checkout, so give it a throwaway clone, never the checkout you commit from:
     git clone -q . /tmp/newuser && (cd /tmp/newuser && make venv)
     /tmp/newuser/.venv/bin/python benchmarks/new_user_walkthrough.py --repo /tmp/newuser \\
         --notebooks 01 05 --out benchmarks/results/new_user_walkthrough.json
+
+An existing --out file keeps the notebooks this run does not repeat; every entry records its commit, date
+and OMP_NUM_THREADS.
 """
 
 from __future__ import annotations
@@ -32,16 +35,34 @@ HERE = Path(__file__).resolve().parents[1]
 def _run_all(page, url: str, shots: Path, stem: str, limit_s: float) -> float:
     """Open the notebook at url, Run All Cells, wait until nothing is queued, save. Returns seconds."""
     page.set_default_timeout(120_000)
-    page.goto(url)
-    page.locator(".jp-NotebookPanel .jp-Cell").first.wait_for()
-    idle = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook-ExecutionIndicator[data-status='idle']")
-    idle.wait_for(timeout=120_000)
-    page.locator(".jp-StatusBar-Widget", has_text="| Idle").first.wait_for(timeout=120_000)  # kernel connected
-    start = time.monotonic()
-    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-    page.locator(".lm-Menu-itemLabel").get_by_text("Run All Cells", exact=True).click()
+    requests: list[int] = []  # execute_request messages the page sent to the kernel
+
+    def on_websocket(ws) -> None:
+        def sent(payload) -> None:
+            if b"execute_request" in (payload if isinstance(payload, bytes) else payload.encode()):
+                requests.append(1)
+
+        ws.on("framesent", sent)
+
+    page.on("websocket", on_websocket)  # before goto, so the kernel's socket is seen
+    try:
+        page.goto(url)
+        page.locator(".jp-NotebookPanel .jp-Cell").first.wait_for()
+        idle = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook-ExecutionIndicator[data-status='idle']")
+        idle.wait_for(timeout=120_000)
+        page.locator(".jp-StatusBar-Widget", has_text="| Idle").first.wait_for(timeout=120_000)  # kernel connected
+        start = time.monotonic()
+        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+        page.locator(".lm-Menu-itemLabel").get_by_text("Run All Cells", exact=True).click()
+        # The run has started once the first cell went to the kernel. (A "[*]" prompt can come and go between
+        # two polls on a quick notebook, so the socket is the signal.)
+        while not requests:
+            if time.monotonic() - start > 60:
+                raise TimeoutError(f"{stem}: Run All Cells sent nothing to the kernel within 60 s")
+            page.wait_for_timeout(200)
+    finally:
+        page.remove_listener("websocket", on_websocket)
     queued = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-InputPrompt", has_text="[*]")
-    queued.first.wait_for(timeout=60_000)  # the run has started
     quiet = 0
     while quiet < 3:  # three polls in a row with nothing queued and the kernel idle
         if time.monotonic() - start > limit_s:
@@ -102,9 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     shots.mkdir(parents=True, exist_ok=True)
     commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
-    record = {"repo_commit": commit, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-              "env": {"CI": None, "VPTQ_LAB_DATA": None, "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS")},
-              "how": "JupyterLab + chromium: open, Run > Run All Cells, File > Save Notebook", "notebooks": {}}
+    # Notebooks recorded earlier in --out stay unless run again here; each entry says which commit and threads ran it.
+    old = json.loads(args.out.read_text(encoding="utf-8")) if args.out.is_file() else {}
+    record = {"how": "JupyterLab + chromium: open, Run > Run All Cells, File > Save Notebook",
+              "notebooks": old.get("notebooks", {})}
+    run_info = {"repo_commit": commit, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                "env": {"CI": None, "VPTQ_LAB_DATA": None, "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS")}}
     with open(shots / "jupyterlab.log", "w") as log, jupyterlab(repo, work / "home", log, env) as (port, token):
         with sync_playwright() as p:
             context = p.chromium.launch_persistent_context(str(work / "profile"), executable_path=str(CHROMIUM),
@@ -119,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"running {rel} ...", flush=True)
                     seconds = _run_all(page, f"http://127.0.0.1:{port}/lab/tree/{rel}?token={token}", shots,
                                        path.stem, args.limit_min * 60)
-                    record["notebooks"][path.name] = _summary(path, seconds)
+                    record["notebooks"][path.name] = {
+                        **run_info, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        **_summary(path, seconds)}
                     s = record["notebooks"][path.name]
                     print(f"  {s['seconds']:.0f}s, {s['executed']}/{s['code_cells']} cells, errors: {s['errors']}",
                           flush=True)
@@ -127,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 context.close()
     _write(args.out, record)
-    ok = all(not s["errors"] and s["executed"] == s["code_cells"] for s in record["notebooks"].values())
+    ran = [record["notebooks"][p.name] for p in paths if p.name in record["notebooks"]]
+    ok = len(ran) == len(paths) and all(not s["errors"] and s["executed"] == s["code_cells"] for s in ran)
     print("all cells ran, no errors" if ok else f"FAILED: see {args.out}")
     return 0 if ok else 1
 

@@ -136,3 +136,45 @@ def _drive(page, port: int, token: str, artifacts: Path, expect) -> None:
     assert "v0=4" in after and before.split()[0] != after.split()[0]  # outliers on, bits changed
     bits.scroll_into_view_if_needed()
     page.screenshot(path=str(artifacts / "02_slider_moved.png"), full_page=True)
+
+
+def _tiny_notebook(path: Path, sources: list[str]) -> None:
+    cells = [{"cell_type": "code", "id": f"c{i}", "metadata": {}, "source": s, "outputs": [],
+              "execution_count": None} for i, s in enumerate(sources)]
+    path.write_text(json.dumps({"cells": cells, "nbformat": 4, "nbformat_minor": 5, "metadata": {
+        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}}))
+
+
+def test_new_user_walkthrough_script(tmp_path, monkeypatch):
+    # benchmarks/new_user_walkthrough.py on a throwaway "checkout": one notebook that runs, one that fails.
+    if not CHROMIUM.exists():
+        pytest.skip("Debian chromium not found at /usr/bin/chromium (.ci/run installs it)")
+    pytest.importorskip("playwright.sync_api", reason="playwright (the PyPI package) is not installed")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("walkthrough", REPO / "benchmarks" / "new_user_walkthrough.py")
+    walkthrough = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(walkthrough)
+    repo = tmp_path / "clone"
+    (repo / "notebooks").mkdir(parents=True)
+    _tiny_notebook(repo / "notebooks" / "01_ok.ipynb", [
+        "import os\nprint('CI =', os.environ.get('CI'), '| data =', os.environ.get('VPTQ_LAB_DATA'))", "print(6 * 7)"])
+    _tiny_notebook(repo / "notebooks" / "02_broken.ipynb", ["raise RuntimeError('boom')", "print('never')"])
+    out = tmp_path / "results.json"
+    out.write_text(json.dumps({"notebooks": {"99_earlier.ipynb": {"seconds": 1.0, "errors": []}}}))
+    monkeypatch.setenv("CI", "1")  # both must be hidden from the kernels: a new user has neither
+    monkeypatch.setenv("VPTQ_LAB_DATA", "/nowhere")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    assert walkthrough.main(["--repo", str(repo), "--notebooks", "01", "02", "--out", str(out),
+                             "--limit-min", "4"]) == 1  # 02 fails
+    record = json.loads(out.read_text())["notebooks"]
+    assert set(record) == {"99_earlier.ipynb", "01_ok.ipynb", "02_broken.ipynb"}  # the earlier entry is kept
+    ok, broken = record["01_ok.ipynb"], record["02_broken.ipynb"]
+    assert ok["stdout"] == ["CI = None | data = None\n", "42\n"] and ok["executed"] == 2 and ok["errors"] == []
+    assert ok["env"] == {"CI": None, "VPTQ_LAB_DATA": None, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+    assert ok["repo_commit"] == "" and ok["date"].endswith("Z")  # tmp "clone" is no git repo
+    assert broken["errors"] == ["RuntimeError: boom"] and broken["executed"] < broken["code_cells"]
+    assert json.loads((repo / "notebooks" / "01_ok.ipynb").read_text())["cells"][1]["execution_count"]  # saved
+    with pytest.raises(SystemExit):  # never on the checkout it lives in
+        walkthrough.main(["--repo", str(REPO), "--out", str(out)])
