@@ -14,6 +14,21 @@ def test_tiny_folder_loads_fp32_in_eval_mode(tiny_model_dir):
     assert tok("hello").input_ids
 
 
+def test_loading_draws_no_progress_bar_and_restores_the_setting(tiny_model_dir, capfd):
+    from transformers.utils import logging as hf_logging
+
+    assert hf_logging.is_progress_bar_enabled()
+    load_model(str(tiny_model_dir))
+    assert "Loading weights" not in capfd.readouterr().err  # notebooks would save the bar in their outputs
+    assert hf_logging.is_progress_bar_enabled()  # the user's setting is back
+    hf_logging.disable_progress_bar()
+    try:
+        load_model(str(tiny_model_dir))
+        assert not hf_logging.is_progress_bar_enabled()  # and a user who turned bars off keeps them off
+    finally:
+        hf_logging.enable_progress_bar()
+
+
 @pytest.mark.parametrize("name, message", [
     ("nosuch", "unknown model 'nosuch'"),
     ("./no/such/folder", "unknown model"),

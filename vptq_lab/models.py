@@ -19,6 +19,8 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -26,7 +28,7 @@ import torch
 from ._files import sha256_file
 from .errors import VPTQLabError
 
-__all__ = ["load_model", "default_gguf_path", "cache_dir", "default_model_folder", "BASELINE_NOTE"]
+__all__ = ["load_model", "default_gguf_path", "cache_dir", "default_model_folder", "BASELINE_NOTE", "quiet_hf_progress"]
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +136,23 @@ def _resolve(name_or_path: str) -> str:
     )
 
 
+@contextmanager
+def quiet_hf_progress() -> Iterator[None]:
+    """Hide transformers' progress bars ("Loading weights", "Writing model shards") for the block.
+
+    They take longer to draw than a cached load takes, and in a notebook they land in the saved outputs.
+    """
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def load_model(name_or_path: str = "default", device: str | torch.device = "cpu",
                dtype: torch.dtype = torch.float32):
     """Load a causal LM and its tokenizer. Returns ``(model, tokenizer)``, in eval mode.
@@ -151,7 +170,8 @@ def load_model(name_or_path: str = "default", device: str | torch.device = "cpu"
     try:
         tokenizer = AutoTokenizer.from_pretrained(target)
         # safetensors only: a pickled pytorch_model.bin can run code when loaded, so it is never read.
-        model = AutoModelForCausalLM.from_pretrained(target, dtype=dtype, use_safetensors=True)
+        with quiet_hf_progress():
+            model = AutoModelForCausalLM.from_pretrained(target, dtype=dtype, use_safetensors=True)
     except OSError as exc:
         raise VPTQLabError(f"could not load {name_or_path!r}: {exc}".splitlines()[0]
                            + " (vptq_lab reads only *.safetensors weights: convert a pytorch_model.bin first)") from exc

@@ -59,7 +59,10 @@ def save_tiny_model(folder: str | Path, model=None, tokenizer=None) -> Path:
     folder = Path(folder)
     tokenizer = tokenizer if tokenizer is not None else tiny_tokenizer()
     model = model if model is not None else tiny_llama(vocab_size=len(tokenizer))
-    model.save_pretrained(folder)
+    from .models import quiet_hf_progress
+
+    with quiet_hf_progress():
+        model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
