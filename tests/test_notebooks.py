@@ -107,3 +107,88 @@ def test_the_concept_list_covers_every_numbered_piece_of_vptq_notes_section_2():
     pieces = {f"2.{n}" for n in re.findall(r"^(\d+)\. \*\*", section, flags=re.M)}
     assert len(pieces) >= 10
     assert pieces <= {c.split()[0] for c in CONCEPTS}, sorted(pieces - {c.split()[0] for c in CONCEPTS})
+
+
+# Full runs ---------------------------------------------------------------------------------------------
+# The committed notebooks hold smoke outputs; what a full run printed is recorded by
+# benchmarks/new_user_walkthrough.py in benchmarks/results/new_user_walkthrough.json. These tests check that
+# the numbers the notebooks' prose quotes, and the benchmark tables, agree with that record.
+
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+_NUMBER = re.compile(r"(?<![\w.])[-−]?\d+\.\d+")
+
+
+def _full_run(prefix: str) -> dict:
+    record = json.loads((RESULTS / "new_user_walkthrough.json").read_text(encoding="utf-8"))["notebooks"]
+    name = next((n for n in record if n.startswith(prefix)), None)
+    assert name, f"no full run of notebook {prefix} in new_user_walkthrough.json"
+    run = record[name]
+    assert run["errors"] == [] and run["executed"] == run["code_cells"], f"{name}: {run.get('status', run['errors'])}"
+    return run
+
+
+def _printed_numbers(run: dict) -> list[float]:
+    return [float(x.replace("−", "-")) for x in _NUMBER.findall("\n".join(run["stdout"] + run["tables"]))]
+
+
+def _quoted_full_mode_numbers(prefix: str) -> list[str]:
+    path = next(p for p in NOTEBOOKS if p.name.startswith(prefix))
+    cells = [_source(c) for c in _cells(path) if c["cell_type"] == "markdown" and "**Full-mode numbers**" in _source(c)]
+    assert len(cells) == 1, f"{path.name}: expected one 'Full-mode numbers' cell"
+    table = "\n".join(line for line in cells[0].split("\n") if line.startswith("|"))
+    return _NUMBER.findall(table)
+
+
+@pytest.mark.parametrize("prefix", ["03", "04"])
+def test_full_mode_numbers_in_the_prose_are_what_a_full_run_printed(prefix):
+    printed = _printed_numbers(_full_run(prefix))
+    quoted = _quoted_full_mode_numbers(prefix)
+    assert len(quoted) >= 10
+    missing = []
+    for text in quoted:
+        value, decimals = float(text.replace("−", "-")), len(text.split(".")[1])
+        if not any(round(p, decimals) == value for p in printed):
+            missing.append(text)
+    assert not missing, f"notebook {prefix} quotes numbers its full run did not print: {missing}"
+
+
+def _vptq_table() -> dict[int, dict]:
+    import csv
+
+    rows = list(csv.DictReader((RESULTS / "vptq_table.csv").open(encoding="utf-8")))
+    return {int(r["target_bits"]): r for r in rows
+            if r["method"] == "vptq" and r["propagation"] == "quantized" and "fine-tuned" not in r["row"]}
+
+
+def _frame_rows(text: str) -> dict[int, str]:
+    """A printed DataFrame (pandas wraps wide ones into column blocks) as index -> the row's text."""
+    rows: dict[int, str] = {}
+    for line in text.split("\n"):
+        m = re.match(r"(\d+)\s+(.*)$", line)
+        if m:
+            rows[int(m[1])] = rows.get(int(m[1]), "") + " " + m[2]
+    return rows
+
+
+def test_notebook_05_full_run_agrees_with_the_benchmarks():
+    run = _full_run("05")
+    text = "\n".join(run["stdout"])
+    assert "comparable to published numbers: True" in text  # real WikiText-2, found without $VPTQ_LAB_DATA
+    frame = next(t for t in run["tables"] if "mean relative proxy loss" in t)
+    rows = {}
+    for row in _frame_rows(frame).values():
+        m = re.match(r"\s*([234])-bit\s", row)
+        if m:
+            rows[int(m[1])] = [float(x) for x in re.findall(r"\d+\.\d+", row[m.end():])]
+    assert sorted(rows) == [2, 3, 4] and all(len(r) == 4 for r in rows.values()), frame
+    table = _vptq_table()
+    for bits, (paper_bits, stored_bits, _, _) in rows.items():  # the same presets: the benchmark table's bits
+        assert paper_bits == round(float(table[bits]["bits"]), 3) and stored_bits >= paper_bits, (bits, rows)
+    base = float(re.search(r"baseline perplexity on 8 windows of 2048 tokens: (\d+\.\d+)", text)[1])
+    ppl = {bits: r[3] for bits, r in rows.items()}
+    assert base < ppl[4] < ppl[3] < ppl[2]
+    checks = json.loads((RESULTS / "default_model_checks.json").read_text())["reload"]
+    if run["env"].get("OMP_NUM_THREADS") == checks["env"]["OMP_NUM_THREADS"] == "1":
+        # same preset, calibration, 8 windows and thread count as the reload check: the same perplexity
+        assert ppl[2] == round(checks["perplexity_in_memory"], 2), (ppl[2], checks["perplexity_in_memory"])
+    assert "reloaded model gives identical logits: True" in text
