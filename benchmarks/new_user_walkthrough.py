@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -32,17 +33,28 @@ from vptq_lab.testing import CHROMIUM, CHROMIUM_ARGS, jupyterlab
 HERE = Path(__file__).resolve().parents[1]
 
 
+_REQUEST = re.compile(rb'"msg_type":\s*"execute_request"')
+_REPLY = re.compile(rb'"msg_type":\s*"execute_reply"')
+
+
 def _run_all(page, url: str, shots: Path, stem: str, limit_s: float) -> float:
-    """Open the notebook at url, Run All Cells, wait until nothing is queued, save. Returns seconds."""
+    """Open the notebook at url, Run All Cells, wait until the kernel answered every cell, save. Returns seconds.
+
+    Progress is read from the kernel's websocket: Run All sends one execute_request per code cell, and the kernel
+    answers each with an execute_reply (an "aborted" one for the cells after an error). Prompts such as "[*]" are
+    not reliable on a quick notebook or a busy machine: they can come and go, or not yet be drawn, between polls.
+    """
     page.set_default_timeout(120_000)
-    requests: list[int] = []  # execute_request messages the page sent to the kernel
+    sent: list[int] = []
+    answered: list[int] = []
 
     def on_websocket(ws) -> None:
-        def sent(payload) -> None:
-            if b"execute_request" in (payload if isinstance(payload, bytes) else payload.encode()):
-                requests.append(1)
+        def count(frames: list[int], pattern: re.Pattern):
+            return lambda payload: frames.append(1) if pattern.search(
+                payload if isinstance(payload, bytes) else payload.encode()) else None
 
-        ws.on("framesent", sent)
+        ws.on("framesent", count(sent, _REQUEST))
+        ws.on("framereceived", count(answered, _REPLY))
 
     page.on("websocket", on_websocket)  # before goto, so the kernel's socket is seen
     try:
@@ -54,21 +66,18 @@ def _run_all(page, url: str, shots: Path, stem: str, limit_s: float) -> float:
         start = time.monotonic()
         page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
         page.locator(".lm-Menu-itemLabel").get_by_text("Run All Cells", exact=True).click()
-        # The run has started once the first cell went to the kernel. (A "[*]" prompt can come and go between
-        # two polls on a quick notebook, so the socket is the signal.)
-        while not requests:
-            if time.monotonic() - start > 60:
+        queued = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-InputPrompt", has_text="[*]")
+        quiet = 0
+        while quiet < 2:  # every cell answered, then two polls in a row with the page showing nothing running
+            if time.monotonic() - start > limit_s:
+                raise TimeoutError(f"{stem} still running after {limit_s:.0f}s")
+            if not sent and time.monotonic() - start > 60:
                 raise TimeoutError(f"{stem}: Run All Cells sent nothing to the kernel within 60 s")
-            page.wait_for_timeout(200)
+            page.wait_for_timeout(1_000)
+            done = sent and len(answered) >= len(sent) and queued.count() == 0 and idle.count() == 1
+            quiet = quiet + 1 if done else 0
     finally:
         page.remove_listener("websocket", on_websocket)
-    queued = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-InputPrompt", has_text="[*]")
-    quiet = 0
-    while quiet < 3:  # three polls in a row with nothing queued and the kernel idle
-        if time.monotonic() - start > limit_s:
-            raise TimeoutError(f"{stem} still running after {limit_s:.0f}s")
-        page.wait_for_timeout(2_000)
-        quiet = quiet + 1 if queued.count() == 0 and idle.count() == 1 else 0
     seconds = time.monotonic() - start
     page.locator(".lm-MenuBar-itemLabel", has_text="File").first.click()
     page.locator(".lm-Menu-itemLabel").get_by_text("Save Notebook", exact=True).click()
