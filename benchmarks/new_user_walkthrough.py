@@ -37,7 +37,7 @@ _REQUEST = re.compile(rb'"msg_type":\s*"execute_request"')
 _REPLY = re.compile(rb'"msg_type":\s*"execute_reply"')
 
 
-def _run_all(page, url: str, shots: Path, stem: str, limit_s: float) -> float:
+def _run_all(page, url: str, shots: Path, name: str, limit_s: float) -> float:
     """Open the notebook at url, Run All Cells, wait until the kernel answered every cell, save. Returns seconds.
 
     Progress is read from the kernel's websocket: Run All sends one execute_request per code cell, and the kernel
@@ -63,6 +63,8 @@ def _run_all(page, url: str, shots: Path, stem: str, limit_s: float) -> float:
         idle = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook-ExecutionIndicator[data-status='idle']")
         idle.wait_for(timeout=120_000)
         page.locator(".jp-StatusBar-Widget", has_text="| Idle").first.wait_for(timeout=120_000)  # kernel connected
+        current = page.locator(".lm-DockPanel .lm-TabBar-tab.lm-mod-current .lm-TabBar-tabLabel")
+        current.filter(has_text=name).first.wait_for(timeout=60_000)  # Run All acts on the current tab
         start = time.monotonic()
         page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
         page.locator(".lm-Menu-itemLabel").get_by_text("Run All Cells", exact=True).click()
@@ -70,9 +72,9 @@ def _run_all(page, url: str, shots: Path, stem: str, limit_s: float) -> float:
         quiet = 0
         while quiet < 2:  # every cell answered, then two polls in a row with the page showing nothing running
             if time.monotonic() - start > limit_s:
-                raise TimeoutError(f"{stem} still running after {limit_s:.0f}s")
+                raise TimeoutError(f"{name} still running after {limit_s:.0f}s")
             if not sent and time.monotonic() - start > 60:
-                raise TimeoutError(f"{stem}: Run All Cells sent nothing to the kernel within 60 s")
+                raise TimeoutError(f"{name}: Run All Cells sent nothing to the kernel within 60 s")
             page.wait_for_timeout(1_000)
             done = sent and len(answered) >= len(sent) and queued.count() == 0 and idle.count() == 1
             quiet = quiet + 1 if done else 0
@@ -82,7 +84,7 @@ def _run_all(page, url: str, shots: Path, stem: str, limit_s: float) -> float:
     page.locator(".lm-MenuBar-itemLabel", has_text="File").first.click()
     page.locator(".lm-Menu-itemLabel").get_by_text("Save Notebook", exact=True).click()
     page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-mod-dirty").wait_for(state="detached", timeout=30_000)
-    page.screenshot(path=str(shots / f"{stem}.png"), full_page=False)
+    page.screenshot(path=str(shots / f"{Path(name).stem}.png"), full_page=False)
     return seconds
 
 
@@ -150,8 +152,9 @@ def main(argv: list[str] | None = None) -> int:
                 for path in paths:
                     rel = path.relative_to(repo).as_posix()
                     print(f"running {rel} ...", flush=True)
-                    seconds = _run_all(page, f"http://127.0.0.1:{port}/lab/tree/{rel}?token={token}", shots,
-                                       path.stem, args.limit_min * 60)
+                    # a fresh workspace per notebook: only its tab is open, so Run All cannot reach the last one
+                    url = f"http://127.0.0.1:{port}/lab/workspaces/walk-{path.stem[:2]}/tree/{rel}?reset&token={token}"
+                    seconds = _run_all(page, url, shots, path.name, args.limit_min * 60)
                     record["notebooks"][path.name] = {
                         **run_info, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                         **_summary(path, seconds)}
