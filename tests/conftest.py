@@ -4,7 +4,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # Triton runs on CPU only under its interpreter, chosen before triton is first imported: a test module that
 # imported triton before tests/test_kernels.py set this broke every kernel test in the session.
-if not __import__("torch").cuda.is_available():
+import torch  # noqa: E402
+
+if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from pathlib import Path  # noqa: E402

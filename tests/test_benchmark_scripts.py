@@ -108,6 +108,7 @@ def test_notebook_08_plots_gpu_results_when_a_file_names_a_gpu(kernels_json, tmp
     namespace = {"json": json, "Path": Path, "plots": plots, "display": shown.append}
     for source in code[start:start + 2]:
         exec(source, namespace)  # noqa: S102 - the notebook's own cells
-    assert [name for name, _ in namespace["gpu_results"]] == ["kernels.json"]  # the CPU file is skipped
+    assert [(name, device) for name, device, _ in namespace["gpu_results"]] == [
+        ("kernels.json", "NVIDIA H100 80GB HBM3 (test file)")]  # the CPU file is skipped
     titles = [fig.axes[0].get_title() for fig in shown]
     assert len(titles) == 2 and all(t.startswith("NVIDIA H100 80GB HBM3 (test file)") for t in titles)

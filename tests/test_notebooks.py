@@ -52,8 +52,12 @@ def test_committed_executed_without_errors(path):
     assert not errors, f"{path.name} was committed with an error output"
 
 
+def _notebook(prefix: str) -> Path:
+    return next(p for p in NOTEBOOKS if p.name.startswith(prefix))
+
+
 def _code(prefix: str) -> str:
-    path = next(p for p in NOTEBOOKS if p.name.startswith(prefix))
+    path = _notebook(prefix)
     return "\n".join(_source(c) for c in _cells(path) if c["cell_type"] == "code")
 
 
@@ -132,7 +136,7 @@ def _printed_numbers(run: dict) -> list[float]:
 
 
 def _quoted_full_mode_numbers(prefix: str) -> list[str]:
-    path = next(p for p in NOTEBOOKS if p.name.startswith(prefix))
+    path = _notebook(prefix)
     cells = [_source(c) for c in _cells(path) if c["cell_type"] == "markdown" and "**Full-mode numbers**" in _source(c)]
     assert len(cells) == 1, f"{path.name}: expected one 'Full-mode numbers' cell"
     table = "\n".join(line for line in cells[0].split("\n") if line.startswith("|"))
