@@ -11,8 +11,8 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -22,14 +22,20 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def parse_args(description: str) -> argparse.Namespace:
     """Common flags; exits politely when there is no GPU and no smoke mode was asked for."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--cpu-smoke", "--tiny", dest="smoke", action="store_true",
-                        help="tiny shapes on CPU (Triton under the interpreter): checks the script works, "
-                             "times nothing useful")
+    parser.add_argument(
+        "--cpu-smoke",
+        "--tiny",
+        dest="smoke",
+        action="store_true",
+        help="tiny shapes on CPU (Triton under the interpreter): checks the script works, times nothing useful",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON and CSV results")
     args = parser.parse_args()
     if not args.smoke and not torch.cuda.is_available():
-        sys.exit(f"{Path(sys.argv[0]).name}: no CUDA device here, so there is nothing meaningful to time. "
-                 "Run it on a GPU machine, or pass --cpu-smoke to check the script on tiny CPU shapes.")
+        sys.exit(
+            f"{Path(sys.argv[0]).name}: no CUDA device here, so there is nothing meaningful to time. "
+            "Run it on a GPU machine, or pass --cpu-smoke to check the script on tiny CPU shapes."
+        )
     if args.smoke and not torch.cuda.is_available():
         os.environ["TRITON_INTERPRET"] = "1"  # before any Triton kernel module is imported
     return args
@@ -67,9 +73,13 @@ def write_results(out: Path, name: str, smoke: bool, rows: list[dict], meta: dic
     out.mkdir(parents=True, exist_ok=True)
     stem = out / (name + ("_cpu-smoke" if smoke else ""))
     info = {
-        "device": device_name(), "torch": torch.__version__, "triton": triton.__version__,
-        "cuda": torch.version.cuda, "smoke": smoke,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **(meta or {}),
+        "device": device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda": torch.version.cuda,
+        "smoke": smoke,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        **(meta or {}),
     }
     stem.with_suffix(".json").write_text(json.dumps({"meta": info, "rows": rows}, indent=2) + "\n")
     with stem.with_suffix(".csv").open("w", newline="") as f:

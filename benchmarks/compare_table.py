@@ -1,6 +1,6 @@
 """Issue 4's table: RTN, GPTQ, plain VQ and VPTQ at their 2/3/4-bit presets on the default model.
 
-Rows come from ``vptq_lab.compare`` and its JSON-lines cache (``benchmarks/results/compare.cache.jsonl``),
+Rows come from ``vptq_lab.lab.compare`` and its JSON-lines cache (``benchmarks/results/compare.cache.jsonl``),
 so this script only computes the rows the cache lacks. Several lanes can fill the cache side by side:
 
     OMP_NUM_THREADS=1 vptq-lab compare --model default --bits 2,3,4 --methods gptq,rtn \\
@@ -21,14 +21,14 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-
 from _bench import markdown_table
-from vptq_lab import plots
-from vptq_lab.baselines import GPTQConfig, RTNConfig, ScalarBits, scalar_bits
-from vptq_lab.bits import model_bits
-from vptq_lab.budget import SMOLLM2_135M_SHAPES
-from vptq_lab.compare import CompareSettings, compare
-from vptq_lab.config import VPTQConfig
+
+from vptq_lab.core.bits import model_bits
+from vptq_lab.core.config import VPTQConfig
+from vptq_lab.core.scalar import GPTQConfig, RTNConfig, ScalarBits, scalar_bits
+from vptq_lab.lab import plots
+from vptq_lab.lab.budget import SMOLLM2_135M_SHAPES
+from vptq_lab.lab.compare import CompareSettings, compare
 
 RESULTS = Path("benchmarks/results")
 IMAGES = Path("docs/images")
@@ -54,8 +54,15 @@ def main() -> None:
     table = compare("default", ["rtn", "gptq", "vq", "vptq"], [2, 3, 4], settings=settings, cache=args.cache)
     table.insert(2, "variant", "preset")
     # GPTQ's usual group of 128 (the presets use 192, which divides 576 and 1536): more bits, at 2 bits.
-    g128 = compare("default", ["gptq"], [2], settings=settings, cache=args.cache, include_fp=False,
-                   configs={("gptq", 2): GPTQConfig(bits=2, group_size=128)})
+    g128 = compare(
+        "default",
+        ["gptq"],
+        [2],
+        settings=settings,
+        cache=args.cache,
+        include_fp=False,
+        configs={("gptq", 2): GPTQConfig(bits=2, group_size=128)},
+    )
     g128.insert(2, "variant", "group 128")
     write(pd.concat([table, g128], ignore_index=True), args.windows)
 
@@ -66,26 +73,42 @@ def write(table: pd.DataFrame, windows: int) -> None:
 
     table.loc[table.method == "fp", "variant"] = "-"
     labels = [NAMES[m] + ("" if v in ("preset", "-") else f" {v}") for m, v in zip(table.method, table.variant)]
-    shown = table.assign(method=[NAMES[m] for m in table.method],
-                         row_minutes=((table.quant_seconds + table.eval_seconds) / 60).round(1))
-    cols = ["method", "variant", "target_bits", "bits", "perplexity", "proxy_loss_rel_mean", "quant_seconds",
-            "eval_seconds", "row_minutes", "peak_rss_gib"]
+    shown = table.assign(
+        method=[NAMES[m] for m in table.method], row_minutes=((table.quant_seconds + table.eval_seconds) / 60).round(1)
+    )
+    cols = [
+        "method",
+        "variant",
+        "target_bits",
+        "bits",
+        "perplexity",
+        "proxy_loss_rel_mean",
+        "quant_seconds",
+        "eval_seconds",
+        "row_minutes",
+        "peak_rss_gib",
+    ]
     (RESULTS / "compare.md").write_text(markdown_table(shown[cols]))
     print(shown[cols].to_string(index=False))
 
     quant = shown.assign(method=labels)[table.method != "fp"].drop(columns="note")
-    fig = plots.bits_vs_perplexity(quant, log_y=True,
-                                   note=f"SmolLM2-135M, WikiText-2 test, first {windows} x 2048 tokens")
+    fig = plots.bits_vs_perplexity(
+        quant, log_y=True, note=f"SmolLM2-135M, WikiText-2 test, first {windows} x 2048 tokens"
+    )
     fp = table[table.method == "fp"]
     if len(fp):
-        fig.axes[0].axhline(float(fp.perplexity.iloc[0]), color="0.5", linestyle=":",
-                            label=f"full precision ({BASELINE})")
+        fig.axes[0].axhline(
+            float(fp.perplexity.iloc[0]), color="0.5", linestyle=":", label=f"full precision ({BASELINE})"
+        )
         fig.axes[0].legend(fontsize="small")
     IMAGES.mkdir(parents=True, exist_ok=True)
     fig.savefig(IMAGES / "compare_pareto.png", dpi=100, bbox_inches="tight")
 
-    bars = {f"{name} {r.target_bits}": breakdown(r.method, r.config)
-            for name, r in zip(labels, table.itertuples()) if r.method != "fp"}
+    bars = {
+        f"{name} {r.target_bits}": breakdown(r.method, r.config)
+        for name, r in zip(labels, table.itertuples())
+        if r.method != "fp"
+    }
     for (label, b), bits in zip(bars.items(), table[table.method != "fp"].bits):
         assert abs(b.bits_per_weight - bits) < 1e-3, (label, b.bits_per_weight, bits)  # same accounting as the row
     plots.bit_budget(bars).savefig(IMAGES / "compare_bit_budget.png", dpi=100, bbox_inches="tight")

@@ -17,12 +17,12 @@ import time
 
 import torch
 
-from vptq_lab.arch import arch_for, get_blocks, get_module
-from vptq_lab.data import load_wikitext2, tokenize
-from vptq_lab.eval import window_nll
-from vptq_lab.layers import QuantizedLinear
-from vptq_lab.models import load_model
+from vptq_lab.io.data import load_wikitext2, tokenize
+from vptq_lab.io.models import load_model
 from vptq_lab.kernels.testing import random_qweight
+from vptq_lab.lab.eval import window_nll
+from vptq_lab.model.arch import arch_for, get_blocks, get_module, set_module
+from vptq_lab.model.layers import QuantizedLinear
 
 
 def quantized_copy(seed: int = 0):
@@ -32,10 +32,8 @@ def quantized_copy(seed: int = 0):
     for block in get_blocks(model, spec):
         for name in (n for stage in spec.stages for n in stage):
             linear = get_module(block, name)
-            qw = random_qweight(linear.out_features, linear.in_features, v=5, k1=512, group_num=2, perm=True,
-                                seed=seed)
-            parent, _, leaf = name.rpartition(".")
-            setattr(get_module(block, parent), leaf, QuantizedLinear(qw, linear.bias))
+            qw = random_qweight(linear.out_features, linear.in_features, v=5, k1=512, group_num=2, perm=True, seed=seed)
+            set_module(block, name, QuantizedLinear(qw, linear.bias))
     return model.eval()
 
 
@@ -56,10 +54,15 @@ def main() -> None:
             start = time.perf_counter()
             window_nll(model, window)
             seconds[name] += time.perf_counter() - start
-    result = {"windows": args.windows, "seqlen": args.seqlen, **{k: round(v, 2) for k, v in seconds.items()},
-              "ratio": round(seconds["quantized"] / seconds["full_precision"], 3), "target": "<= 1.1",
-              "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads",
-              "command": f"python benchmarks/cpu_eval_speed.py --windows {args.windows}"}
+    result = {
+        "windows": args.windows,
+        "seqlen": args.seqlen,
+        **{k: round(v, 2) for k, v in seconds.items()},
+        "ratio": round(seconds["quantized"] / seconds["full_precision"], 3),
+        "target": "<= 1.1",
+        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads",
+        "command": f"python benchmarks/cpu_eval_speed.py --windows {args.windows}",
+    }
     with open(args.out, "w") as fh:
         json.dump(result, fh, indent=2)
     print(json.dumps(result))

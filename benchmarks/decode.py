@@ -19,7 +19,6 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from _bench import parse_args, write_results
 
 LLAMA2_7B = dict(hidden=4096, inter=11008, heads=32, layers=32, vocab=32000)
@@ -36,7 +35,7 @@ class Linear(nn.Module):
         from vptq_lab.kernels.testing import random_qweight
 
         self.qw = random_qweight(out, inp, codebook_dtype=dtype, device=device, seed=seed, **vq) if vq else None
-        dense = None if vq else torch.randn(out, inp, device=device, dtype=dtype) * inp ** -0.5
+        dense = None if vq else torch.randn(out, inp, device=device, dtype=dtype) * inp**-0.5
         self.weight = None if dense is None else nn.Parameter(dense, requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -66,24 +65,34 @@ class Block(nn.Module):
         super().__init__()
         h, inter = cfg["hidden"], cfg["inter"]
         self.heads, self.hd = cfg["heads"], h // cfg["heads"]
-        shapes = {"q": (h, h), "k": (h, h), "v": (h, h), "o": (h, h), "gate": (inter, h), "up": (inter, h),
-                  "down": (h, inter)}
-        self.lin = nn.ModuleDict({n: Linear(*s, dtype, device, vq, seed * 7 + i)
-                                  for i, (n, s) in enumerate(shapes.items())})
+        shapes = {
+            "q": (h, h),
+            "k": (h, h),
+            "v": (h, h),
+            "o": (h, h),
+            "gate": (inter, h),
+            "up": (inter, h),
+            "down": (h, inter),
+        }
+        self.lin = nn.ModuleDict(
+            {n: Linear(*s, dtype, device, vq, seed * 7 + i) for i, (n, s) in enumerate(shapes.items())}
+        )
         self.norm1 = nn.Parameter(torch.ones(h, device=device, dtype=dtype), requires_grad=False)
         self.norm2 = nn.Parameter(torch.ones(h, device=device, dtype=dtype), requires_grad=False)
         self.register_buffer("k_cache", torch.zeros(1, self.heads, max_len, self.hd, device=device, dtype=dtype))
         self.register_buffer("v_cache", torch.zeros(1, self.heads, max_len, self.hd, device=device, dtype=dtype))
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                valid: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, valid: torch.Tensor
+    ) -> torch.Tensor:
         """x [1, 1, h]; pos [1] (long); cos, sin [1, hd/2]; valid [max_len] bool (cache slots <= pos)."""
         a = rms_norm(x, self.norm1)
         q, k, v = (self.lin[n](a).view(1, 1, self.heads, self.hd).transpose(1, 2) for n in "qkv")  # [1, H, 1, hd]
         self.k_cache.index_copy_(2, pos, rope(k, cos, sin))
         self.v_cache.index_copy_(2, pos, v)
-        att = F.scaled_dot_product_attention(rope(q, cos, sin), self.k_cache, self.v_cache,
-                                             attn_mask=valid[None, None, None, :])  # [1, H, 1, hd]
+        att = F.scaled_dot_product_attention(
+            rope(q, cos, sin), self.k_cache, self.v_cache, attn_mask=valid[None, None, None, :]
+        )  # [1, H, 1, hd]
         x = x + self.lin["o"](att.transpose(1, 2).reshape(1, 1, -1))
         m = rms_norm(x, self.norm2)
         return x + self.lin["down"](F.silu(self.lin["gate"](m)) * self.lin["up"](m))
@@ -96,8 +105,9 @@ class Decoder(nn.Module):
         self.embed = nn.Parameter(torch.randn(cfg["vocab"], h, device=device, dtype=dtype), requires_grad=False)
         self.blocks = nn.ModuleList(Block(cfg, max_len, dtype, device, vq, i) for i in range(cfg["layers"]))
         self.norm = nn.Parameter(torch.ones(h, device=device, dtype=dtype), requires_grad=False)
-        self.lm_head = nn.Parameter(torch.randn(cfg["vocab"], h, device=device, dtype=dtype) * h ** -0.5,
-                                    requires_grad=False)
+        self.lm_head = nn.Parameter(
+            torch.randn(cfg["vocab"], h, device=device, dtype=dtype) * h**-0.5, requires_grad=False
+        )
         inv = 1.0 / 10000 ** (torch.arange(0, hd, 2, device=device).float() / hd)  # [hd/2]
         angles = torch.arange(max_len, device=device).float()[:, None] * inv[None, :]  # [max_len, hd/2]
         self.register_buffer("cos", angles.cos().to(dtype))
@@ -155,18 +165,26 @@ def main() -> None:
     rows = []
     for name, vq in [("fp16" if not smoke else "dense", None), *(TINY_BITS if smoke else BITS).items()]:
         model = Decoder(cfg, new_tokens + 1, dtype, device, vq)
-        for graph in ([False] if smoke else [False, True]):
-            rows.append({"model": name, "cuda_graph": graph, "new_tokens": new_tokens,
-                         "weights_gb": model.weight_bytes() / 1e9,
-                         "tokens_per_s": decode_tokens_per_s(model, new_tokens, graph)})
+        for graph in [False] if smoke else [False, True]:
+            rows.append(
+                {
+                    "model": name,
+                    "cuda_graph": graph,
+                    "new_tokens": new_tokens,
+                    "weights_gb": model.weight_bytes() / 1e9,
+                    "tokens_per_s": decode_tokens_per_s(model, new_tokens, graph),
+                }
+            )
         del model
         if device == "cuda":
             torch.cuda.empty_cache()
     path = write_results(args.out, "decode", smoke, rows, {"config": cfg, "dtype": str(dtype)})
     print(f"wrote {path}")
     for row in rows:
-        print(f"{row['model']:>22} graph={row['cuda_graph']!s:5} {row['weights_gb']:.3f} GB  "
-              f"{row['tokens_per_s']:.1f} tok/s")
+        print(
+            f"{row['model']:>22} graph={row['cuda_graph']!s:5} {row['weights_gb']:.3f} GB  "
+            f"{row['tokens_per_s']:.1f} tok/s"
+        )
 
 
 if __name__ == "__main__":

@@ -39,9 +39,12 @@ EVAL_WINDOWS = 8  # WikiText-2 test windows of 2048 tokens for every perplexity 
 
 def _record(step: str, data: dict) -> None:
     results = json.loads(OUT.read_text()) if OUT.exists() else {}
-    data = {**data, "command": shlex.join(["python", *sys.argv]),
-            "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "VPTQ_LAB_DATA")},
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    data = {
+        **data,
+        "command": shlex.join(["python", *sys.argv]),
+        "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "VPTQ_LAB_DATA")},
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
     results[step] = data
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(results, indent=2) + "\n")
@@ -50,8 +53,18 @@ def _record(step: str, data: dict) -> None:
 
 def _eval_folder(folder: Path) -> dict:
     """Perplexity of a saved folder, in a fresh process (the CLI)."""
-    cmd = [sys.executable, "-m", "vptq_lab.cli", "eval", "--model", str(folder), "--max-windows",
-           str(EVAL_WINDOWS), "--json", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vptq_lab.cli",
+        "eval",
+        "--model",
+        str(folder),
+        "--max-windows",
+        str(EVAL_WINDOWS),
+        "--json",
+        "--no-progress",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"eval of {folder} failed:\n{done.stderr[-3000:]}")
@@ -61,12 +74,12 @@ def _eval_folder(folder: Path) -> dict:
 def cmd_reload(work: Path) -> None:
     import torch
 
-    from vptq_lab.calibrate import quantize_
-    from vptq_lab.checkpoint import save_quantized
-    from vptq_lab.config import preset
-    from vptq_lab.data import calibration_windows, load_wikitext2, tokenize
-    from vptq_lab.eval import perplexity, window_nll
-    from vptq_lab.models import load_model
+    from vptq_lab.core.config import preset
+    from vptq_lab.io.checkpoint import save_quantized
+    from vptq_lab.io.data import calibration_windows, load_wikitext2, tokenize
+    from vptq_lab.io.models import load_model
+    from vptq_lab.lab.eval import perplexity, window_nll
+    from vptq_lab.model.calibrate import quantize_
 
     config = preset(2)
     model, tokenizer = load_model("default")
@@ -86,19 +99,26 @@ def cmd_reload(work: Path) -> None:
     from_disk = perplexity(reloaded, tok2, test, max_windows=EVAL_WINDOWS, progress=False)
     with torch.no_grad():
         logits_disk = reloaded(window).logits
-    _record("reload", {
-        "what": "2-bit preset quantized in this process; perplexity in memory, then after save -> load_model",
-        "bits_per_weight": round(report.total_bits_per_weight(), 4), "quantize_seconds": round(quant_s, 1),
-        "windows": EVAL_WINDOWS, "seqlen": 2048,
-        "perplexity_in_memory": in_memory.perplexity, "perplexity_reloaded": from_disk.perplexity,
-        "equal": in_memory.perplexity == from_disk.perplexity,
-        "first_window_nll_in_memory": float(nll_mem), "first_window_max_abs_logit_diff":
-            float((logits_mem - logits_disk).abs().max()),
-        "folder": str(folder)})
+    _record(
+        "reload",
+        {
+            "what": "2-bit preset quantized in this process; perplexity in memory, then after save -> load_model",
+            "bits_per_weight": round(report.total_bits_per_weight(), 4),
+            "quantize_seconds": round(quant_s, 1),
+            "windows": EVAL_WINDOWS,
+            "seqlen": 2048,
+            "perplexity_in_memory": in_memory.perplexity,
+            "perplexity_reloaded": from_disk.perplexity,
+            "equal": in_memory.perplexity == from_disk.perplexity,
+            "first_window_nll_in_memory": float(nll_mem),
+            "first_window_max_abs_logit_diff": float((logits_mem - logits_disk).abs().max()),
+            "folder": str(folder),
+        },
+    )
 
 
 def _progress(ck: Path) -> int:
-    from vptq_lab.resume import PROGRESS
+    from vptq_lab.model.resume import PROGRESS
 
     try:
         return int(json.loads((ck / PROGRESS).read_text())["completed"])
@@ -110,8 +130,22 @@ def cmd_resume(work: Path, seed: int | None) -> None:
     rng = random.Random(seed)
     kill_after, extra_wait = rng.randint(1, 28), rng.uniform(0.0, 20.0)
     out, ck = work / "B", work / "B-checkpoints"
-    cmd = [sys.executable, "-m", "vptq_lab.cli", "quantize", "--model", "default", "--bits", "2", "--out", str(out),
-           "--checkpoint-dir", str(ck), "--json", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vptq_lab.cli",
+        "quantize",
+        "--model",
+        "default",
+        "--bits",
+        "2",
+        "--out",
+        str(out),
+        "--checkpoint-dir",
+        str(ck),
+        "--json",
+        "--no-progress",
+    ]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while _progress(ck) < kill_after:
@@ -129,16 +163,24 @@ def cmd_resume(work: Path, seed: int | None) -> None:
     if resumed.returncode != 0:
         raise SystemExit(f"resume failed:\n{resumed.stderr[-3000:]}")
     resume_s = time.perf_counter() - t1
-    _record("resume", {
-        "what": "vptq-lab quantize --bits 2 --checkpoint-dir, SIGKILL after a random block, then --resume",
-        "returncode_of_killed_run": proc.returncode, "killed_after_blocks_completed": kill_after,
-        "extra_wait_s": round(extra_wait, 2), "blocks_completed_at_kill": done_at_kill,
-        "out_folder_existed_after_kill": out_exists_after_kill, "seconds_before_kill": round(killed_s, 1),
-        "resume_seconds": round(resume_s, 1), "folder": str(out)})
+    _record(
+        "resume",
+        {
+            "what": "vptq-lab quantize --bits 2 --checkpoint-dir, SIGKILL after a random block, then --resume",
+            "returncode_of_killed_run": proc.returncode,
+            "killed_after_blocks_completed": kill_after,
+            "extra_wait_s": round(extra_wait, 2),
+            "blocks_completed_at_kill": done_at_kill,
+            "out_folder_existed_after_kill": out_exists_after_kill,
+            "seconds_before_kill": round(killed_s, 1),
+            "resume_seconds": round(resume_s, 1),
+            "folder": str(out),
+        },
+    )
 
 
 def cmd_verify(work: Path) -> None:
-    from vptq_lab.checkpoint import compare_checkpoints
+    from vptq_lab.io.checkpoint import compare_checkpoints
 
     folders = {name: work / name for name in ("A", "B", "C")}
     missing = [str(f) for f in folders.values() if not (f / "model.safetensors").is_file()]
@@ -147,11 +189,18 @@ def cmd_verify(work: Path) -> None:
     evals = {name: _eval_folder(f) for name, f in folders.items()}
     a_vs_c, a_vs_b = compare_checkpoints(folders["A"], folders["C"]), compare_checkpoints(folders["A"], folders["B"])
     ppl = {name: e["perplexity"] for name, e in evals.items()}
-    _record("verify", {
-        "what": "A = memory.py --save (uninterrupted), B = killed + resumed CLI run, C = in-process run (reload)",
-        "determinism_two_processes_A_vs_C": a_vs_c, "kill_resume_A_vs_B": a_vs_b,
-        "perplexity_from_disk": ppl, "windows": EVAL_WINDOWS, "all_perplexities_equal": len(set(ppl.values())) == 1,
-        "passed": a_vs_c["identical"] and a_vs_b["identical"] and len(set(ppl.values())) == 1})
+    _record(
+        "verify",
+        {
+            "what": "A = memory.py --save (uninterrupted), B = killed + resumed CLI run, C = in-process run (reload)",
+            "determinism_two_processes_A_vs_C": a_vs_c,
+            "kill_resume_A_vs_B": a_vs_b,
+            "perplexity_from_disk": ppl,
+            "windows": EVAL_WINDOWS,
+            "all_perplexities_equal": len(set(ppl.values())) == 1,
+            "passed": a_vs_c["identical"] and a_vs_b["identical"] and len(set(ppl.values())) == 1,
+        },
+    )
 
 
 def main() -> None:

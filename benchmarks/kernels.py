@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
 from _bench import device_name, parse_args, timer, write_results
 
 SHAPES = {  # (out, in)
-    "7b_qkvo": (4096, 4096), "7b_up": (11008, 4096), "7b_down": (4096, 11008),
-    "13b_qkvo": (5120, 5120), "13b_up": (13824, 5120),
+    "7b_qkvo": (4096, 4096),
+    "7b_up": (11008, 4096),
+    "7b_down": (4096, 11008),
+    "13b_qkvo": (5120, 5120),
+    "13b_up": (13824, 5120),
 }
 TINY_SHAPES = {"tiny_square": (64, 48), "tiny_up": (96, 64)}
 BITS = {  # name -> random_qweight kwargs; index bits per weight = (b1 + b2) / v
@@ -71,15 +73,25 @@ def main() -> None:
             qw = random_qweight(out, inp, codebook_dtype=dtype, device=device, **kwargs)
             index_bytes = qw.indices.numel() * 4
             for batch in BATCHES:
-                rows.append({"shape": shape_name, "out": out, "in": inp, "bits": bits_name, "batch": batch,
-                             "index_bits_per_weight": index_bytes * 8 / (out * inp),
-                             **bench_layer(qw, batch, dtype, time_ms)})
+                rows.append(
+                    {
+                        "shape": shape_name,
+                        "out": out,
+                        "in": inp,
+                        "bits": bits_name,
+                        "batch": batch,
+                        "index_bits_per_weight": index_bytes * 8 / (out * inp),
+                        **bench_layer(qw, batch, dtype, time_ms),
+                    }
+                )
     path = write_results(args.out, "kernels", args.smoke, rows, {"dtype": str(dtype), "device_name": device_name()})
     print(f"wrote {path} ({len(rows)} rows)")
     for row in rows:
-        print(f"{row['shape']:>12} {row['bits']:>20} b={row['batch']:<3} dense {row['dense_ms']:.4f} ms  "
-              f"triton {row['vq_linear_triton_ms']:.4f} ms  x{row['speedup_vs_dense']:.2f}  "
-              f"gemm_best={row['gemm_best']}")
+        print(
+            f"{row['shape']:>12} {row['bits']:>20} b={row['batch']:<3} dense {row['dense_ms']:.4f} ms  "
+            f"triton {row['vq_linear_triton_ms']:.4f} ms  x{row['speedup_vs_dense']:.2f}  "
+            f"gemm_best={row['gemm_best']}"
+        )
 
 
 if __name__ == "__main__":

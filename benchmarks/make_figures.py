@@ -16,22 +16,29 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torch.nn.functional as F
-
 from preset_search import block_hessians
-from vptq_lab import plots
-from vptq_lab.arch import linear_role
-from vptq_lab.baselines import METHODS, method_preset
-from vptq_lab.bits import model_bits
-from vptq_lab.budget import SMOLLM2_135M_SHAPES
-from vptq_lab.column_trace import column_trace
-from vptq_lab.config import VPTQConfig, preset
+
+from vptq_lab.core.bits import model_bits
+from vptq_lab.core.column_trace import column_trace
+from vptq_lab.core.config import VPTQConfig, preset
+from vptq_lab.core.methods import METHODS, method_preset
+from vptq_lab.core.qweight import dequantize
 from vptq_lab.kernels import vq_linear
 from vptq_lab.kernels.testing import random_qweight
-from vptq_lab.qweight import dequantize
+from vptq_lab.lab import plots
+from vptq_lab.lab.budget import SMOLLM2_135M_SHAPES
+from vptq_lab.model.arch import linear_role
 
 OUT = Path("docs/images")
-ALL = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
-       "mlp.up_proj", "mlp.down_proj")
+ALL = (
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+)
 BASELINE = "baseline: Q4_1 GGUF, already ~4-bit rounded"
 
 
@@ -57,9 +64,16 @@ def role_figure(layers: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> pd.Data
         config = method_preset(method, 2)
         for name, (W, H) in layers.items():
             result = METHODS[method].quantize(W, H, config)
-            rows.append({"name": f"model.layers.10.{name}", "block": 10, "role": linear_role(name), "method": method,
-                         "proxy_loss_rel": float(result.info["proxy_loss_rel"]),
-                         "bits": METHODS[method].bits(config, tuple(W.shape))})
+            rows.append(
+                {
+                    "name": f"model.layers.10.{name}",
+                    "block": 10,
+                    "role": linear_role(name),
+                    "method": method,
+                    "proxy_loss_rel": float(result.info["proxy_loss_rel"]),
+                    "bits": METHODS[method].bits(config, tuple(W.shape)),
+                }
+            )
     df = pd.DataFrame(rows)
     save(plots.proxy_loss_by_role(df, log=True), "proxy_loss_by_role")
     return df
@@ -68,7 +82,8 @@ def role_figure(layers: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> pd.Data
 def budget_figure() -> None:
     breakdowns = {f"preset {b}": model_bits(preset(b), SMOLLM2_135M_SHAPES) for b in (2, 3, 4)}
     breakdowns["v6 k4096 (paper's 7B config)"] = model_bits(
-        VPTQConfig(vector_lens=(-1, 6), num_centroids=(-1, 4096)), SMOLLM2_135M_SHAPES)
+        VPTQConfig(vector_lens=(-1, 6), num_centroids=(-1, 4096)), SMOLLM2_135M_SHAPES
+    )
     save(plots.bit_budget(breakdowns), "bit_budget")
 
 
@@ -80,11 +95,14 @@ def pareto_figure() -> None:
     fp = table["method"] == "fp"
     table["method"] = [
         "full precision" if is_fp else f"VPTQ, {prop.replace('_', '-')} propagation"
-        for is_fp, prop in zip(fp, table["propagation"].fillna(""))]
+        for is_fp, prop in zip(fp, table["propagation"].fillna(""))
+    ]
     table["note"] = ""
     table.loc[fp, "note"] = BASELINE
-    save(plots.bits_vs_perplexity(table, log_y=True, note="SmolLM2-135M, WikiText-2 test, first 32 x 2048 tokens"),
-         "bits_vs_perplexity")
+    save(
+        plots.bits_vs_perplexity(table, log_y=True, note="SmolLM2-135M, WikiText-2 test, first 32 x 2048 tokens"),
+        "bits_vs_perplexity",
+    )
 
 
 def kernel_figure() -> pd.DataFrame:
@@ -94,15 +112,23 @@ def kernel_figure() -> pd.DataFrame:
         dense = dequantize(qw)
         for batch in (1, 16):
             x = torch.randn(batch, in_f)
-            for backend, fn in (("dense F.linear", lambda: F.linear(x, dense)),
-                                ("vq_linear torch (cached)", lambda: vq_linear(x, qw, backend="torch")),
-                                ("vq_linear reference", lambda: vq_linear(x, qw, backend="reference"))):
+            for backend, fn in (
+                ("dense F.linear", lambda: F.linear(x, dense)),
+                ("vq_linear torch (cached)", lambda: vq_linear(x, qw, backend="torch")),
+                ("vq_linear reference", lambda: vq_linear(x, qw, backend="reference")),
+            ):
                 fn()
                 start, n = time.perf_counter(), 20
                 for _ in range(n):
                     fn()
-                rows.append({"shape": f"{out_f}x{in_f}", "batch": batch, "backend": backend,
-                             "us": (time.perf_counter() - start) / n * 1e6})
+                rows.append(
+                    {
+                        "shape": f"{out_f}x{in_f}",
+                        "batch": batch,
+                        "backend": backend,
+                        "us": (time.perf_counter() - start) / n * 1e6,
+                    }
+                )
     df = pd.DataFrame(rows)
     fig = plots.kernel_throughput(df, value="us")
     fig.axes[0].set_title("CPU time per call (no GPU lent yet): cached dense path vs reference")

@@ -56,7 +56,7 @@ class RssSampler:
         self.current = name
         self._sample()
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         self._thread.start()
         return self
 
@@ -78,23 +78,35 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--bits", type=int, choices=(2, 3, 4), default=2, help="preset (default 2)")
     p.add_argument("--nsamples", type=int, default=None, help="override the preset's calibration nsamples (32)")
     p.add_argument("--seqlen", type=int, default=None, help="override the preset's calibration seqlen (512)")
-    p.add_argument("--save", type=Path, default=None,
-                   help="also save the quantized model here (after the measurement; a new folder)")
+    p.add_argument(
+        "--save",
+        type=Path,
+        default=None,
+        help="also save the quantized model here (after the measurement; a new folder)",
+    )
     p.add_argument("--data-dir", default=None, help="wikitext-2-raw folder (default $VPTQ_LAB_DATA, then fallbacks)")
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     return p.parse_args()
 
 
 def _setup(args: argparse.Namespace, scratch: Path):
-    from vptq_lab.config import VPTQConfig, preset
+    from vptq_lab.core.config import VPTQConfig, preset
 
     if args.tiny:
         from vptq_lab.testing import save_tiny_model, tiny_llama, tiny_tokenizer
 
         tok = tiny_tokenizer()
         folder = save_tiny_model(scratch / "tiny", tiny_llama(vocab_size=len(tok), hidden=64, layers=2), tok)
-        config = VPTQConfig(**{**preset(args.bits).to_dict(), "num_centroids": (-1, 64), "num_res_centroids": (-1, -1),
-                               "nsamples": 8, "seqlen": 64, "kmeans_iters": 3})
+        config = VPTQConfig(
+            **{
+                **preset(args.bits).to_dict(),
+                "num_centroids": (-1, 64),
+                "num_res_centroids": (-1, -1),
+                "nsamples": 8,
+                "seqlen": 64,
+                "kmeans_iters": 3,
+            }
+        )
         return str(folder), config
     config = preset(args.bits)
     changes = {k: v for k, v in (("nsamples", args.nsamples), ("seqlen", args.seqlen)) if v is not None}
@@ -105,9 +117,9 @@ def main() -> None:
     args = parse_args()
     if args.save is not None and args.save.exists():
         sys.exit(f"memory.py: --save {args.save} already exists: choose a new folder (nothing was run)")
-    from vptq_lab.calibrate import quantize_
-    from vptq_lab.data import calibration_windows, load_wikitext2
-    from vptq_lab.models import load_model
+    from vptq_lab.io.data import calibration_windows, load_wikitext2
+    from vptq_lab.io.models import load_model
+    from vptq_lab.model.calibrate import quantize_
 
     wall: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as scratch, RssSampler() as rss:
@@ -127,7 +139,7 @@ def main() -> None:
         report = quantize_(model, config, calib, progress=True)
         wall["quantize"] = time.perf_counter() - t2
         if args.save is not None:
-            from vptq_lab.checkpoint import save_quantized
+            from vptq_lab.io.checkpoint import save_quantized
 
             rss.phase("save")
             t3 = time.perf_counter()
@@ -142,23 +154,31 @@ def main() -> None:
         "tiny": args.tiny,
         "config": config.to_dict(),
         "calibration": {"source": data.source, "comparable": data.comparable, "shape": list(calib.shape)},
-        "peak_rss_mb": {"ru_maxrss": round(ru_maxrss_bytes() / MB, 1),
-                        "sampled_max": round(max(rss.peaks.values()) / MB, 1),
-                        "sampled_per_phase": {k: round(v / MB, 1) for k, v in rss.peaks.items()}},
+        "peak_rss_mb": {
+            "ru_maxrss": round(ru_maxrss_bytes() / MB, 1),
+            "sampled_max": round(max(rss.peaks.values()) / MB, 1),
+            "sampled_per_phase": {k: round(v / MB, 1) for k, v in rss.peaks.items()},
+        },
         "wall_s": {**wall, "total": round(sum(wall.values()), 2)},
         "quantize_report_seconds": report.seconds,
         "saved_to": str(args.save) if args.save is not None else None,
         "bits_per_weight": round(report.total_bits_per_weight(), 4),
-        "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-                    "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "total_ram_gb": round(psutil.virtual_memory().total / 2**30, 1)},
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "total_ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        },
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"memory_{args.bits}bit{'_cpu-smoke' if args.tiny else ''}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({"written": str(path), "peak_rss_mb": result["peak_rss_mb"], "wall_s": result["wall_s"]},
-                     indent=2))
+    print(
+        json.dumps({"written": str(path), "peak_rss_mb": result["peak_rss_mb"], "wall_s": result["wall_s"]}, indent=2)
+    )
 
 
 if __name__ == "__main__":

@@ -50,8 +50,11 @@ def _run_all(page, url: str, shots: Path, name: str, limit_s: float) -> float:
 
     def on_websocket(ws) -> None:
         def count(frames: list[int], pattern: re.Pattern):
-            return lambda payload: frames.append(1) if pattern.search(
-                payload if isinstance(payload, bytes) else payload.encode()) else None
+            return lambda payload: (
+                frames.append(1)
+                if pattern.search(payload if isinstance(payload, bytes) else payload.encode())
+                else None
+            )
 
         ws.on("framesent", count(sent, _REQUEST))
         ws.on("framereceived", count(answered, _REPLY))
@@ -91,16 +94,34 @@ def _run_all(page, url: str, shots: Path, name: str, limit_s: float) -> float:
 def _summary(path: Path, seconds: float) -> dict:
     cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
     code = [c for c in cells if c["cell_type"] == "code"]
-    errors = [f"{o.get('ename')}: {o.get('evalue')}" for c in code for o in c.get("outputs", [])
-              if o.get("output_type") == "error"]
-    text = ["".join(o.get("text", "")) for c in code for o in c.get("outputs", []) if o.get("output_type") == "stream"
-            and o.get("name") == "stdout"]
-    tables = ["".join(o["data"]["text/plain"]) for c in code for o in c.get("outputs", [])
-              if o.get("output_type") == "execute_result" and "text/plain" in o.get("data", {})
-              and "text/html" in o.get("data", {})]
-    return {"seconds": round(seconds, 1), "code_cells": len(code),
-            "executed": sum(1 for c in code if c.get("execution_count")), "errors": errors,
-            "stdout": text, "tables": tables}
+    errors = [
+        f"{o.get('ename')}: {o.get('evalue')}"
+        for c in code
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "error"
+    ]
+    text = [
+        "".join(o.get("text", ""))
+        for c in code
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "stream" and o.get("name") == "stdout"
+    ]
+    tables = [
+        "".join(o["data"]["text/plain"])
+        for c in code
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "execute_result"
+        and "text/plain" in o.get("data", {})
+        and "text/html" in o.get("data", {})
+    ]
+    return {
+        "seconds": round(seconds, 1),
+        "code_cells": len(code),
+        "executed": sum(1 for c in code if c.get("execution_count")),
+        "errors": errors,
+        "stdout": text,
+        "tables": tables,
+    }
 
 
 def _write(out: Path, record: dict) -> None:
@@ -132,19 +153,29 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(os.environ.get("TMPDIR", "/tmp")) / f"vptq_lab_walkthrough_{os.getpid()}"
     shots = repo / "artifacts" / "walkthrough"
     shots.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     # Notebooks recorded earlier in --out stay unless run again here; each entry says which commit and threads ran it.
     old = json.loads(args.out.read_text(encoding="utf-8")) if args.out.is_file() else {}
-    record = {"how": "JupyterLab + chromium: open, Run > Run All Cells, File > Save Notebook",
-              "notebooks": old.get("notebooks", {})}
-    run_info = {"repo_commit": commit, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-                "env": {"CI": None, "VPTQ_LAB_DATA": None, "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS")}}
+    record = {
+        "how": "JupyterLab + chromium: open, Run > Run All Cells, File > Save Notebook",
+        "notebooks": old.get("notebooks", {}),
+    }
+    run_info = {
+        "repo_commit": commit,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "env": {"CI": None, "VPTQ_LAB_DATA": None, "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS")},
+    }
     with open(shots / "jupyterlab.log", "w") as log, jupyterlab(repo, work / "home", log, env) as (port, token):
         with sync_playwright() as p:
-            context = p.chromium.launch_persistent_context(str(work / "profile"), executable_path=str(CHROMIUM),
-                                                           headless=True, args=CHROMIUM_ARGS,
-                                                           viewport={"width": 1280, "height": 1400})
+            context = p.chromium.launch_persistent_context(
+                str(work / "profile"),
+                executable_path=str(CHROMIUM),
+                headless=True,
+                args=CHROMIUM_ARGS,
+                viewport={"width": 1280, "height": 1400},
+            )
             page = context.pages[0] if context.pages else context.new_page()
             dialog = page.locator(".jp-Dialog")
             page.add_locator_handler(dialog, lambda: dialog.locator(".jp-mod-accept").click())
@@ -156,11 +187,15 @@ def main(argv: list[str] | None = None) -> int:
                     url = f"http://127.0.0.1:{port}/lab/workspaces/walk-{path.stem[:2]}/tree/{rel}?reset&token={token}"
                     seconds = _run_all(page, url, shots, path.name, args.limit_min * 60)
                     record["notebooks"][path.name] = {
-                        **run_info, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                        **_summary(path, seconds)}
+                        **run_info,
+                        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        **_summary(path, seconds),
+                    }
                     s = record["notebooks"][path.name]
-                    print(f"  {s['seconds']:.0f}s, {s['executed']}/{s['code_cells']} cells, errors: {s['errors']}",
-                          flush=True)
+                    print(
+                        f"  {s['seconds']:.0f}s, {s['executed']}/{s['code_cells']} cells, errors: {s['errors']}",
+                        flush=True,
+                    )
                     _write(args.out, record)  # after each notebook, so a stopped run keeps what finished
             finally:
                 context.close()

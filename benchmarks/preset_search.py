@@ -16,19 +16,20 @@ import time
 import pandas as pd
 import torch
 
-from vptq_lab.bits import model_bits
-from vptq_lab.budget import SMOLLM2_135M_SHAPES, suggest
-from vptq_lab import calibrate
-from vptq_lab.config import preset
-from vptq_lab.data import calibration_windows, load_wikitext2
-from vptq_lab.models import load_model
-from vptq_lab.quantizer import vptq_quantize
+from vptq_lab.core.bits import model_bits
+from vptq_lab.core.config import preset
+from vptq_lab.core.quantizer import vptq_quantize
+from vptq_lab.io.data import calibration_windows, load_wikitext2
+from vptq_lab.io.models import load_model
+from vptq_lab.lab.budget import SMOLLM2_135M_SHAPES, suggest
+from vptq_lab.model import calibrate
 
 LAYERS = ("self_attn.q_proj", "self_attn.o_proj", "mlp.up_proj", "mlp.down_proj")
 
 
-def block_hessians(block_index: int, nsamples: int, seqlen: int, layers: tuple[str, ...] = LAYERS
-                   ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def block_hessians(
+    block_index: int, nsamples: int, seqlen: int, layers: tuple[str, ...] = LAYERS
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """{linear: (W [out, in], H [in, in])} for ``layers`` of one block, from full-precision activations."""
     model, tok = load_model("default")
     calib = calibration_windows(tok, load_wikitext2("validation"), nsamples, seqlen, seed=0)
@@ -59,13 +60,22 @@ def main() -> None:
         for config in candidates(target, args.top):
             start = time.perf_counter()
             losses = {n: vptq_quantize(W, H, config).info["proxy_loss_rel"] for n, (W, H) in layers.items()}
-            rows.append({"target": target, "v": config.v, "k1": config.k1, "k2": config.k2,
-                         "npercent": config.npercent, "group_num": config.group_num,
-                         "is_current_preset": config == preset(target),
-                         "bits": round(model_bits(config, SMOLLM2_135M_SHAPES).bits_per_weight, 4),
-                         "proxy_loss_rel_mean": round(sum(losses.values()) / len(losses), 6),
-                         **{f"loss_{n.split('.')[-1]}": round(v, 6) for n, v in losses.items()},
-                         "seconds": round(time.perf_counter() - start, 1), "config": config.to_json()})
+            rows.append(
+                {
+                    "target": target,
+                    "v": config.v,
+                    "k1": config.k1,
+                    "k2": config.k2,
+                    "npercent": config.npercent,
+                    "group_num": config.group_num,
+                    "is_current_preset": config == preset(target),
+                    "bits": round(model_bits(config, SMOLLM2_135M_SHAPES).bits_per_weight, 4),
+                    "proxy_loss_rel_mean": round(sum(losses.values()) / len(losses), 6),
+                    **{f"loss_{n.split('.')[-1]}": round(v, 6) for n, v in losses.items()},
+                    "seconds": round(time.perf_counter() - start, 1),
+                    "config": config.to_json(),
+                }
+            )
             print(rows[-1], flush=True)
     table = pd.DataFrame(rows).sort_values(["target", "proxy_loss_rel_mean"])
     table["machine"] = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"

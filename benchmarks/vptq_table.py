@@ -1,7 +1,7 @@
 """Issue 3's whole-model table: the default model at the 2/3/4-bit presets, both propagation modes,
 layer-wise fine-tuning on and off, and the full-precision row, all on the same WikiText-2 test windows.
 
-Rows are computed through `vptq_lab.compare` and cached (one JSON line each), so several lanes can
+Rows are computed through `vptq_lab.lab.compare` and cached (one JSON line each), so several lanes can
 run side by side and an interrupted run resumes:
 
     OMP_NUM_THREADS=1 python benchmarks/vptq_table.py --rows vptq2,vptq3
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-
 from _bench import markdown_table
-from vptq_lab.compare import CompareSettings, compare
-from vptq_lab.config import preset
+
+from vptq_lab.core.config import preset
+from vptq_lab.lab.compare import CompareSettings, compare
 
 RESULTS = Path("benchmarks/results")
 
@@ -33,8 +33,11 @@ def row_plan(finetune_steps: int, finetune_batch: int = 1) -> dict[str, tuple[st
         "vptq3": ("vptq", 3, preset(3)),
         "vptq4": ("vptq", 4, preset(4)),
         "vptq2-fullprec": ("vptq", 2, preset(2).replace(propagation="full_precision")),
-        "vptq2-finetune": ("vptq", 2, preset(2).replace(finetune=True, finetune_steps=finetune_steps,
-                                                        finetune_batch=finetune_batch)),
+        "vptq2-finetune": (
+            "vptq",
+            2,
+            preset(2).replace(finetune=True, finetune_steps=finetune_steps, finetune_batch=finetune_batch),
+        ),
     }
 
 
@@ -45,8 +48,15 @@ def run(names: list[str], settings: CompareSettings, cache: Path, finetune_steps
         if method == "fp":
             compare("default", [], [], settings=settings, cache=cache, include_fp=True)
         else:
-            compare("default", [method], [bits], settings=settings, cache=cache, include_fp=False,
-                    configs={(method, bits): config})
+            compare(
+                "default",
+                [method],
+                [bits],
+                settings=settings,
+                cache=cache,
+                include_fp=False,
+                configs={(method, bits): config},
+            )
 
 
 def label(row: pd.Series) -> str:
@@ -79,8 +89,12 @@ def main() -> None:
     parser.add_argument("--rows", default="fp,vptq2,vptq3,vptq4,vptq2-fullprec,vptq2-finetune")
     parser.add_argument("--windows", type=int, default=32)
     parser.add_argument("--finetune-steps", type=int, default=100, help="Adam steps per block (fine-tuning row)")
-    parser.add_argument("--finetune-batch", type=int, default=1,
-                        help="calibration sequences (of 512 tokens) per fine-tuning step; 1 keeps a step ~4x cheaper")
+    parser.add_argument(
+        "--finetune-batch",
+        type=int,
+        default=1,
+        help="calibration sequences (of 512 tokens) per fine-tuning step; 1 keeps a step ~4x cheaper",
+    )
     args = parser.parse_args()
     cache = RESULTS / "vptq_table.cache.jsonl"
     names = [] if args.rows == "none" else args.rows.split(",")

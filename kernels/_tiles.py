@@ -93,3 +93,25 @@ def weight_args(qw) -> dict:
         V=qw.vector_len, VP=next_pow2(qw.vector_len), B1=b1, B2=b2, V0=max(qw.outlier_vector_len, 1),
         HAS_RES=bool(b2), HAS_PERM=qw.perm is not None, HAS_NORM=qw.weight_scale is not None,
     )
+
+
+@triton.jit
+def load_x(
+    x_ptr, stride_xm, m, m_mask,
+    # stored columns col [BLOCK_S] and their mask
+    col, s_mask,
+    perm_ptr, scale_ptr, wbias_ptr,
+    # running sum_i x[i] * wbias[i], [BLOCK_M]
+    xb,
+    HAS_PERM: tl.constexpr, HAS_NORM: tl.constexpr,
+):
+    """x at stored columns col, times weight_scale: fp32 [BLOCK_M, BLOCK_S]; and the updated xb."""
+    if HAS_PERM:
+        col = tl.load(perm_ptr + col, mask=s_mask, other=0).to(tl.int32) & 0xFFFF
+    mask = m_mask[:, None] & s_mask[None, :]
+    x = tl.load(x_ptr + m[:, None] * stride_xm + col[None, :], mask=mask, other=0.0).to(tl.float32)
+    if HAS_NORM:
+        wbias = tl.load(wbias_ptr + col, mask=s_mask, other=0.0).to(tl.float32)
+        xb += tl.sum(x * wbias[None, :], axis=1)
+        x = x * tl.load(scale_ptr + col, mask=s_mask, other=0.0).to(tl.float32)[None, :]
+    return x, xb

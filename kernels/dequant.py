@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from vptq_lab.qweight import QuantizedWeight
+from vptq_lab.core.qweight import QuantizedWeight
 
 from ._tiles import main_tile, outlier_tile, weight_args
 from ._triton import autotune_do_bench, check_device, interpreter_prune

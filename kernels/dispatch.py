@@ -22,7 +22,7 @@ from dataclasses import fields
 import torch
 import torch.nn.functional as F
 
-from vptq_lab.qweight import QuantizedWeight
+from vptq_lab.core.qweight import QuantizedWeight
 
 from .reference import dequant_ref, vq_linear_ref
 

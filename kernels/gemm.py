@@ -19,12 +19,11 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from vptq_lab.qweight import QuantizedWeight
+from vptq_lab.core.qweight import QuantizedWeight
 
-from ._tiles import main_tile, next_pow2, outlier_tile, weight_args
+from ._tiles import load_x, main_tile, next_pow2, outlier_tile, weight_args
 from ._triton import autotune_do_bench, check_device, interpreter_prune
 from .dequant import dequant
-from .gemv import _load_x
 
 __all__ = ["vq_gemm", "DEFAULT_METHOD"]
 
@@ -76,7 +75,7 @@ def _vq_gemm_kernel(
         s_mask = s < O
         w = outlier_tile(oidx_ptr, stride_or, ocb_ptr, o, s, o_mask, s_mask, V0)  # [BLOCK_R, BLOCK_S, VP]
         wt = tl.reshape(tl.permute(w, (1, 0, 2)), (BLOCK_S, BLOCK_R * VP))  # [BLOCK_S, BLOCK_N]
-        x, xb = _load_x(x_ptr, stride_xm, m, m_mask, s, s_mask, perm_ptr, scale_ptr, wbias_ptr, xb,
+        x, xb = load_x(x_ptr, stride_xm, m, m_mask, s, s_mask, perm_ptr, scale_ptr, wbias_ptr, xb,
                         HAS_PERM, HAS_NORM)  # [BLOCK_M, BLOCK_S]
         acc = tl.dot(x.to(DOT_DTYPE), wt.to(DOT_DTYPE), acc, input_precision="ieee")
     for g in range(G):  # group g: stored columns O + g*S .. O + g*S + S-1
@@ -86,7 +85,7 @@ def _vq_gemm_kernel(
             w = main_tile(idx_ptr + g * stride_ig, stride_ir, cb_ptr + g * stride_cg, rcb_ptr + g * stride_rg,
                           r, s, j, r < R, s_mask, j < V, V, B1, B2, HAS_RES)  # [BLOCK_R, BLOCK_S, VP]
             wt = tl.reshape(tl.permute(w, (1, 0, 2)), (BLOCK_S, BLOCK_R * VP))  # [BLOCK_S, BLOCK_N]
-            x, xb = _load_x(x_ptr, stride_xm, m, m_mask, O + g * S + s, s_mask, perm_ptr, scale_ptr, wbias_ptr,
+            x, xb = load_x(x_ptr, stride_xm, m, m_mask, O + g * S + s, s_mask, perm_ptr, scale_ptr, wbias_ptr,
                             xb, HAS_PERM, HAS_NORM)  # [BLOCK_M, BLOCK_S]
             acc = tl.dot(x.to(DOT_DTYPE), wt.to(DOT_DTYPE), acc, input_precision="ieee")
     acc += xb[:, None]

@@ -25,9 +25,9 @@ import torch
 import triton
 import triton.language as tl
 
-from vptq_lab.qweight import QuantizedWeight
+from vptq_lab.core.qweight import QuantizedWeight
 
-from ._tiles import main_tile, next_pow2, outlier_tile, weight_args
+from ._tiles import load_x, main_tile, next_pow2, outlier_tile, weight_args
 from ._triton import autotune_do_bench, check_device, interpreter_enabled
 
 __all__ = ["vq_gemv", "MAX_TOKENS"]
@@ -53,28 +53,6 @@ def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[tri
         return kwargs["BLOCK_M"] * c.kwargs["BLOCK_R"] * c.kwargs["BLOCK_S"] * kwargs["VP"] // (32 * c.num_warps)
     fitting = [c for c in configs if size(c) <= 64]
     return fitting or [min(configs, key=size)]
-
-
-@triton.jit
-def _load_x(
-    x_ptr, stride_xm, m, m_mask,
-    # stored columns col [BLOCK_S] and their mask
-    col, s_mask,
-    perm_ptr, scale_ptr, wbias_ptr,
-    # running sum_i x[i] * wbias[i], [BLOCK_M]
-    xb,
-    HAS_PERM: tl.constexpr, HAS_NORM: tl.constexpr,
-):
-    """x at stored columns col, times weight_scale: fp32 [BLOCK_M, BLOCK_S]; and the updated xb."""
-    if HAS_PERM:
-        col = tl.load(perm_ptr + col, mask=s_mask, other=0).to(tl.int32) & 0xFFFF
-    mask = m_mask[:, None] & s_mask[None, :]
-    x = tl.load(x_ptr + m[:, None] * stride_xm + col[None, :], mask=mask, other=0.0).to(tl.float32)
-    if HAS_NORM:
-        wbias = tl.load(wbias_ptr + col, mask=s_mask, other=0.0).to(tl.float32)
-        xb += tl.sum(x * wbias[None, :], axis=1)
-        x = x * tl.load(scale_ptr + col, mask=s_mask, other=0.0).to(tl.float32)[None, :]
-    return x, xb
 
 
 @triton.autotune(configs=_configs(), key=["M", "R", "S", "G", "O", "V"], do_bench=autotune_do_bench,
@@ -110,7 +88,7 @@ def _vq_gemv_kernel(
         s = s0 + tl.arange(0, BLOCK_S)
         s_mask = s < O
         w = outlier_tile(oidx_ptr, stride_or, ocb_ptr, o, s, o_mask, s_mask, V0)  # [BLOCK_R, BLOCK_S, VP]
-        x, xb = _load_x(x_ptr, stride_xm, m, m_mask, s, s_mask, perm_ptr, scale_ptr, wbias_ptr, xb,
+        x, xb = load_x(x_ptr, stride_xm, m, m_mask, s, s_mask, perm_ptr, scale_ptr, wbias_ptr, xb,
                         HAS_PERM, HAS_NORM)  # [BLOCK_M, BLOCK_S]
         acc += tl.sum(w[None, :, :, :] * x[:, None, :, None], axis=2)
     for g in range(G):  # group g: stored columns O + g*S .. O + g*S + S-1
@@ -119,7 +97,7 @@ def _vq_gemv_kernel(
             s_mask = s < S
             w = main_tile(idx_ptr + g * stride_ig, stride_ir, cb_ptr + g * stride_cg, rcb_ptr + g * stride_rg,
                           r, s, j, r < R, s_mask, j < V, V, B1, B2, HAS_RES)  # [BLOCK_R, BLOCK_S, VP]
-            x, xb = _load_x(x_ptr, stride_xm, m, m_mask, O + g * S + s, s_mask, perm_ptr, scale_ptr, wbias_ptr,
+            x, xb = load_x(x_ptr, stride_xm, m, m_mask, O + g * S + s, s_mask, perm_ptr, scale_ptr, wbias_ptr,
                             xb, HAS_PERM, HAS_NORM)  # [BLOCK_M, BLOCK_S]
             acc += tl.sum(w[None, :, :, :] * x[:, None, :, None], axis=2)
     acc += xb[:, None, None]

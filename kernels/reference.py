@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vptq_lab.qweight import QuantizedWeight, dequantize
+from vptq_lab.core.qweight import QuantizedWeight, dequantize
 
 __all__ = ["dequant_ref", "vq_linear_ref"]
 

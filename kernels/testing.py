@@ -2,22 +2,17 @@
 
 Kernel speed and correctness do not depend on how the codes were found, so
 tests build weights from uniformly random codes and Gaussian codebooks, packed
-with the official layout (:mod:`vptq_lab.packing`).
+with the official layout (:mod:`vptq_lab.core.packing`).
 """
 
 from __future__ import annotations
 
 import torch
 
-from vptq_lab.packing import index_bits, merge_codes, pack_codes
-from vptq_lab.qweight import QuantizedWeight
+from vptq_lab.core.packing import as_int16_bits, index_bits, merge_codes, pack_codes
+from vptq_lab.core.qweight import QuantizedWeight
 
 __all__ = ["random_qweight"]
-
-
-def _as_uint16_bits(values: torch.Tensor) -> torch.Tensor:
-    """int64 values in [0, 65536) -> int16 holding the same uint16 bit pattern."""
-    return torch.where(values >= 1 << 15, values - (1 << 16), values).to(torch.int16)
 
 
 def random_qweight(
@@ -68,9 +63,9 @@ def random_qweight(
     if outlier_size:
         rows0 = -(-out_features // v0)  # R0
         fields["outlier_centroids"] = codebook(1, k0, v0)
-        fields["outlier_indices"] = _as_uint16_bits(torch.randint(k0, (1, rows0, outlier_size), generator=gen))
+        fields["outlier_indices"] = as_int16_bits(torch.randint(k0, (1, rows0, outlier_size), generator=gen))
     if perm:
-        fields["perm"] = _as_uint16_bits(torch.randperm(in_features, generator=gen))
+        fields["perm"] = as_int16_bits(torch.randperm(in_features, generator=gen))
     if norm:
         fields["weight_scale"] = (torch.rand(in_features, generator=gen) + 0.5).to(codebook_dtype)
         fields["weight_bias"] = (torch.randn(in_features, generator=gen) * 0.01).to(codebook_dtype)

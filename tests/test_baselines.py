@@ -9,12 +9,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vptq_lab.baselines import (
-    METHODS, GPTQConfig, RTNConfig, ScalarQuantized, dequantized, gptq_quantize, method_preset,
-    model_bits_per_weight, rtn_quantize, scalar_bits,
-)
-from vptq_lab.config import VPTQConfig
-from vptq_lab.hessian_ops import proxy_loss
+from vptq_lab.core.config import VPTQConfig
+from vptq_lab.core.hessian_ops import proxy_loss
+from vptq_lab.core.methods import METHODS, dequantized, method_preset, model_bits_per_weight
+from vptq_lab.core.scalar import GPTQConfig, RTNConfig, ScalarQuantized, gptq_quantize, rtn_quantize, scalar_bits
 
 
 def _layer(out: int = 24, n_in: int = 64, n: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,10 +73,16 @@ def test_gptq_with_identity_hessian_is_rtn() -> None:
     assert torch.equal(gptq.codes, rtn.codes) and torch.equal(gptq.W, rtn.W)
 
 
-@pytest.mark.parametrize("kw", [
-    dict(act_order=True), dict(act_order=False), dict(act_order=True, static_groups=True),
-    dict(group_size=None), dict(symmetric=True, blocksize=10),
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(act_order=True),
+        dict(act_order=False),
+        dict(act_order=True, static_groups=True),
+        dict(group_size=None),
+        dict(symmetric=True, blocksize=10),
+    ],
+)
 def test_gptq_storage_rebuilds_the_weight(kw: dict) -> None:
     W, H = _layer(seed=1)
     q = gptq_quantize(W, H, GPTQConfig(**{**dict(bits=3, group_size=16, blocksize=32), **kw}))
@@ -112,8 +116,15 @@ def test_two_bit_g128_is_2_25_bits() -> None:
     assert scalar_bits(RTNConfig(bits=3, group_size=128), (10, 576)).scale_bits == 16 * 10 * 5  # ragged group
 
 
-@pytest.mark.parametrize("config", [RTNConfig(bits=3, group_size=16), GPTQConfig(bits=2, group_size=16),
-                                    GPTQConfig(bits=4, group_size=None), RTNConfig(bits=5, symmetric=True)])
+@pytest.mark.parametrize(
+    "config",
+    [
+        RTNConfig(bits=3, group_size=16),
+        GPTQConfig(bits=2, group_size=16),
+        GPTQConfig(bits=4, group_size=None),
+        RTNConfig(bits=5, symmetric=True),
+    ],
+)
 def test_bits_count_the_stored_tensors(config) -> None:
     W, H = _layer()
     q = rtn_quantize(W, config) if isinstance(config, RTNConfig) else gptq_quantize(W, H, config)
@@ -125,24 +136,41 @@ def test_bits_count_the_stored_tensors(config) -> None:
 
 # Configs ----------------------------------------------------------------------------------
 @settings(max_examples=40, deadline=None)
-@given(bits=st.integers(1, 8), group=st.one_of(st.none(), st.integers(1, 4096)), sym=st.booleans(),
-       act=st.booleans(), static=st.booleans(), damp=st.floats(0, 9.99), block=st.integers(1, 512))
+@given(
+    bits=st.integers(1, 8),
+    group=st.one_of(st.none(), st.integers(1, 4096)),
+    sym=st.booleans(),
+    act=st.booleans(),
+    static=st.booleans(),
+    damp=st.floats(0, 9.99),
+    block=st.integers(1, 512),
+)
 def test_configs_round_trip_json(bits, group, sym, act, static, damp, block) -> None:
     rtn = RTNConfig(bits=bits, group_size=group, symmetric=sym)
-    gptq = GPTQConfig(bits=bits, group_size=group, act_order=act, percdamp=damp, blocksize=block,
-                      static_groups=static, symmetric=sym)
+    gptq = GPTQConfig(
+        bits=bits, group_size=group, act_order=act, percdamp=damp, blocksize=block, static_groups=static, symmetric=sym
+    )
     for cfg in (rtn, gptq):
         assert type(cfg).from_json(cfg.to_json()) == cfg
         assert json.loads(cfg.to_json()) == cfg.to_dict()
 
 
-@pytest.mark.parametrize("cls, kw, field", [
-    (RTNConfig, dict(bits=0), "bits"), (RTNConfig, dict(bits=9), "bits"), (RTNConfig, dict(bits=True), "bits"),
-    (RTNConfig, dict(bits=2.0), "bits"), (RTNConfig, dict(group_size=0), "group_size"),
-    (RTNConfig, dict(group_size=64.0), "group_size"), (RTNConfig, dict(symmetric=1), "symmetric"),
-    (GPTQConfig, dict(percdamp=-0.1), "percdamp"), (GPTQConfig, dict(percdamp=float("nan")), "percdamp"),
-    (GPTQConfig, dict(blocksize=0), "blocksize"), (GPTQConfig, dict(act_order="yes"), "act_order"),
-])
+@pytest.mark.parametrize(
+    "cls, kw, field",
+    [
+        (RTNConfig, dict(bits=0), "bits"),
+        (RTNConfig, dict(bits=9), "bits"),
+        (RTNConfig, dict(bits=True), "bits"),
+        (RTNConfig, dict(bits=2.0), "bits"),
+        (RTNConfig, dict(group_size=0), "group_size"),
+        (RTNConfig, dict(group_size=64.0), "group_size"),
+        (RTNConfig, dict(symmetric=1), "symmetric"),
+        (GPTQConfig, dict(percdamp=-0.1), "percdamp"),
+        (GPTQConfig, dict(percdamp=float("nan")), "percdamp"),
+        (GPTQConfig, dict(blocksize=0), "blocksize"),
+        (GPTQConfig, dict(act_order="yes"), "act_order"),
+    ],
+)
 def test_configs_reject_bad_values(cls, kw, field) -> None:
     with pytest.raises(ValueError, match=field):
         cls(**kw)
@@ -189,7 +217,7 @@ def test_dequantized_rejects_unknown_results() -> None:
 
 
 def test_presets_land_near_their_targets_on_the_default_model() -> None:
-    from vptq_lab.budget import SMOLLM2_135M_SHAPES
+    from vptq_lab.lab.budget import SMOLLM2_135M_SHAPES
 
     for name in METHODS:
         for target in (2, 3, 4):
@@ -202,8 +230,8 @@ def test_presets_land_near_their_targets_on_the_default_model() -> None:
 def _reference_gptq(W: torch.Tensor, H: torch.Tensor, bits: int, group: int, block: int, act: bool) -> torch.Tensor:
     """The reference GPTQ loop (gptq.py ``fasterquant``), written out: eager in-block updates, lazy
     updates between blocks, a group's grid fitted from the lazily-updated W at its first column."""
-    from vptq_lab.baselines import scalar_grid
-    from vptq_lab.hessian_ops import act_order, condition_hessian, inverse_cholesky_upper
+    from vptq_lab.core.hessian_ops import act_order, condition_hessian, inverse_cholesky_upper
+    from vptq_lab.core.scalar import scalar_grid
 
     Hc, W, _ = condition_hessian(H, W.clone(), 0.01)
     perm = act_order(Hc) if act else torch.arange(W.shape[1])
@@ -214,10 +242,10 @@ def _reference_gptq(W: torch.Tensor, H: torch.Tensor, bits: int, group: int, blo
         W1, E1 = W[:, i1:i2].clone(), torch.zeros(W.shape[0], i2 - i1)
         for i in range(i2 - i1):
             if (i1 + i) % group == 0:
-                s, z = (t.float()[:, None] for t in scalar_grid(W[:, i1 + i:i1 + i + group], bits))
-            q = s * (torch.clamp(torch.round(W1[:, i:i + 1] / s) + z, 0, 2**bits - 1) - z)
+                s, z = (t.float()[:, None] for t in scalar_grid(W[:, i1 + i : i1 + i + group], bits))
+            q = s * (torch.clamp(torch.round(W1[:, i : i + 1] / s) + z, 0, 2**bits - 1) - z)
             E1[:, i] = (W1[:, i] - q[:, 0]) / U[i1 + i, i1 + i]
-            W1[:, i:] -= E1[:, i:i + 1] @ U[i1 + i:i1 + i + 1, i1:i2][:, i:]
+            W1[:, i:] -= E1[:, i : i + 1] @ U[i1 + i : i1 + i + 1, i1:i2][:, i:]
             Q[:, i1 + i] = q[:, 0]
         W[:, i2:] -= E1 @ U[i1:i2, i2:]
     return Q[:, torch.argsort(perm)]

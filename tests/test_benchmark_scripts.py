@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vptq_lab import plots
+from vptq_lab.lab import plots
 
 if importlib.util.find_spec("triton") is None:  # never import triton here: see conftest.py
     pytest.skip("triton is not installed (pip install 'vptq-lab[triton]')", allow_module_level=True)
@@ -26,8 +26,9 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 def _run(script: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True, env=env,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, str(BENCH / script), *args], capture_output=True, text=True, env=env, timeout=600
+    )
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,8 @@ def test_kernels_smoke_writes_every_row(kernels_json):
     assert meta["smoke"] is True and meta["device_name"] and meta["triton"] and meta["torch"] == torch.__version__
     # every tiny shape x bit budget x batch (1 and 16)
     assert {(r["shape"], r["bits"], r["batch"]) for r in rows} == {
-        (s, b, n) for s in ("tiny_square", "tiny_up") for b in ("2bit_v8_k256", "3bit_v4_k64_k16") for n in (1, 16)}
+        (s, b, n) for s in ("tiny_square", "tiny_up") for b in ("2bit_v8_k256", "3bit_v4_k64_k16") for n in (1, 16)
+    }
     for r in rows:
         times = [v for k, v in r.items() if k.endswith("_ms")]
         assert len(times) >= 6 and all(math.isfinite(t) and t > 0 for t in times), r
@@ -100,15 +102,18 @@ def test_notebook_08_plots_gpu_results_when_a_file_names_a_gpu(kernels_json, tmp
     results = tmp_path / "benchmarks" / "results"
     results.mkdir(parents=True)
     (results / "kernels_cpu-smoke.json").write_text(json.dumps(kernels_json))
-    gpu = {"meta": {**kernels_json["meta"], "device_name": "NVIDIA H100 80GB HBM3 (test file)"},
-           "rows": kernels_json["rows"]}
+    gpu = {
+        "meta": {**kernels_json["meta"], "device_name": "NVIDIA H100 80GB HBM3 (test file)"},
+        "rows": kernels_json["rows"],
+    }
     (results / "kernels.json").write_text(json.dumps(gpu))
     monkeypatch.chdir(results)
     shown: list = []
     namespace = {"json": json, "Path": Path, "plots": plots, "display": shown.append}
-    for source in code[start:start + 2]:
+    for source in code[start : start + 2]:
         exec(source, namespace)  # noqa: S102 - the notebook's own cells
     assert [(name, device) for name, device, _ in namespace["gpu_results"]] == [
-        ("kernels.json", "NVIDIA H100 80GB HBM3 (test file)")]  # the CPU file is skipped
+        ("kernels.json", "NVIDIA H100 80GB HBM3 (test file)")
+    ]  # the CPU file is skipped
     titles = [fig.axes[0].get_title() for fig in shown]
     assert len(titles) == 2 and all(t.startswith("NVIDIA H100 80GB HBM3 (test file)") for t in titles)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vptq_lab.bits import BitBreakdown, bits_per_weight, model_bits
-from vptq_lab.config import VPTQConfig
-from vptq_lab.quantizer import vptq_quantize
+from vptq_lab.core.bits import BitBreakdown, bits_per_weight, model_bits
+from vptq_lab.core.config import VPTQConfig
+from vptq_lab.core.quantizer import vptq_quantize
 
 
 def _block(h: int, ffn: int) -> dict[str, tuple[int, int]]:
@@ -45,8 +45,14 @@ def test_small_model_codebook_overhead_is_visible() -> None:
 
 
 def test_paper_mode_outlier_and_residual_terms() -> None:
-    cfg = VPTQConfig(vector_lens=(4, 8), num_centroids=(256, 4096), num_res_centroids=(-1, 256),
-                     npercent=1.0, group_num=2, enable_perm=False)
+    cfg = VPTQConfig(
+        vector_lens=(4, 8),
+        num_centroids=(256, 4096),
+        num_res_centroids=(-1, 256),
+        npercent=1.0,
+        group_num=2,
+        enable_perm=False,
+    )
     b = bits_per_weight(cfg, (100, 200), mode="paper")
     assert b.outlier_index_bits == pytest.approx(100 * 2 * 8 / 4)
     assert b.index_bits == pytest.approx(100 * 198 * (12 + 8) / 8)
@@ -58,11 +64,14 @@ def _file_bits(qw) -> int:
     return sum(t.numel() * t.element_size() * 8 for t in qw.tensors().values())
 
 
-@pytest.mark.parametrize("kw", [
-    dict(),
-    dict(enable_norm=True, num_res_centroids=(-1, 8)),
-    dict(npercent=4.0, vector_lens=(3, 5), num_centroids=(8, 32), group_num=2, enable_perm=False),
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(),
+        dict(enable_norm=True, num_res_centroids=(-1, 8)),
+        dict(npercent=4.0, vector_lens=(3, 5), num_centroids=(8, 32), group_num=2, enable_perm=False),
+    ],
+)
 def test_stored_mode_equals_the_bytes_of_a_real_quantized_layer(kw: dict) -> None:
     g = torch.Generator().manual_seed(0)
     W, X = torch.randn(30, 50, generator=g), torch.randn(200, 50, generator=g)

@@ -23,10 +23,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 SETUP = """\
 import torch
-from vptq_lab.calibrate import quantize_
-from vptq_lab.config import VPTQConfig
+from vptq_lab.model.calibrate import quantize_
+from vptq_lab.core.config import VPTQConfig
 from vptq_lab.testing import tiny_llama
-from vptq_lab.widgets import build_bit_budget_comparator, build_outlier_explorer
+from vptq_lab.lab.widgets import build_bit_budget_comparator, build_outlier_explorer
 
 config = VPTQConfig(vector_lens=(-1, 4), num_centroids=(-1, 16), kmeans_iters=3, nsamples=4, seqlen=32)
 model = tiny_llama(hidden=64, layers=2)
@@ -42,7 +42,7 @@ box.explorer.columns_label.add_class("vptq-columns")
 box"""
 
 BUDGET = """\
-from vptq_lab.budget import SMOLLM2_135M_SHAPES
+from vptq_lab.lab.budget import SMOLLM2_135M_SHAPES
 
 budget = build_bit_budget_comparator(SMOLLM2_135M_SHAPES)
 budget.explorer.summary.add_class("vptq-budget")
@@ -50,10 +50,16 @@ budget"""
 
 
 def _notebook(folder: Path) -> Path:
-    cells = [{"cell_type": "code", "id": f"cell-{i}", "metadata": {}, "source": src, "outputs": [],
-              "execution_count": None} for i, src in enumerate((SETUP, OUTLIERS, BUDGET))]
-    nb = {"cells": cells, "nbformat": 4, "nbformat_minor": 5,
-          "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}}
+    cells = [
+        {"cell_type": "code", "id": f"cell-{i}", "metadata": {}, "source": src, "outputs": [], "execution_count": None}
+        for i, src in enumerate((SETUP, OUTLIERS, BUDGET))
+    ]
+    nb = {
+        "cells": cells,
+        "nbformat": 4,
+        "nbformat_minor": 5,
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+    }
     path = folder / "widgets_smoke.ipynb"
     path.write_text(json.dumps(nb))
     return path
@@ -68,21 +74,32 @@ def artifacts() -> Path:
 
 def test_widgets_in_jupyterlab(tmp_path, artifacts):
     if not CHROMIUM.exists():
-        pytest.skip("Debian chromium not found at /usr/bin/chromium: apt-get install -y --no-install-recommends "
-                    "chromium (.ci/run does this)")
+        pytest.skip(
+            "Debian chromium not found at /usr/bin/chromium: apt-get install -y --no-install-recommends "
+            "chromium (.ci/run does this)"
+        )
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (the PyPI package) is not installed")
     start = time.monotonic()
     root = tmp_path / "lab"
     root.mkdir()
     _notebook(root)
     log_path = artifacts / "jupyterlab.log"
-    env = {**os.environ, "MPLBACKEND": "agg", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "MPLBACKEND": "agg",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
     with open(log_path, "w") as log, jupyterlab(root, tmp_path / "jupyter-home", log, env) as (port, token):
         with sync_api.sync_playwright() as p:
             context = p.chromium.launch_persistent_context(
-                str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True,
-                args=CHROMIUM_ARGS, viewport={"width": 1280, "height": 1400})
+                str(tmp_path / "chromium-profile"),
+                executable_path=str(CHROMIUM),
+                headless=True,
+                args=CHROMIUM_ARGS,
+                viewport={"width": 1280, "height": 1400},
+            )
             page = context.new_page()
             try:
                 _drive(page, port, token, artifacts, sync_api.expect)
@@ -139,10 +156,20 @@ def _drive(page, port: int, token: str, artifacts: Path, expect) -> None:
 
 
 def _tiny_notebook(path: Path, sources: list[str]) -> None:
-    cells = [{"cell_type": "code", "id": f"c{i}", "metadata": {}, "source": s, "outputs": [],
-              "execution_count": None} for i, s in enumerate(sources)]
-    path.write_text(json.dumps({"cells": cells, "nbformat": 4, "nbformat_minor": 5, "metadata": {
-        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}}))
+    cells = [
+        {"cell_type": "code", "id": f"c{i}", "metadata": {}, "source": s, "outputs": [], "execution_count": None}
+        for i, s in enumerate(sources)
+    ]
+    path.write_text(
+        json.dumps(
+            {
+                "cells": cells,
+                "nbformat": 4,
+                "nbformat_minor": 5,
+                "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+            }
+        )
+    )
 
 
 def test_new_user_walkthrough_script(tmp_path, monkeypatch):
@@ -157,8 +184,10 @@ def test_new_user_walkthrough_script(tmp_path, monkeypatch):
     spec.loader.exec_module(walkthrough)
     repo = tmp_path / "clone"
     (repo / "notebooks").mkdir(parents=True)
-    _tiny_notebook(repo / "notebooks" / "01_ok.ipynb", [
-        "import os\nprint('CI =', os.environ.get('CI'), '| data =', os.environ.get('VPTQ_LAB_DATA'))", "print(6 * 7)"])
+    _tiny_notebook(
+        repo / "notebooks" / "01_ok.ipynb",
+        ["import os\nprint('CI =', os.environ.get('CI'), '| data =', os.environ.get('VPTQ_LAB_DATA'))", "print(6 * 7)"],
+    )
     _tiny_notebook(repo / "notebooks" / "02_broken.ipynb", ["raise RuntimeError('boom')", "print('never')"])
     out = tmp_path / "results.json"
     out.write_text(json.dumps({"notebooks": {"99_earlier.ipynb": {"seconds": 1.0, "errors": []}}}))
@@ -166,8 +195,9 @@ def test_new_user_walkthrough_script(tmp_path, monkeypatch):
     monkeypatch.setenv("VPTQ_LAB_DATA", "/nowhere")
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    assert walkthrough.main(["--repo", str(repo), "--notebooks", "01", "02", "--out", str(out),
-                             "--limit-min", "4"]) == 1  # 02 fails
+    assert (
+        walkthrough.main(["--repo", str(repo), "--notebooks", "01", "02", "--out", str(out), "--limit-min", "4"]) == 1
+    )  # 02 fails
     record = json.loads(out.read_text())["notebooks"]
     assert set(record) == {"99_earlier.ipynb", "01_ok.ipynb", "02_broken.ipynb"}  # the earlier entry is kept
     ok, broken = record["01_ok.ipynb"], record["02_broken.ipynb"]

@@ -8,12 +8,20 @@ import pytest
 import torch
 from torch import nn
 
-from vptq_lab.bits import bits_per_weight, model_bits
-from vptq_lab.budget import (
-    LLAMA2_7B_BLOCK, LLAMA2_13B_BLOCK, SMOLLM2_135M_SHAPES, SearchSpace, candidate_table, linear_bits,
-    row_config, shapes_of, suggest, vptq_model_bits,
+from vptq_lab.core.bits import bits_per_weight, model_bits
+from vptq_lab.core.config import VPTQConfig, layer_plan
+from vptq_lab.lab.budget import (
+    LLAMA2_7B_BLOCK,
+    LLAMA2_13B_BLOCK,
+    SMOLLM2_135M_SHAPES,
+    SearchSpace,
+    candidate_table,
+    linear_bits,
+    row_config,
+    shapes_of,
+    suggest,
+    vptq_model_bits,
 )
-from vptq_lab.config import VPTQConfig, layer_plan
 
 
 def _row(df, v: int, k1: int, k2: int = 0, group_num: int = 1, npercent: float = 0.0):
@@ -58,8 +66,9 @@ def test_default_model_rows_respect_the_budget(target: float) -> None:
 
 
 def test_screen_formula_matches_bits_py_for_every_scope() -> None:
-    space = SearchSpace(vector_lens=(4, 6), k1_bits=(8, 12), k2_bits=(0, 8), npercents=(0.0, 2.0),
-                        group_nums=(1, 2), enable_norm=True)
+    space = SearchSpace(
+        vector_lens=(4, 6), k1_bits=(8, 12), k2_bits=(0, 8), npercents=(0.0, 2.0), group_nums=(1, 2), enable_norm=True
+    )
     cands = candidate_table(SMOLLM2_135M_SHAPES, space, shared=True)
     assert set(cands.codebook_scope) == {"per-linear", "per-block", "per-model"}
     for _, row in cands.iterrows():

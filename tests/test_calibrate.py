@@ -2,13 +2,13 @@ import pytest
 import torch
 from torch import nn
 
-from vptq_lab.arch import ARCHITECTURES, arch_for, get_blocks, get_module
-from vptq_lab.calibrate import capture_block_inputs, quantize_
-from vptq_lab.checkpoint import load_quantized, save_quantized
-from vptq_lab.config import VPTQConfig
+from vptq_lab.core.config import VPTQConfig
 from vptq_lab.errors import VPTQLabError
-from vptq_lab.hessian import HessianAccumulator, hessian_hooks
-from vptq_lab.layers import QuantizedLinear
+from vptq_lab.io.checkpoint import load_quantized, save_quantized
+from vptq_lab.model.arch import ARCHITECTURES, arch_for, get_blocks, get_module
+from vptq_lab.model.calibrate import capture_block_inputs, quantize_
+from vptq_lab.model.hessian import HessianAccumulator, hessian_hooks
+from vptq_lab.model.layers import QuantizedLinear
 from vptq_lab.testing import TINY_FAMILIES, tiny_model
 
 TINY = VPTQConfig(vector_lens=(-1, 4), num_centroids=(-1, 16), kmeans_iters=3, nsamples=4, seqlen=16)
@@ -70,8 +70,9 @@ def test_gpt2_conv1d_weights_are_transposed():
     conv = model.transformer.h[0].mlp.c_fc  # Conv1D: weight [in, out]
     dense = conv.weight.detach().t().clone()  # [out, in]
     x = torch.randn(2, conv.weight.shape[0])
-    quantize_(model, VPTQConfig(vector_lens=(-1, 2), num_centroids=(-1, 256), nsamples=4, seqlen=16),
-              _calib(), progress=False)
+    quantize_(
+        model, VPTQConfig(vector_lens=(-1, 2), num_centroids=(-1, 256), nsamples=4, seqlen=16), _calib(), progress=False
+    )
     q = model.transformer.h[0].mlp.c_fc
     assert (q.out_features, q.in_features) == tuple(dense.shape)
     with torch.no_grad():  # a fine codebook reproduces the Conv1D map x W^T (a transposed W would be far off)
@@ -131,11 +132,11 @@ def test_capture_records_every_batch():
 def test_finetune_sub_batch_is_the_same_rows_of_the_block(family):
     """A fine-tuning step on a few sequences of a captured batch sees exactly those rows' inputs:
     the block's output on the slice equals the same rows of its output on the whole batch."""
-    from vptq_lab.calibrate import _first_output, _sub_batch
+    from vptq_lab.model.calibrate import _first_output, _sub_batch
 
     model = tiny_model(family)
     block = get_blocks(model, arch_for(model))[0]
-    (args, kwargs), = capture_block_inputs(model, block, _calib(n=4), batch_size=4)
+    ((args, kwargs),) = capture_block_inputs(model, block, _calib(n=4), batch_size=4)
     with torch.no_grad():
         full = _first_output(block(*args, **kwargs))
         gen = torch.Generator().manual_seed(3)
@@ -182,7 +183,7 @@ def test_keep_stores_inputs_for_plots():
 
 @pytest.mark.parametrize("method", ["rtn", "gptq", "vq"])
 def test_baseline_methods_run_through_the_same_driver(method):
-    from vptq_lab.baselines import METHODS, method_preset
+    from vptq_lab.core.methods import METHODS, method_preset
 
     model = tiny_model("llama")
     ids = _calib(seed=1)[:1]
@@ -203,18 +204,17 @@ def test_baseline_methods_run_through_the_same_driver(method):
 
 
 def test_gptq_beats_rtn_on_proxy_loss_through_the_driver():
-    from vptq_lab.baselines import method_preset
+    from vptq_lab.core.methods import method_preset
 
     losses = {}
     for method in ("rtn", "gptq"):
-        report = quantize_(tiny_model("llama"), method_preset(method, 2), _calib(n=8), method=method,
-                           progress=False)
+        report = quantize_(tiny_model("llama"), method_preset(method, 2), _calib(n=8), method=method, progress=False)
         losses[method] = float(report.to_dataframe().proxy_loss_rel.mean())
     assert losses["gptq"] < losses["rtn"]
 
 
 def test_method_and_config_must_match():
-    from vptq_lab.baselines import RTNConfig
+    from vptq_lab.core.scalar import RTNConfig
 
     with pytest.raises(VPTQLabError, match="method 'gptq' takes a GPTQConfig, got a RTNConfig"):
         quantize_(tiny_model("llama"), RTNConfig(bits=2), _calib(), method="gptq", progress=False)

@@ -6,8 +6,21 @@ from vptq_lab.cli import main
 
 
 def test_eval_json_on_a_local_folder(tiny_model_dir, wikitext_dir, capsys):
-    rc = main(["eval", "--model", str(tiny_model_dir), "--seqlen", "64", "--max-windows", "2", "--json",
-               "--data-dir", str(wikitext_dir), "--no-progress"])
+    rc = main(
+        [
+            "eval",
+            "--model",
+            str(tiny_model_dir),
+            "--seqlen",
+            "64",
+            "--max-windows",
+            "2",
+            "--json",
+            "--data-dir",
+            str(wikitext_dir),
+            "--no-progress",
+        ]
+    )
     out = capsys.readouterr().out.strip()
     assert rc == 0 and len(out.splitlines()) == 1
     record = json.loads(out)
@@ -15,11 +28,14 @@ def test_eval_json_on_a_local_folder(tiny_model_dir, wikitext_dir, capsys):
     assert "note" not in record  # the Q4_1 baseline note belongs to the default model only
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["eval", "--model", "nosuch"], "unknown model"),
-    (["eval", "--model", "TINY", "--seqlen", "100000"], "exceeds the model's context"),
-    (["eval", "--model", "TINY", "--seqlen", "64", "--data-dir", "/nonexistent/folder"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["eval", "--model", "nosuch"], "unknown model"),
+        (["eval", "--model", "TINY", "--seqlen", "100000"], "exceeds the model's context"),
+        (["eval", "--model", "TINY", "--seqlen", "64", "--data-dir", "/nonexistent/folder"], "does not exist"),
+    ],
+)
 def test_errors_are_one_line(argv, message, tiny_model_dir, capsys):
     argv = [str(tiny_model_dir) if a == "TINY" else a for a in argv]
     assert main(argv) == 2
@@ -35,3 +51,70 @@ def test_bad_numbers_are_usage_errors(flag, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "must be at least 1" in err or "expected a whole number, got 'x'" in err
+
+
+# The review's bugs: nothing of the user's is deleted, and an impossible --out fails before any work -----------
+
+
+def _no_model_loading(monkeypatch):
+    """Make any model load fail loudly: the checks below must refuse before loading anything."""
+    import vptq_lab.io.models as models
+
+    def refuse(*_a, **_k):
+        raise AssertionError("a model was loaded before the --out check")
+
+    monkeypatch.setattr(models, "load_model", refuse)
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and err[-1].startswith("vptq-lab: error: ") and not any("Traceback" in line for line in err)
+    return err[-1]
+
+
+def test_demo_refuses_a_folder_holding_the_users_files(tmp_path, monkeypatch, capsys):
+    # Before the fix, `vptq-lab demo --out DIR` ran shutil.rmtree(DIR) on whatever DIR held.
+    _no_model_loading(monkeypatch)
+    precious = tmp_path / "thesis"
+    precious.mkdir()
+    (precious / "chapter1.tex").write_text("months of work")
+    assert main(["demo", "--out", str(precious)]) == 2
+    assert "already exists and was not written by `vptq-lab demo`" in _one_error_line(capsys)
+    assert (precious / "chapter1.tex").read_text() == "months of work"
+
+
+def test_demo_replaces_only_a_folder_it_wrote(tmp_path):
+    from vptq_lab import cli
+
+    mine, theirs = tmp_path / "demo", tmp_path / "theirs"
+    mine.mkdir()
+    (mine / cli.DEMO_MARK).write_text("{}")
+    theirs.mkdir()
+    cli._check_out(str(mine), None, False, replace_demo=True)  # an earlier demo's folder may be replaced
+    with pytest.raises(cli.VPTQLabError, match="not written by `vptq-lab demo`"):
+        cli._remove_demo_folder(theirs)  # the last guard before rmtree, checked again
+    assert theirs.is_dir()
+
+
+@pytest.mark.parametrize("command", ["quantize", "demo"])
+def test_out_under_a_file_fails_before_any_work(command, tmp_path, monkeypatch, capsys):
+    # Before the fix, `quantize --out PATH` with an unwritable PATH quantized for minutes, then failed to save.
+    _no_model_loading(monkeypatch)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert main([command, "--out", str(blocker / "sub" / "model")]) == 2
+    line = _one_error_line(capsys)
+    assert f"{blocker} is a file, not a folder" in line and "choose another --out" in line
+
+
+def test_out_on_a_read_only_filesystem_fails_before_any_work(tmp_path, monkeypatch, capsys):
+    import tempfile
+
+    _no_model_loading(monkeypatch)
+
+    def read_only(*_a, **_k):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    assert main(["quantize", "--out", str(tmp_path / "model")]) == 2
+    assert "is not writable (Read-only file system)" in _one_error_line(capsys)

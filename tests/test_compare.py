@@ -4,9 +4,9 @@ import pandas as pd
 import pytest
 
 from vptq_lab.cli import main
-from vptq_lab.compare import COLUMNS, CompareSettings, compare
-from vptq_lab.config import VPTQConfig
+from vptq_lab.core.config import VPTQConfig
 from vptq_lab.errors import VPTQLabError
+from vptq_lab.lab.compare import COLUMNS, CompareSettings, compare
 
 SETTINGS = CompareSettings(windows=2, seqlen=32, nsamples=4, calib_seqlen=32)
 SMALL = VPTQConfig(vector_lens=(-1, 4), num_centroids=(-1, 16), kmeans_iters=2)
@@ -20,22 +20,25 @@ def data_env(monkeypatch, wikitext_dir):
 def test_compare_rows_and_cache(tiny_model_dir, tmp_path, data_env, monkeypatch):
     configs = {("vq", 2): SMALL.replace(enable_perm=False), ("vptq", 2): SMALL}
     cache = tmp_path / "rows.jsonl"
-    table = compare(str(tiny_model_dir), ["rtn", "vq", "vptq"], [2], settings=SETTINGS, configs=configs,
-                    cache=cache, progress=False)
+    table = compare(
+        str(tiny_model_dir), ["rtn", "vq", "vptq"], [2], settings=SETTINGS, configs=configs, cache=cache, progress=False
+    )
     assert list(table.columns) == COLUMNS
     assert list(table.method) == ["fp", "rtn", "vq", "vptq"]
     assert (table.windows == 2).all() and (table.perplexity > 1).all()
     assert table.set_index("method").loc["vptq", "bits"] == pytest.approx(
-        json.loads(cache.read_text().splitlines()[-1])["row"]["bits"])
+        json.loads(cache.read_text().splitlines()[-1])["row"]["bits"]
+    )
     vq, vptq = table.set_index("method").loc[["vq", "vptq"], "proxy_loss_rel_mean"]
     assert vptq < vq  # the column loop's feedback pays off on the same codebook size
     assert len(cache.read_text().splitlines()) == 4
 
-    import vptq_lab.compare as cmp
+    import vptq_lab.lab.compare as cmp
 
     monkeypatch.setattr(cmp, "_run_row", lambda *a, **k: pytest.fail("a cached row was recomputed"))
-    again = compare(str(tiny_model_dir), ["rtn", "vq", "vptq"], [2], settings=SETTINGS, configs=configs,
-                    cache=cache, progress=False)
+    again = compare(
+        str(tiny_model_dir), ["rtn", "vq", "vptq"], [2], settings=SETTINGS, configs=configs, cache=cache, progress=False
+    )
     pd.testing.assert_frame_equal(again, table)
 
 
@@ -46,8 +49,24 @@ def test_unknown_method_is_refused(tiny_model_dir):
 
 def test_cli_compare(tiny_model_dir, tmp_path, data_env, capsys):
     out = tmp_path / "res.csv"
-    rc = main(["compare", "--model", str(tiny_model_dir), "--bits", "4", "--methods", "rtn", "--out", str(out),
-               "--windows", "2", "--seqlen", "32", "--no-progress"])
+    rc = main(
+        [
+            "compare",
+            "--model",
+            str(tiny_model_dir),
+            "--bits",
+            "4",
+            "--methods",
+            "rtn",
+            "--out",
+            str(out),
+            "--windows",
+            "2",
+            "--seqlen",
+            "32",
+            "--no-progress",
+        ]
+    )
     assert rc == 0 and out.is_file()
     table = pd.read_csv(out)
     assert list(table.method) == ["fp", "rtn"] and table.bits.iloc[1] > 4
@@ -60,8 +79,8 @@ def test_committed_cache_keys_still_match_the_presets():
     the committed whole-model caches are found by the current presets' keys."""
     from pathlib import Path
 
-    from vptq_lab.compare import _row_key
-    from vptq_lab.config import preset
+    from vptq_lab.core.config import preset
+    from vptq_lab.lab.compare import _row_key
 
     cache = Path(__file__).resolve().parents[1] / "benchmarks/results/vptq_table.cache.jsonl"
     keys = {json.loads(line)["key"] for line in cache.read_text().splitlines() if line.strip()}

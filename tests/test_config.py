@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vptq_lab.config import PRESETS, VPTQConfig, layer_plan, preset
+from vptq_lab.core.config import PRESETS, VPTQConfig, layer_plan, preset
 
 pow2 = st.integers(1, 16).map(lambda b: 1 << b)
 vlen = st.integers(1, 16)
@@ -117,11 +117,16 @@ def test_presets_are_valid_and_distinct() -> None:
         preset(5)
 
 
-@pytest.mark.parametrize("npercent,groups,n_in", [(0.0, 1, 576), (1.0, 1, 576), (1.0, 4, 577), (0.0, 3, 576),
-                                                   (10.0, 7, 100)])
+@pytest.mark.parametrize(
+    "npercent,groups,n_in", [(0.0, 1, 576), (1.0, 1, 576), (1.0, 4, 577), (0.0, 3, 576), (10.0, 7, 100)]
+)
 def test_layer_plan_rounds_outliers_up_to_divide_groups(npercent: float, groups: int, n_in: int) -> None:
-    cfg = VPTQConfig(npercent=npercent, group_num=groups,
-                     vector_lens=(4 if npercent else -1, 6), num_centroids=(256 if npercent else -1, 256))
+    cfg = VPTQConfig(
+        npercent=npercent,
+        group_num=groups,
+        vector_lens=(4 if npercent else -1, 6),
+        num_centroids=(256 if npercent else -1, 256),
+    )
     o, g, s = layer_plan(cfg, n_in)
     assert g == groups and o + g * s == n_in
     assert o >= math.ceil(npercent / 100 * n_in) and o - math.ceil(npercent / 100 * n_in) < groups

@@ -4,9 +4,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from vptq_lab import data
-from vptq_lab.data import (WIKITEXT2_SHA256, calibration_windows, load_wikitext2, rows_from_raw, tokenize)
 from vptq_lab.errors import VPTQLabError
+from vptq_lab.io import data
+from vptq_lab.io.data import WIKITEXT2_SHA256, calibration_windows, load_wikitext2, rows_from_raw, tokenize
 
 
 def test_rows_follow_the_datasets_recipe():
@@ -43,14 +43,50 @@ def test_named_folder_without_the_file_is_an_error(tmp_path):
         load_wikitext2("test", tmp_path / "nope")
 
 
-def test_stand_in_is_labelled_not_comparable(monkeypatch, tmp_path):
-    monkeypatch.setenv("VPTQ_LAB_DATA", str(tmp_path))  # env folder lacking the file falls through
-    monkeypatch.setattr(data, "CHECKOUT_DATA_DIRS", ())  # and no shared folder beside the checkout
+def test_stand_in_is_labelled_and_says_how_to_get_wikitext2(monkeypatch, caplog):
+    monkeypatch.delenv("VPTQ_LAB_DATA", raising=False)  # no folder named, and the hub is off
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    ds = load_wikitext2("test")
+    with caplog.at_level("WARNING", logger="vptq_lab.io.data"):
+        ds = load_wikitext2("test")
     assert not ds.comparable and "NOT WikiText-2" in ds.name
+    (line,) = [r.getMessage() for r in caplog.records]  # one line, naming the way to real data
+    assert "stand-in" in line and "VPTQ_LAB_DATA" in line and "wiki.test.raw" in line
     other = load_wikitext2("validation")
     assert set(ds.rows[:50]) != set(other.rows[:50])
+
+
+def test_env_folder_without_the_files_is_refused_not_replaced(monkeypatch, tmp_path):
+    # A folder the user names is the only source: before the fix, a $VPTQ_LAB_DATA folder lacking the file
+    # fell through silently to another copy (or the stand-in).
+    monkeypatch.setenv("VPTQ_LAB_DATA", str(tmp_path))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(VPTQLabError, match=r"\$VPTQ_LAB_DATA\) has no wiki.test.raw"):
+        load_wikitext2("test")
+    monkeypatch.setenv("VPTQ_LAB_DATA", str(tmp_path / "missing"))
+    with pytest.raises(VPTQLabError, match="does not exist"):
+        load_wikitext2("test")
+
+
+def test_env_folder_is_used_and_checked(monkeypatch, wikitext_dir, tmp_path):
+    monkeypatch.setenv("VPTQ_LAB_DATA", str(wikitext_dir))
+    ds = load_wikitext2("test")
+    assert ds.comparable and ds.source == str(wikitext_dir)
+    (tmp_path / "wiki.test.raw").write_text("not wikitext\n")
+    monkeypatch.setenv("VPTQ_LAB_DATA", str(tmp_path))
+    with pytest.raises(VPTQLabError, match="sha256"):
+        load_wikitext2("test")
+
+
+def test_an_explicit_data_dir_wins_over_the_env_folder(monkeypatch, wikitext_dir, tmp_path):
+    monkeypatch.setenv("VPTQ_LAB_DATA", str(tmp_path))  # empty: it would be refused
+    assert load_wikitext2("test", wikitext_dir).source == str(wikitext_dir)
+
+
+def test_the_library_never_looks_beside_the_checkout():
+    # ../shared exists beside this project's own checkouts, not on a user's machine: no library path names it.
+    package = Path(data.__file__).resolve().parents[1]
+    offenders = [str(p.relative_to(package)) for p in package.rglob("*.py") if "shared/data" in p.read_text()]
+    assert offenders == []
 
 
 def test_calibration_windows_are_seeded(tiny_tok, wikitext_dir):
@@ -70,21 +106,3 @@ def test_calibration_text_shorter_than_a_window(tiny_tok, wikitext_dir):
     short = type(ds)(ds.name, ds.split, ds.rows[:3], ds.source, ds.comparable)
     with pytest.raises(VPTQLabError, match="fewer than one window"):
         calibration_windows(tiny_tok, short, nsamples=2, seqlen=4096)
-
-
-def test_checkout_looks_in_the_shared_folder_beside_it():
-    assert data.CHECKOUT_DATA_DIRS == (Path(data.__file__).resolve().parents[2] / "shared/data/wikitext-2-raw",)
-
-
-def test_shared_folder_beside_the_checkout_is_used_without_the_env_var(monkeypatch, wikitext_dir, tmp_path):
-    monkeypatch.delenv("VPTQ_LAB_DATA", raising=False)
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setattr(data, "CHECKOUT_DATA_DIRS", (tmp_path / "missing", wikitext_dir))
-    ds = load_wikitext2("test")
-    assert ds.comparable and ds.source == str(wikitext_dir)
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    (bad / "wiki.test.raw").write_text("not wikitext\n")
-    monkeypatch.setattr(data, "CHECKOUT_DATA_DIRS", (bad,))
-    with pytest.raises(VPTQLabError, match="sha256"):  # a default folder is checked like a named one
-        load_wikitext2("test")

@@ -3,10 +3,10 @@ import math
 import pytest
 import torch
 
-from vptq_lab.data import TextDataset
 from vptq_lab.errors import VPTQLabError
-from vptq_lab.eval import perplexity
-from vptq_lab.models import load_model
+from vptq_lab.io.data import TextDataset
+from vptq_lab.io.models import load_model
+from vptq_lab.lab.eval import perplexity
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +41,14 @@ def test_all_windows_by_default(tiny):
     assert perplexity(model, tok, dataset=ds, seqlen=32, progress=False).windows == n // 32
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"seqlen": 100_000}, "exceeds the model's context of 512"),
-    ({"seqlen": 16, "max_windows": 0}, "max_windows must be at least 1"),
-    ({"seqlen": 1}, "seqlen must be at least 2"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"seqlen": 100_000}, "exceeds the model's context of 512"),
+        ({"seqlen": 16, "max_windows": 0}, "max_windows must be at least 1"),
+        ({"seqlen": 1}, "seqlen must be at least 2"),
+    ],
+)
 def test_bad_arguments(tiny, kwargs, message):
     model, tok = tiny
     with pytest.raises(VPTQLabError, match=message):

@@ -46,8 +46,7 @@ CASES = {
     "groups": (37, 51, dict(v=6, k1=64, k2=16, group_num=3)),
     "perm": (37, 50, dict(v=8, k1=256, perm=True)),
     "norm": (37, 50, dict(v=6, k1=256, norm=True)),
-    "everything": (45, 70, dict(v=12, k1=2048, k2=64, outlier_size=6, v0=2, k0=64, group_num=4,
-                                perm=True, norm=True)),
+    "everything": (45, 70, dict(v=12, k1=2048, k2=64, outlier_size=6, v0=2, k0=64, group_num=4, perm=True, norm=True)),
     "fp32_codebook": (37, 50, dict(v=8, k1=64, k2=16, perm=True, norm=True, codebook_dtype=torch.float32)),
     "bf16_codebook": (37, 50, dict(v=4, k1=64, k2=16, outlier_size=2, codebook_dtype=torch.bfloat16)),
 }
@@ -96,16 +95,20 @@ def test_gemv_matches_reference(case, lead):
 def test_gemm_matches_reference(case, method):
     qw = make(case)
     x = tokens(qw, 20)
-    torch.testing.assert_close(vq_gemm(x, qw, out_bias(qw), method=method), vq_linear_ref(x, qw, out_bias(qw)),
-                               **FP32_TOL)
+    torch.testing.assert_close(
+        vq_gemm(x, qw, out_bias(qw), method=method), vq_linear_ref(x, qw, out_bias(qw)), **FP32_TOL
+    )
 
 
 @pytest.mark.parametrize("path", ["gemv", "gemm_dequant", "gemm_fused"])
 def test_half_precision_activations(path):
     qw = make("everything")
     x = tokens(qw, 2 if path == "gemv" else 20, dtype=torch.float16)
-    run = {"gemv": lambda: vq_gemv(x, qw), "gemm_dequant": lambda: vq_gemm(x, qw, method="dequant"),
-           "gemm_fused": lambda: vq_gemm(x, qw, method="fused")}[path]
+    run = {
+        "gemv": lambda: vq_gemv(x, qw),
+        "gemm_dequant": lambda: vq_gemm(x, qw, method="dequant"),
+        "gemm_fused": lambda: vq_gemm(x, qw, method="fused"),
+    }[path]
     y = run()
     assert y.dtype == torch.float16
     torch.testing.assert_close(y.float(), vq_linear_ref(x.float(), qw), rtol=2e-2, atol=2e-2)
@@ -125,8 +128,9 @@ def test_gemv_rejects_too_many_tokens():
 def test_vq_linear_backends_agree(backend, n):
     qw = make("everything")
     x = tokens(qw, n)
-    torch.testing.assert_close(vq_linear(x, qw, out_bias(qw), backend=backend), vq_linear_ref(x, qw, out_bias(qw)),
-                               **FP32_TOL)
+    torch.testing.assert_close(
+        vq_linear(x, qw, out_bias(qw), backend=backend), vq_linear_ref(x, qw, out_bias(qw)), **FP32_TOL
+    )
 
 
 def test_auto_backend_follows_device():

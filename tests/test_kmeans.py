@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vptq_lab.kmeans import nearest, weighted_kmeans
-
+from vptq_lab.core.kmeans import nearest, weighted_kmeans
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -14,7 +13,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _blobs(n_per: int = 200, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
-    X = (centres.repeat_interleave(n_per, 0) + 0.1 * torch.randn(4 * n_per, 2, generator=g))
+    X = centres.repeat_interleave(n_per, 0) + 0.1 * torch.randn(4 * n_per, 2, generator=g)
     return X, centres
 
 

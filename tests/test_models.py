@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
-from vptq_lab import models
 from vptq_lab.errors import VPTQLabError
-from vptq_lab.models import load_model
+from vptq_lab.io import models
+from vptq_lab.io.models import load_model
 
 
 def test_tiny_folder_loads_fp32_in_eval_mode(tiny_model_dir):
@@ -29,11 +29,14 @@ def test_loading_draws_no_progress_bar_and_restores_the_setting(tiny_model_dir, 
         hf_logging.enable_progress_bar()
 
 
-@pytest.mark.parametrize("name, message", [
-    ("nosuch", "unknown model 'nosuch'"),
-    ("./no/such/folder", "unknown model"),
-    ("someorg/somemodel", "HF_HUB_OFFLINE=1"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("nosuch", "unknown model 'nosuch'"),
+        ("./no/such/folder", "unknown model"),
+        ("someorg/somemodel", "HF_HUB_OFFLINE=1"),
+    ],
+)
 def test_bad_model_names(name, message, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(VPTQLabError, match=message):

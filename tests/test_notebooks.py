@@ -65,7 +65,9 @@ def _code(prefix: str) -> str:
 # that computes it there. A notebook edit that drops one of these cells fails here.
 CONCEPTS = {
     "2.1 Hessians from forward hooks, float64, divided by the token count": (
-        "02", [r"hessian_hooks\(", r"rows\.T @ rows / rows\.shape\[0\]", r"H_tiny\.dtype"]),
+        "02",
+        [r"hessian_hooks\(", r"rows\.T @ rows / rows\.shape\[0\]", r"H_tiny\.dtype"],
+    ),
     "2.1 layers with one input share one H (q/k/v, gate/up)": ("02", [r"spec\.stages", r"one H serves all three"]),
     "2.1 quantized vs full-precision propagation": ("05", [r"TINY_CFG\.replace\(propagation=mode\)"]),
     "2.1 how much propagation changes the next block's H": ("02", [r"next_hessian\(q_block0\)"]),
@@ -74,12 +76,15 @@ CONCEPTS = {
     "2.2 act-order": ("02", [r"act_order\(H_damped\)"]),
     "2.2 upper Cholesky factor of H^-1": ("02", [r"inverse_cholesky_upper\(H_damped\)", r"U\.double\(\)\.T @ U"]),
     "2.3 vectors: v output rows of one input column, padded": (
-        "01", [r"to_vectors\(W_small, v=2\)", r"from_vectors\("]),
+        "01",
+        [r"to_vectors\(W_small, v=2\)", r"from_vectors\("],
+    ),
     "2.4 k-means weighted by H_jj": ("03", [r"init_codebooks\(prep, config\)"]),
     "2.4 what per-point weights change in k-means": ("01", [r"weighted_kmeans\(X_iso, 8, weights=w"]),
     "2.5 the column loop with error feedback, and the no-feedback ablation": (
-        "03", [r"quantize_columns\(prep, parts, config\.blocksize, feedback=True\)", r"feedback=False",
-               r"vq_no_feedback\("]),
+        "03",
+        [r"quantize_columns\(prep, parts, config\.blocksize, feedback=True\)", r"feedback=False", r"vq_no_feedback\("],
+    ),
     "2.6 residual VQ": ("04", [r"num_res_centroids=\(-1, k2\)"]),
     "2.7 outlier columns": ("04", [r"npercent=npercent", r"vector_lens=\(v0, base\.v\)"]),
     "2.8 groups": ("04", [r"group_num=g"]),
@@ -87,10 +92,14 @@ CONCEPTS = {
     "2.10 layer-wise fine-tuning": ("05", [r"finetune=True"]),
     "3 index and codebook bits by hand, against bits_per_weight": ("01", [r"bits_per_weight\(cfg, \(out_f, in_f\)"]),
     "3 paper checks: 1.002 bits, 2.02 (7B), 2.19 (13B), 3.27 for 'v8-k65536-256'": (
-        "01", [r"out_f, in_f, v, k = 4096, 4096, 8, 256", r'"2\.02"', r'"2\.19"', r'"3\.27"']),
+        "01",
+        [r"out_f, in_f, v, k = 4096, 4096, 8, 256", r'"2\.02"', r'"2\.19"', r'"3\.27"'],
+    ),
     "3 totals per transformer block, with perm/scale/bias charged": ("01", [r"llama_block\(", r"enable_norm=True"]),
     "3 a k=4096, v=6 codebook costs ~0.8 bit per weight on the 135M model": (
-        "07", [r"vptq_model_bits\(paper_cfg, SMOLLM2_135M_SHAPES\)"]),
+        "07",
+        [r"vptq_model_bits\(paper_cfg, SMOLLM2_135M_SHAPES\)"],
+    ),
 }
 
 
@@ -160,8 +169,11 @@ def _vptq_table() -> dict[int, dict]:
     import csv
 
     rows = list(csv.DictReader((RESULTS / "vptq_table.csv").open(encoding="utf-8")))
-    return {int(r["target_bits"]): r for r in rows
-            if r["method"] == "vptq" and r["propagation"] == "quantized" and "fine-tuned" not in r["row"]}
+    return {
+        int(r["target_bits"]): r
+        for r in rows
+        if r["method"] == "vptq" and r["propagation"] == "quantized" and "fine-tuned" not in r["row"]
+    }
 
 
 def _frame_rows(text: str) -> dict[int, str]:
@@ -183,7 +195,7 @@ def test_notebook_05_full_run_agrees_with_the_benchmarks():
     for row in _frame_rows(frame).values():
         m = re.match(r"\s*([234])-bit\s", row)
         if m:
-            rows[int(m[1])] = [float(x) for x in re.findall(r"\d+\.\d+", row[m.end():])]
+            rows[int(m[1])] = [float(x) for x in re.findall(r"\d+\.\d+", row[m.end() :])]
     assert sorted(rows) == [2, 3, 4] and all(len(r) == 4 for r in rows.values()), frame
     table = _vptq_table()
     for bits, (paper_bits, stored_bits, _, _) in rows.items():  # the same presets: the benchmark table's bits

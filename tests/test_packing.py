@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from vptq_lab.packing import merge_codes, pack_codes, packed_words, split_codes, unpack_codes
+from vptq_lab.core.packing import merge_codes, pack_codes, packed_words, split_codes, unpack_codes
 
 
 def test_worked_example_lsb_first():

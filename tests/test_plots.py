@@ -5,16 +5,23 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from vptq_lab import plots
-from vptq_lab.bits import bits_per_weight
-from vptq_lab.column_trace import column_trace
-from vptq_lab.config import VPTQConfig
-from vptq_lab.quantizer import vptq_quantize
-from vptq_lab.qweight import dequantize
+from vptq_lab.core.bits import bits_per_weight
+from vptq_lab.core.column_trace import column_trace
+from vptq_lab.core.config import VPTQConfig
+from vptq_lab.core.quantizer import vptq_quantize
+from vptq_lab.core.qweight import dequantize
+from vptq_lab.lab import plots
 
 TINY = VPTQConfig(vector_lens=(-1, 4), num_centroids=(-1, 16), kmeans_iters=3)
-OUTLIERS = VPTQConfig(vector_lens=(2, 4), num_centroids=(8, 16), num_res_centroids=(-1, 4), npercent=10,
-                      enable_norm=True, kmeans_iters=3, blocksize=16)
+OUTLIERS = VPTQConfig(
+    vector_lens=(2, 4),
+    num_centroids=(8, 16),
+    num_res_centroids=(-1, 4),
+    npercent=10,
+    enable_norm=True,
+    kmeans_iters=3,
+    blocksize=16,
+)
 
 
 def _layer(out=48, n_in=40, seed=0):
@@ -49,8 +56,12 @@ def _check(fig, ax=None, title=None, xlabel=None, ylabel=None):
 
 def test_weight_histogram(layer):
     W, _, qw = layer
-    ax = _check(plots.weight_histogram(W, dequantize(qw)), title="original vs dequantized",
-                xlabel="weight value", ylabel="count")
+    ax = _check(
+        plots.weight_histogram(W, dequantize(qw)),
+        title="original vs dequantized",
+        xlabel="weight value",
+        ylabel="count",
+    )
     assert len(ax.patches) == 2 and ax.get_yscale() == "log"
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["original", "dequantized"]
     target = _blank()
@@ -75,8 +86,9 @@ def test_hessian_diagonal_cutoff_from_npercent_or_size(layer):
 def test_outlier_heatmap_weights_and_saliency(layer):
     W, H, _ = layer
     cols = torch.sort(torch.diagonal(H), descending=True).indices[:4]
-    ax = _check(plots.outlier_heatmap(W, H, cols), title="Outlier columns", xlabel="outlier input column",
-                ylabel="output row")
+    ax = _check(
+        plots.outlier_heatmap(W, H, cols), title="Outlier columns", xlabel="outlier input column", ylabel="output row"
+    )
     assert ax.images[0].get_array().shape == (48, 4)
     assert [t.get_text() for t in ax.get_xticklabels()] == [str(int(c)) for c in cols]
     target = _blank()
@@ -107,8 +119,12 @@ def test_codebook_usage_all_codebooks():
     W, H = _layer(seed=1)
     qw = vptq_quantize(W, H, OUTLIERS)
     for which, k in (("main", 16), ("residual", 4), ("outlier", 8)):
-        ax = _check(plots.codebook_usage(qw, which), title=f"{which} codebook", xlabel="centroid rank",
-                    ylabel="vectors assigned")
+        ax = _check(
+            plots.codebook_usage(qw, which),
+            title=f"{which} codebook",
+            xlabel="centroid rank",
+            ylabel="vectors assigned",
+        )
         assert len(ax.patches) == k * qw.group_num if which != "outlier" else k
         assert f"{plots.codebook_stats(qw, which)['dead']} dead" in ax.get_title()
     target = _blank()
@@ -134,8 +150,15 @@ def _layer_df():
     for method, scale in (("vptq", 1.0), ("rtn", 3.0)):
         for block in range(2):
             for role in ("down", "q", "k", "up"):
-                rows.append(dict(name=f"model.layers.{block}.{role}", block=block, role=role, method=method,
-                                 proxy_loss_rel=scale * (0.01 + 0.001 * block)))
+                rows.append(
+                    dict(
+                        name=f"model.layers.{block}.{role}",
+                        block=block,
+                        role=role,
+                        method=method,
+                        proxy_loss_rel=scale * (0.01 + 0.001 * block),
+                    )
+                )
     return pd.DataFrame(rows)
 
 
@@ -177,8 +200,11 @@ def test_bit_budget_from_breakdowns_and_dicts():
     shape = (576, 576)
     paper = bits_per_weight(OUTLIERS.replace(enable_perm=True), shape)
     stored = bits_per_weight(OUTLIERS, shape, "stored").to_dict()
-    ax = _check(plots.bit_budget({"paper": paper, "stored": stored, "hand": {"index": 2.0, "codebook": 0.5}}),
-                title="Bit budget", ylabel="bits per weight")
+    ax = _check(
+        plots.bit_budget({"paper": paper, "stored": stored, "hand": {"index": 2.0, "codebook": 0.5}}),
+        title="Bit budget",
+        ylabel="bits per weight",
+    )
     assert len(ax.patches) == 3 * 5  # labels x (index, codebook, outlier, norm, perm)
     totals = [float(t.get_text()) for t in ax.texts]
     assert totals == pytest.approx([paper.bits_per_weight, stored["bits_per_weight"], 2.5], abs=1e-3)
@@ -188,7 +214,7 @@ def test_bit_budget_from_breakdowns_and_dicts():
 
 
 def test_bit_budget_shows_scales_and_zeros_of_scalar_methods():
-    from vptq_lab.baselines import GPTQConfig, scalar_bits
+    from vptq_lab.core.scalar import GPTQConfig, scalar_bits
 
     gptq = scalar_bits(GPTQConfig(bits=2, group_size=128), (576, 576))  # 5 groups per row (576 / 128, rounded up)
     ax = _check(plots.bit_budget({"gptq": gptq, "vptq": bits_per_weight(OUTLIERS, (576, 576))}), title="Bit budget")
@@ -200,14 +226,15 @@ def test_bit_budget_shows_scales_and_zeros_of_scalar_methods():
 
 
 def test_bits_vs_perplexity_frontier_markers_and_note():
-    df = pd.DataFrame({
-        "method": ["vptq", "vptq", "vptq", "rtn", "rtn", "fp16 (Q4_1)"],
-        "bits": [2.0, 3.0, 4.0, 2.2, 4.1, 4.5],
-        "perplexity": [30.0, 20.0, 18.0, 900.0, 17.0, 16.5],
-        "note": [None, None, None, None, None, "baseline: Q4_1 GGUF, already ~4-bit rounded"],
-    })
-    ax = _check(plots.bits_vs_perplexity(df), title="Perplexity vs bits", xlabel="bits per weight",
-                ylabel="perplexity")
+    df = pd.DataFrame(
+        {
+            "method": ["vptq", "vptq", "vptq", "rtn", "rtn", "fp16 (Q4_1)"],
+            "bits": [2.0, 3.0, 4.0, 2.2, 4.1, 4.5],
+            "perplexity": [30.0, 20.0, 18.0, 900.0, 17.0, 16.5],
+            "note": [None, None, None, None, None, "baseline: Q4_1 GGUF, already ~4-bit rounded"],
+        }
+    )
+    ax = _check(plots.bits_vs_perplexity(df), title="Perplexity vs bits", xlabel="bits per weight", ylabel="perplexity")
     assert len(ax.collections) == 3  # one marker series per method
     markers = {c.get_label(): c.get_paths()[0].vertices.shape for c in ax.collections}
     assert len(set(markers.values())) == 3  # distinct marker shapes
@@ -220,9 +247,15 @@ def test_bits_vs_perplexity_frontier_markers_and_note():
 
 
 def test_kernel_throughput():
-    df = pd.DataFrame({"shape": ["576x576"] * 3 + ["1536x576"] * 3, "batch": [1] * 6,
-                       "backend": ["torch", "triton", "dense"] * 2, "gbps": [10, 20, 30, 11, 21, 31],
-                       "us": [5, 4, 3, 6, 5, 4]})
+    df = pd.DataFrame(
+        {
+            "shape": ["576x576"] * 3 + ["1536x576"] * 3,
+            "batch": [1] * 6,
+            "backend": ["torch", "triton", "dense"] * 2,
+            "gbps": [10, 20, 30, 11, 21, 31],
+            "us": [5, 4, 3, 6, 5, 4],
+        }
+    )
     ax = _check(plots.kernel_throughput(df), title="Kernel throughput", xlabel="shape", ylabel="GB/s")
     assert len(ax.patches) == 6 and len(ax.get_xticklabels()) == 2
     target = _blank()

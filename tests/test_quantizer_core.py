@@ -9,13 +9,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vptq_lab.config import VPTQConfig
-from vptq_lab.hessian_ops import (act_order, column_loop, condition_hessian, inverse_cholesky_upper,
-                                  proxy_loss)
-from vptq_lab.packing import merge_codes, pack_codes, split_codes, unpack_codes
-from vptq_lab.qweight import QuantizedWeight, dequantize
-from vptq_lab.quantizer import from_vectors, quantize_with_trace, to_vectors, vptq_quantize, vq_no_feedback
-
+from vptq_lab.core.config import VPTQConfig
+from vptq_lab.core.hessian_ops import act_order, column_loop, condition_hessian, inverse_cholesky_upper, proxy_loss
+from vptq_lab.core.packing import merge_codes, pack_codes, split_codes, unpack_codes
+from vptq_lab.core.quantizer import from_vectors, quantize_with_trace, to_vectors, vptq_quantize, vq_no_feedback
+from vptq_lab.core.qweight import QuantizedWeight, dequantize
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -79,8 +77,15 @@ COMBOS = [
     dict(group_num=3),
     dict(num_res_centroids=(-1, 8), group_num=2, enable_norm=True),
     dict(npercent=5.0, vector_lens=(3, 4), num_centroids=(16, 64)),
-    dict(npercent=5.0, vector_lens=(3, 4), num_centroids=(16, 64), enable_perm=False, group_num=2,
-         num_res_centroids=(-1, 8), enable_norm=True),
+    dict(
+        npercent=5.0,
+        vector_lens=(3, 4),
+        num_centroids=(16, 64),
+        enable_perm=False,
+        group_num=2,
+        num_res_centroids=(-1, 8),
+        enable_norm=True,
+    ),
     dict(vector_lens=(-1, 5), num_centroids=(-1, 32), num_res_centroids=(-1, 4)),  # 62 rows: padding
 ]
 
@@ -120,7 +125,7 @@ def test_perm_without_act_order_only_moves_the_outliers() -> None:
     perm = qw.perm.long()
     loudest = torch.sort(torch.diag(H), descending=True).indices[: qw.outlier_size]
     assert set(perm[: qw.outlier_size].tolist()) == set(loudest.tolist())
-    rest = perm[qw.outlier_size:]
+    rest = perm[qw.outlier_size :]
     assert torch.equal(rest, rest.sort().values)  # the others keep their order
 
 
@@ -261,7 +266,7 @@ def _naive_dequantize(qw: QuantizedWeight) -> torch.Tensor:
         for r in range(qw.num_rows):
             for s in range(qw.group_size):
                 vec = cb[idx[g, r, s]] + (rcb[res[g, r, s]] if rcb is not None else 0)
-                body[r * v:(r + 1) * v, g * qw.group_size + s] = vec
+                body[r * v : (r + 1) * v, g * qw.group_size + s] = vec
     W = body[:out]
     if qw.outlier_size:
         v0 = qw.outlier_vector_len
@@ -269,7 +274,7 @@ def _naive_dequantize(qw: QuantizedWeight) -> torch.Tensor:
         o = torch.zeros(-(-out // v0) * v0, qw.outlier_size)
         for r in range(o.shape[0] // v0):
             for s in range(qw.outlier_size):
-                o[r * v0:(r + 1) * v0, s] = ocb[int(qw.outlier_indices[0, r, s]) & 0xFFFF]
+                o[r * v0 : (r + 1) * v0, s] = ocb[int(qw.outlier_indices[0, r, s]) & 0xFFFF]
         W = torch.cat([o[:out], W], 1)
     if qw.perm is not None:
         orig = torch.empty_like(W)

@@ -3,12 +3,13 @@
 import pytest
 import torch
 
-from vptq_lab.baselines import RTNConfig, METHODS
-from vptq_lab.calibrate import block_hessians
-from vptq_lab.config import VPTQConfig
-from vptq_lab.data import calibration_windows, load_wikitext2
-from vptq_lab.models import load_model
-from vptq_lab.quantizer import vptq_quantize, vq_no_feedback
+from vptq_lab.core.config import VPTQConfig
+from vptq_lab.core.methods import METHODS
+from vptq_lab.core.quantizer import vptq_quantize, vq_no_feedback
+from vptq_lab.core.scalar import RTNConfig
+from vptq_lab.io.data import calibration_windows, load_wikitext2
+from vptq_lab.io.models import load_model
+from vptq_lab.model.calibrate import block_hessians
 
 pytestmark = pytest.mark.real_model
 

@@ -19,16 +19,16 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vptq_lab.calibrate import quantize_
-from vptq_lab.checkpoint import FORMAT_VERSION, compare_checkpoints, load_quantized, read_manifest, save_quantized
 from vptq_lab.cli import main
-from vptq_lab.config import VPTQConfig
-from vptq_lab.data import TextDataset, calibration_windows
+from vptq_lab.core.config import VPTQConfig
+from vptq_lab.core.packing import merge_codes, pack_codes, packed_words, split_codes, unpack_codes
+from vptq_lab.core.quantizer import vptq_quantize
 from vptq_lab.errors import VPTQLabError
-from vptq_lab.layers import QuantizedLinear
-from vptq_lab.models import load_model
-from vptq_lab.packing import merge_codes, pack_codes, packed_words, split_codes, unpack_codes
-from vptq_lab.quantizer import vptq_quantize
+from vptq_lab.io.checkpoint import FORMAT_VERSION, compare_checkpoints, load_quantized, read_manifest, save_quantized
+from vptq_lab.io.data import TextDataset, calibration_windows
+from vptq_lab.io.models import load_model
+from vptq_lab.model.calibrate import quantize_
+from vptq_lab.model.layers import QuantizedLinear
 from vptq_lab.testing import tiny_model
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "troubleshooting.md"
@@ -57,13 +57,16 @@ CONFIG_CASES = [  # (id, JSON text, [phrases: the problem, then the fix])
     ("C1", '{"num_centroids": [-1, 300]}', ["k1=300 must be a power of two", "try 256 or 512"]),
     ("C2", '{"vector_lens": [-1, 0]}', ["vector_lens v=0", "must be in 1..16"]),
     ("C3", '{"npercent": 100}', ["npercent=100", "must be in [0, 100)"]),
-    ("C4", '{"npercent": 1, "vector_lens": [4, 6], "num_centroids": [256, 256], "num_res_centroids": [256, 256]}',
-     ["outlier part has no residual", "set the first entry to -1"]),
+    (
+        "C4",
+        '{"npercent": 1, "vector_lens": [4, 6], "num_centroids": [256, 256], "num_res_centroids": [256, 256]}',
+        ["outlier part has no residual", "set the first entry to -1"],
+    ),
     ("C5", '{"num_centroids": [-1, 131072]}', ["k1=131072", "at most 16 bits"]),
     ("C6", '{"num_centroid": [-1, 256]}', ["unknown VPTQConfig keys ['num_centroid']", "did you mean 'num_centroids'"]),
     ("C7", '{"seed": "zero"}', ["seed='zero'", "must be an int"]),
     ("C8", '{"vector_lens": 6}', ["vector_lens=6", "pair of ints like (-1, 8)"]),
-    ("C9", '[-1, 256]', ["must be a JSON object", "got list"]),
+    ("C9", "[-1, 256]", ["must be a JSON object", "got list"]),
     ("C10", '{"vector_lens": [-1, 6],}', ["is not valid JSON", "write one object like"]),
     ("C11", '{"npercent": 2.0}', ["npercent=2.0 needs an outlier codebook", "set vector_lens[0] and num_centroids[0]"]),
     ("C12", '{"percdamp": -1}', ["percdamp=-1", "must be in [0, 10)"]),
@@ -82,12 +85,18 @@ def test_bad_config_files(cid, text, phrases, tmp_path, capsys):
 # Configs that are valid alone but not for this model: refused before the model is touched ----------------
 
 QUANTIZE_TIME = [
-    ("Q1", TINY.replace(num_centroids=(-1, 512)), ["num_centroids k1=512 centroids", "only 256 vectors",
-                                                   "lower num_centroids k1 to at most 256"]),
+    (
+        "Q1",
+        TINY.replace(num_centroids=(-1, 512)),
+        ["num_centroids k1=512 centroids", "only 256 vectors", "lower num_centroids k1 to at most 256"],
+    ),
     ("Q2", TINY.replace(num_res_centroids=(-1, 1024)), ["num_res_centroids k2=1024", "at most"]),
     ("Q3", TINY.replace(group_num=5), ["not divisible by group_num=5", "pick a group_num that divides"]),
-    ("Q4", TINY.replace(npercent=5.0, vector_lens=(8, 4), num_centroids=(4096, 16)),
-     ["num_centroids k0=4096", "lower num_centroids k0"]),
+    (
+        "Q4",
+        TINY.replace(npercent=5.0, vector_lens=(8, 4), num_centroids=(4096, 16)),
+        ["num_centroids k0=4096", "lower num_centroids k0"],
+    ),
 ]
 
 
@@ -103,6 +112,7 @@ def test_configs_too_big_for_the_model_are_refused_up_front(cid, config, phrases
 
 
 # Models ------------------------------------------------------------------------------------------------
+
 
 def _no_blocks():
     model = tiny_model("llama")
@@ -123,6 +133,7 @@ def _poisoned(path: str, value: float):
         with torch.no_grad():
             model.get_parameter(path).view(-1)[0] = value
         return model
+
     return build
 
 
@@ -133,14 +144,19 @@ class _NotAModel(nn.Module):
 
 
 MODEL_CASES = [
-    ("M1", _NotAModel, ["unsupported architecture None", "add a row to vptq_lab.arch.ARCHITECTURES"]),
+    ("M1", _NotAModel, ["unsupported architecture None", "add a row to vptq_lab.model.arch.ARCHITECTURES"]),
     ("M2", _no_blocks, ["has no decoder blocks at 'model.layers'", "nothing to quantize"]),
-    ("M3", _no_linears, ["model.layers.0.mlp.down_proj is not a linear layer (Identity)",
-                         "load an unmodified model"]),
-    ("M4", _poisoned("model.layers.1.self_attn.o_proj.weight", float("nan")),
-     ["model.layers.1.self_attn.o_proj has NaN or inf weights", "fix or reload the model"]),
-    ("M5", _poisoned("model.layers.0.input_layernorm.weight", float("inf")),
-     ["model.layers.0.input_layernorm has NaN or inf weights", "fix or reload"]),
+    ("M3", _no_linears, ["model.layers.0.mlp.down_proj is not a linear layer (Identity)", "load an unmodified model"]),
+    (
+        "M4",
+        _poisoned("model.layers.1.self_attn.o_proj.weight", float("nan")),
+        ["model.layers.1.self_attn.o_proj has NaN or inf weights", "fix or reload the model"],
+    ),
+    (
+        "M5",
+        _poisoned("model.layers.0.input_layernorm.weight", float("inf")),
+        ["model.layers.0.input_layernorm has NaN or inf weights", "fix or reload"],
+    ),
     ("M6", _poisoned("model.embed_tokens.weight", float("-inf")), ["model.embed_tokens has NaN or inf weights"]),
 ]
 
@@ -187,6 +203,7 @@ def test_M9_model_config_that_is_not_json(tiny_model_dir, tmp_path):
 
 # Calibration -------------------------------------------------------------------------------------------
 
+
 def test_K1_text_shorter_than_one_window(tiny_tok):
     short = TextDataset("tiny", "validation", ["a few words\n"], "test", False)
     with pytest.raises(VPTQLabError, match="fewer than one window of 2048: lower seqlen or give more text"):
@@ -205,7 +222,7 @@ def test_K3_layer_whose_inputs_are_all_zero_is_quantized_and_flagged(caplog):
     model = tiny_model("llama")
     with torch.no_grad():
         model.model.layers[0].input_layernorm.weight.zero_()
-    with caplog.at_level(logging.WARNING, logger="vptq_lab.calibrate"):
+    with caplog.at_level(logging.WARNING, logger="vptq_lab.model.calibrate"):
         report = quantize_(model, TINY, _calib(), progress=False)
     flagged = {r.name for r in report.records if r.hessian_all_zero}
     assert flagged == {f"model.layers.0.self_attn.{p}_proj" for p in "qkvo"}  # v = 0, so o sees zeros too
@@ -231,19 +248,23 @@ def test_K5_nan_hessian_names_the_cause():
 
 
 def test_K6_calibration_of_floats_is_refused():
-    with pytest.raises(VPTQLabError, match="integer token ids .*build it with vptq_lab.data.calibration_windows"):
+    with pytest.raises(VPTQLabError, match="integer token ids .*build it with vptq_lab.io.data.calibration_windows"):
         quantize_(tiny_model("llama"), TINY, [[1, 2, 3]], progress=False)
 
 
 def test_K7_token_ids_outside_the_vocabulary():
     model = tiny_model("llama")  # vocabulary of 128
-    with pytest.raises(VPTQLabError, match=r"span 3\.\.499, outside the model's vocabulary of 128: tokenize .* "
-                                           r"with this model's tokenizer"):
+    with pytest.raises(
+        VPTQLabError,
+        match=r"span 3\.\.499, outside the model's vocabulary of 128: tokenize .* "
+        r"with this model's tokenizer",
+    ):
         quantize_(model, TINY, torch.tensor([[3, 499, 7, 8]]), progress=False)
     assert _untouched(model)
 
 
 # Checkpoints -------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory) -> Path:
@@ -293,6 +314,7 @@ def _tamper(f):
 def _escape(name):
     def change(f):
         _edit_json(f, "manifest.json", lambda m: m["files"].update({name: "0" * 64}))
+
     return change
 
 
@@ -311,34 +333,83 @@ CHECKPOINT_CASES = [  # (id, damage, load kwargs, [phrases])
     ("P1", _truncate, {"verify": False}, ["cannot read", "the file is truncated or corrupt"]),
     ("P2", _truncate, {}, ["does not match its sha256 in manifest.json", "re-save or re-download"]),
     ("P3", _tamper, {}, ["model.safetensors does not match its sha256", "modified or truncated"]),
-    ("P4", lambda f: _rewrite_tensors(f, lambda t: t.pop(f"{Q}.indices")), {},
-     [f"missing tensor '{Q}.indices'", "re-save the model"]),
-    ("P5", lambda f: _rewrite_tensors(f, lambda t: t.update({f"{Q}.centroids.weight": torch.zeros(1, 8).half()})),
-     {}, [f"{Q}.centroids.weight has shape (1, 8)", "do not match; re-save the model"]),
-    ("P6", lambda f: _rewrite_tensors(f, lambda t: t.update({"model.norm.weight": torch.ones(7)})), {},
-     ["a tensor's shape does not match config.json", "re-save the model"]),
-    ("P7", lambda f: _rewrite_tensors(f, lambda t: t.update({f"{Q}.indices": t[f"{Q}.indices"].float()})), {},
-     [f"{Q}.indices is torch.float32, not int32", "re-save the model"]),
-    ("P8", _quant_cfg(lambda q: q.update(vptq_lab_format_version=FORMAT_VERSION + 1)), {"verify": False},
-     [f"format version {FORMAT_VERSION + 1}, newer than", "upgrade vptq_lab"]),
-    ("P9", lambda f: _edit_json(f, "manifest.json", lambda m: m.update(format_version=99)), {},
-     ["format version 99, newer than", "upgrade vptq_lab"]),
-    ("P10", _escape("../outside.json"), {}, ["manifest.json names '../outside.json', outside the folder",
-                                             "refusing to read it"]),
+    (
+        "P4",
+        lambda f: _rewrite_tensors(f, lambda t: t.pop(f"{Q}.indices")),
+        {},
+        [f"missing tensor '{Q}.indices'", "re-save the model"],
+    ),
+    (
+        "P5",
+        lambda f: _rewrite_tensors(f, lambda t: t.update({f"{Q}.centroids.weight": torch.zeros(1, 8).half()})),
+        {},
+        [f"{Q}.centroids.weight has shape (1, 8)", "do not match; re-save the model"],
+    ),
+    (
+        "P6",
+        lambda f: _rewrite_tensors(f, lambda t: t.update({"model.norm.weight": torch.ones(7)})),
+        {},
+        ["a tensor's shape does not match config.json", "re-save the model"],
+    ),
+    (
+        "P7",
+        lambda f: _rewrite_tensors(f, lambda t: t.update({f"{Q}.indices": t[f"{Q}.indices"].float()})),
+        {},
+        [f"{Q}.indices is torch.float32, not int32", "re-save the model"],
+    ),
+    (
+        "P8",
+        _quant_cfg(lambda q: q.update(vptq_lab_format_version=FORMAT_VERSION + 1)),
+        {"verify": False},
+        [f"format version {FORMAT_VERSION + 1}, newer than", "upgrade vptq_lab"],
+    ),
+    (
+        "P9",
+        lambda f: _edit_json(f, "manifest.json", lambda m: m.update(format_version=99)),
+        {},
+        ["format version 99, newer than", "upgrade vptq_lab"],
+    ),
+    (
+        "P10",
+        _escape("../outside.json"),
+        {},
+        ["manifest.json names '../outside.json', outside the folder", "refusing to read it"],
+    ),
     ("P11", _escape("/etc/passwd"), {}, ["manifest.json names '/etc/passwd', outside the folder"]),
     ("P12", _symlink_out, {}, ["is a link to", "outside the folder", "refusing to read it"]),
-    ("P13", lambda f: _edit_json(f, "manifest.json", lambda m: m["files"].pop("model.safetensors")), {},
-     ["does not list config.json and model.safetensors", "re-save the model"]),
+    (
+        "P13",
+        lambda f: _edit_json(f, "manifest.json", lambda m: m["files"].pop("model.safetensors")),
+        {},
+        ["does not list config.json and model.safetensors", "re-save the model"],
+    ),
     ("P14", lambda f: (f / "manifest.json").write_text("{"), {}, ["manifest.json is not valid JSON", "re-save"]),
-    ("P15", _quant_cfg(lambda q: q["config_for_layers"].update({"model.layers.0.input_layernorm":
-                                                                 q["config_for_layers"][Q]})), {"verify": False},
-     ["quantizes 'model.layers.0.input_layernorm', which is not a linear", "re-save the model"]),
-    ("P16", _quant_cfg(lambda q: q["config_for_layers"][Q].pop("group_size")), {"verify": False},
-     [f"config_for_layers['{Q}'] lacks ['group_size']", "re-save the model"]),
-    ("P17", _quant_cfg(lambda q: q.pop("config_for_layers")), {"verify": False},
-     ["no valid quantization_config.config_for_layers", "re-save the model"]),
-    ("P18", lambda f: (f / "config.json").unlink(), {"verify": False},
-     ["config.json is missing", "point at a saved VPTQ checkpoint folder"]),
+    (
+        "P15",
+        _quant_cfg(
+            lambda q: q["config_for_layers"].update({"model.layers.0.input_layernorm": q["config_for_layers"][Q]})
+        ),
+        {"verify": False},
+        ["quantizes 'model.layers.0.input_layernorm', which is not a linear", "re-save the model"],
+    ),
+    (
+        "P16",
+        _quant_cfg(lambda q: q["config_for_layers"][Q].pop("group_size")),
+        {"verify": False},
+        [f"config_for_layers['{Q}'] lacks ['group_size']", "re-save the model"],
+    ),
+    (
+        "P17",
+        _quant_cfg(lambda q: q.pop("config_for_layers")),
+        {"verify": False},
+        ["no valid quantization_config.config_for_layers", "re-save the model"],
+    ),
+    (
+        "P18",
+        lambda f: (f / "config.json").unlink(),
+        {"verify": False},
+        ["config.json is missing", "point at a saved VPTQ checkpoint folder"],
+    ),
 ]
 
 
@@ -406,6 +477,7 @@ def test_compare_checkpoints_finds_what_differs(saved, tmp_path):
 
 # The CLI -----------------------------------------------------------------------------------------------
 
+
 @pytest.fixture()
 def cfg_file(tmp_path) -> Path:
     path = tmp_path / "tiny.json"
@@ -461,15 +533,40 @@ def test_L8_config_too_big_for_the_model_leaves_no_out_and_no_checkpoint(tmp_pat
     cfg = tmp_path / "big.json"
     cfg.write_text(TINY.replace(num_centroids=(-1, 4096)).to_json())
     out, ck = tmp_path / "o", tmp_path / "ck"
-    line = _cli_error(["quantize", "--model", str(tiny_model_dir), "--config", str(cfg), "--out", str(out),
-                       "--checkpoint-dir", str(ck), "--no-progress"], capsys)
+    line = _cli_error(
+        [
+            "quantize",
+            "--model",
+            str(tiny_model_dir),
+            "--config",
+            str(cfg),
+            "--out",
+            str(out),
+            "--checkpoint-dir",
+            str(ck),
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert "k1=4096 centroids" in line and "lower num_centroids k1" in line
     assert not out.exists() and not ck.exists()
 
 
 def test_L9_nonexistent_data_dir(tmp_path, tiny_model_dir, cfg_file, capsys):
-    line = _cli_error(["quantize", "--model", str(tiny_model_dir), "--config", str(cfg_file), "--out",
-                       str(tmp_path / "o"), "--data-dir", str(tmp_path / "nodata")], capsys)
+    line = _cli_error(
+        [
+            "quantize",
+            "--model",
+            str(tiny_model_dir),
+            "--config",
+            str(cfg_file),
+            "--out",
+            str(tmp_path / "o"),
+            "--data-dir",
+            str(tmp_path / "nodata"),
+        ],
+        capsys,
+    )
     assert "does not exist: pass an existing folder" in line and not (tmp_path / "o").exists()
 
 
@@ -482,13 +579,35 @@ def test_L10_eval_of_a_damaged_checkpoint_is_one_line(saved, tmp_path, capsys):
 
 # Hypothesis: the validator and the packer ----------------------------------------------------------------
 
-FIELD_TYPES = {"vector_lens": "pair", "num_centroids": "pair", "num_res_centroids": "pair", "npercent": float,
-               "group_num": int, "enable_norm": bool, "enable_perm": bool, "percdamp": float, "blocksize": int,
-               "kmeans_iters": int, "kmeans_init": str, "seed": int, "nsamples": int, "seqlen": int,
-               "propagation": str, "finetune": bool, "finetune_steps": int, "finetune_lr": float,
-               "finetune_batch": int}
-junk = st.one_of(st.none(), st.text(max_size=5), st.lists(st.integers(), max_size=3), st.dictionaries(
-    st.text(max_size=3), st.integers(), max_size=2), st.floats(allow_nan=True), st.booleans())
+FIELD_TYPES = {
+    "vector_lens": "pair",
+    "num_centroids": "pair",
+    "num_res_centroids": "pair",
+    "npercent": float,
+    "group_num": int,
+    "enable_norm": bool,
+    "enable_perm": bool,
+    "percdamp": float,
+    "blocksize": int,
+    "kmeans_iters": int,
+    "kmeans_init": str,
+    "seed": int,
+    "nsamples": int,
+    "seqlen": int,
+    "propagation": str,
+    "finetune": bool,
+    "finetune_steps": int,
+    "finetune_lr": float,
+    "finetune_batch": int,
+}
+junk = st.one_of(
+    st.none(),
+    st.text(max_size=5),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    st.floats(allow_nan=True),
+    st.booleans(),
+)
 
 
 @settings(max_examples=150, deadline=None)
@@ -515,8 +634,11 @@ def test_codebook_sizes_accepted_exactly_when_a_power_of_two_up_to_16_bits(k):
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.dictionaries(st.text(min_size=1, max_size=12).filter(lambda k: k not in FIELD_TYPES), st.integers(),
-                       min_size=1, max_size=3))
+@given(
+    st.dictionaries(
+        st.text(min_size=1, max_size=12).filter(lambda k: k not in FIELD_TYPES), st.integers(), min_size=1, max_size=3
+    )
+)
 def test_unknown_keys_are_all_named(extra):
     with pytest.raises(ValueError) as exc:
         VPTQConfig.from_dict({**VPTQConfig().to_dict(), **extra})
@@ -524,8 +646,12 @@ def test_unknown_keys_are_all_named(extra):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(1, 32), st.lists(st.integers(0, 3), min_size=0, max_size=2), st.integers(0, 70),
-       st.integers(0, 2**32 - 1))
+@given(
+    st.integers(1, 32),
+    st.lists(st.integers(0, 3), min_size=0, max_size=2),
+    st.integers(0, 70),
+    st.integers(0, 2**32 - 1),
+)
 def test_pack_unpack_round_trips_any_shape(bits, lead, s, seed):
     gen = torch.Generator().manual_seed(seed)
     codes = torch.randint(0, 1 << 62, (*lead, s), generator=gen, dtype=torch.int64) % (1 << bits)
@@ -555,6 +681,7 @@ def test_pack_refuses_codes_that_do_not_fit(bits, s, extra):
 
 
 # The table in docs/troubleshooting.md -------------------------------------------------------------------
+
 
 def _case_ids() -> set[str]:
     tables = CONFIG_CASES + QUANTIZE_TIME + MODEL_CASES + CHECKPOINT_CASES

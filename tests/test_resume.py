@@ -22,18 +22,28 @@ from pathlib import Path
 import pytest
 import torch
 
-import vptq_lab.calibrate as calibrate
-from vptq_lab.calibrate import quantize_
-from vptq_lab.checkpoint import compare_checkpoints
-from vptq_lab.config import VPTQConfig
+import vptq_lab.model.calibrate as calibrate
+from vptq_lab.core.config import VPTQConfig
 from vptq_lab.errors import VPTQLabError
-from vptq_lab.layers import QuantizedLinear
-from vptq_lab.resume import PROGRESS
+from vptq_lab.io.checkpoint import compare_checkpoints
+from vptq_lab.model.calibrate import quantize_
+from vptq_lab.model.layers import QuantizedLinear
+from vptq_lab.model.resume import PROGRESS
 from vptq_lab.testing import save_tiny_model, tiny_llama
 
 # Small but complete: residual codebook, fine-tuning (codebooks and norms change), 4 blocks.
-CFG = VPTQConfig(vector_lens=(-1, 4), num_centroids=(-1, 16), num_res_centroids=(-1, 4), kmeans_iters=2,
-                 nsamples=4, seqlen=32, finetune=True, finetune_steps=3, finetune_lr=1e-3, seed=7)
+CFG = VPTQConfig(
+    vector_lens=(-1, 4),
+    num_centroids=(-1, 16),
+    num_res_centroids=(-1, 4),
+    kmeans_iters=2,
+    nsamples=4,
+    seqlen=32,
+    finetune=True,
+    finetune_steps=3,
+    finetune_lr=1e-3,
+    seed=7,
+)
 
 
 def _model(layers=3):
@@ -73,8 +83,10 @@ def _crash_at(monkeypatch, block: int):
     monkeypatch.setattr(calibrate, "_quantize_block", crashing)
 
 
-@pytest.mark.parametrize("propagation,finetune,crash_block", [
-    ("quantized", True, 1), ("quantized", True, 2), ("full_precision", False, 1), ("quantized", False, 0)])
+@pytest.mark.parametrize(
+    "propagation,finetune,crash_block",
+    [("quantized", True, 1), ("quantized", True, 2), ("full_precision", False, 1), ("quantized", False, 0)],
+)
 def test_interrupted_then_resumed_equals_uninterrupted(propagation, finetune, crash_block, tmp_path, monkeypatch):
     cfg = CFG.replace(propagation=propagation, finetune=finetune)
     ref_model = _model()
@@ -103,8 +115,11 @@ def test_resume_of_a_finished_run_only_reapplies(tmp_path):
     model = _model()
     report = quantize_(model, CFG, _calib(), progress=False, checkpoint_dir=ck, resume=True)
     _assert_same_run(ref_model, ref, model, report)
-    assert sorted(p.name for p in ck.iterdir()) == [*(f"block-{i:04d}.safetensors" for i in range(3)),
-                                                    "hidden-0002.safetensors", PROGRESS]
+    assert sorted(p.name for p in ck.iterdir()) == [
+        *(f"block-{i:04d}.safetensors" for i in range(3)),
+        "hidden-0002.safetensors",
+        PROGRESS,
+    ]
 
 
 def test_leftovers_of_a_kill_mid_write_do_not_matter(tmp_path, monkeypatch):
@@ -129,6 +144,7 @@ def test_resume_with_an_empty_dir_starts_from_block_zero(tmp_path):
 
 
 # Refusals ----------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def one_block_done(tmp_path_factory) -> Path:
@@ -156,6 +172,7 @@ def _edit_progress(change):
         progress = json.loads((ck / PROGRESS).read_text())
         change(progress)
         (ck / PROGRESS).write_text(json.dumps(progress))
+
     return damage
 
 
@@ -173,22 +190,71 @@ def _poison(model):
 
 
 REFUSALS = [  # (id, damage to the dir, model, config, calibration, resume, [phrases])
-    ("R1", None, _model, CFG.replace(seed=8), _calib, True, ["different config (seed: 7 -> 8)",
-                                                             "resume with the same model, config"]),
-    ("R2", None, lambda: _poison(_model()), CFG, _calib, True, ["a different model (its weights differ)",
-                                                               "choose a new --checkpoint-dir"]),
+    (
+        "R1",
+        None,
+        _model,
+        CFG.replace(seed=8),
+        _calib,
+        True,
+        ["different config (seed: 7 -> 8)", "resume with the same model, config"],
+    ),
+    (
+        "R2",
+        None,
+        lambda: _poison(_model()),
+        CFG,
+        _calib,
+        True,
+        ["a different model (its weights differ)", "choose a new --checkpoint-dir"],
+    ),
     ("R3", None, _model, CFG, lambda: (_calib() + 1) % 128, True, ["different calibration data"]),
     ("R4", None, _model, CFG, _calib, False, ["already holds a run's progress", "pass resume=True (--resume)"]),
-    ("R5", _flip_block, _model, CFG, _calib, True, ["block-0000.safetensors does not match its sha256",
-                                                    "start again with a new --checkpoint-dir"]),
-    ("R6", _edit_progress(lambda p: p["blocks"]["0"].update(file="../../etc/passwd")), _model, CFG, _calib, True,
-     ["progress.json names '../../etc/passwd', outside the folder", "refusing to read it"]),
-    ("R7", lambda ck: (ck / PROGRESS).write_text('{"version": 1, '), _model, CFG, _calib, True,
-     ["progress.json is not valid JSON", "start again with a new --checkpoint-dir"]),
-    ("R8", _edit_progress(lambda p: p.update(version=99)), _model, CFG, _calib, True,
-     ["checkpoint version 99, newer than", "upgrade vptq_lab"]),
-    ("R9", lambda ck: (ck / "hidden-0000.safetensors").unlink(), _model, CFG, _calib, True,
-     ["hidden-0000.safetensors", "the checkpoint dir is incomplete"]),
+    (
+        "R5",
+        _flip_block,
+        _model,
+        CFG,
+        _calib,
+        True,
+        ["block-0000.safetensors does not match its sha256", "start again with a new --checkpoint-dir"],
+    ),
+    (
+        "R6",
+        _edit_progress(lambda p: p["blocks"]["0"].update(file="../../etc/passwd")),
+        _model,
+        CFG,
+        _calib,
+        True,
+        ["progress.json names '../../etc/passwd', outside the folder", "refusing to read it"],
+    ),
+    (
+        "R7",
+        lambda ck: (ck / PROGRESS).write_text('{"version": 1, '),
+        _model,
+        CFG,
+        _calib,
+        True,
+        ["progress.json is not valid JSON", "start again with a new --checkpoint-dir"],
+    ),
+    (
+        "R8",
+        _edit_progress(lambda p: p.update(version=99)),
+        _model,
+        CFG,
+        _calib,
+        True,
+        ["checkpoint version 99, newer than", "upgrade vptq_lab"],
+    ),
+    (
+        "R9",
+        lambda ck: (ck / "hidden-0000.safetensors").unlink(),
+        _model,
+        CFG,
+        _calib,
+        True,
+        ["hidden-0000.safetensors", "the checkpoint dir is incomplete"],
+    ),
     ("R10", None, lambda: _model(layers=4), CFG, _calib, True, ["a different model"]),
 ]
 
@@ -223,7 +289,7 @@ def test_R12_checkpoint_dir_that_is_a_file(tmp_path):
 
 DRIVER = textwrap.dedent("""
     import os, sys, time
-    import vptq_lab.calibrate as cal
+    import vptq_lab.model.calibrate as cal
     from vptq_lab.cli import main
 
     delay = float(os.environ.get("VPTQ_TEST_DELAY", "0"))
@@ -248,17 +314,33 @@ def proc_env(tmp_path_factory):
     (root / "cfg.json").write_text(CFG.replace(nsamples=4, seqlen=32).to_json())
     (root / "driver.py").write_text(DRIVER)
     env = {k: v for k, v in os.environ.items() if k != "VPTQ_LAB_DATA"}
-    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env.update(
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+    )
     return root, model_dir, env
 
 
 def _start(proc_env, out: Path, *extra: str, delay: float = 0.0) -> subprocess.Popen:
     root, model_dir, env = proc_env
-    cmd = [sys.executable, str(root / "driver.py"), "--model", str(model_dir), "--config", str(root / "cfg.json"),
-           "--out", str(out), *extra]
-    return subprocess.Popen(cmd, env={**env, "VPTQ_TEST_DELAY": str(delay)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    cmd = [
+        sys.executable,
+        str(root / "driver.py"),
+        "--model",
+        str(model_dir),
+        "--config",
+        str(root / "cfg.json"),
+        "--out",
+        str(out),
+        *extra,
+    ]
+    return subprocess.Popen(
+        cmd, env={**env, "VPTQ_TEST_DELAY": str(delay)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _finish(proc: subprocess.Popen) -> dict:

@@ -6,12 +6,12 @@ import torch
 
 pytest.importorskip("ipywidgets")
 
-from vptq_lab import widgets  # noqa: E402
-from vptq_lab.bits import bits_per_weight, model_bits  # noqa: E402
-from vptq_lab.budget import SMOLLM2_135M_SHAPES  # noqa: E402
-from vptq_lab.calibrate import quantize_  # noqa: E402
-from vptq_lab.config import VPTQConfig  # noqa: E402
-from vptq_lab.quantizer import vptq_quantize  # noqa: E402
+from vptq_lab.core.bits import bits_per_weight, model_bits  # noqa: E402
+from vptq_lab.core.config import VPTQConfig  # noqa: E402
+from vptq_lab.core.quantizer import vptq_quantize  # noqa: E402
+from vptq_lab.lab import widgets  # noqa: E402
+from vptq_lab.lab.budget import SMOLLM2_135M_SHAPES  # noqa: E402
+from vptq_lab.model.calibrate import quantize_  # noqa: E402
 from vptq_lab.testing import tiny_llama  # noqa: E402
 
 TINY = VPTQConfig(vector_lens=(-1, 4), num_centroids=(-1, 16), kmeans_iters=3, nsamples=4, seqlen=32)
@@ -47,8 +47,13 @@ def test_calibration_stepper_walks_the_loop_to_the_quantizers_loss():
     assert s.W.shape == (64, 64) and s.tokens == 4 * 32 and not s.stage.disabled
     assert "model.layers.1.self_attn.o_proj" in s.status.value
     qw = vptq_quantize(s.W, s.H, TINY)  # the quantizer on its own, same W and H
-    expected = {"H": "tokens", "damping": "percdamp", "act-order": "descending H_jj", "Cholesky": "Uᵀ U = H⁻¹",
-                "column loop": "proxy loss so far"}
+    expected = {
+        "H": "tokens",
+        "damping": "percdamp",
+        "act-order": "descending H_jj",
+        "Cholesky": "Uᵀ U = H⁻¹",
+        "column loop": "proxy loss so far",
+    }
     for stage in reversed(s.STAGES):  # every stage draws ("H" is shown first, so end there)
         s.image.value = b""
         s.stage.value = stage
@@ -142,11 +147,18 @@ def test_layer_error_browser_sorts_filters_and_clicks_through(report):
 # Bit budget comparator ----------------------------------------------------------------------------------
 def test_bit_budget_comparator_live_bits_and_nearest_measurement():
     shapes = SMOLLM2_135M_SHAPES
-    results = pd.DataFrame({
-        "method": ["vptq", "vptq", "rtn"],
-        "config": [VPTQConfig(vector_lens=(-1, 6), num_centroids=(-1, 1024)).to_dict(),
-                   VPTQConfig(vector_lens=(-1, 4), num_centroids=(-1, 2048)).to_json(), None],
-        "bits": [1.88, 3.03, 3.1], "perplexity": [40.0, 22.0, 25.0]})
+    results = pd.DataFrame(
+        {
+            "method": ["vptq", "vptq", "rtn"],
+            "config": [
+                VPTQConfig(vector_lens=(-1, 6), num_centroids=(-1, 1024)).to_dict(),
+                VPTQConfig(vector_lens=(-1, 4), num_centroids=(-1, 2048)).to_json(),
+                None,
+            ],
+            "bits": [1.88, 3.03, 3.1],
+            "perplexity": [40.0, 22.0, 25.0],
+        }
+    )
     box = widgets.build_bit_budget_comparator(shapes, results)
     c = box.explorer
     assert c.config() == VPTQConfig()  # the default config's sliders
@@ -159,8 +171,9 @@ def test_bit_budget_comparator_live_bits_and_nearest_measurement():
     c.k2.value = 256
     assert "nearest measured config" in c.measured.value and "22.000" in c.measured.value
     c.npercent.value, c.group_num.value = 1.0, 2
-    cfg = VPTQConfig(vector_lens=(4, 4), num_centroids=(2048, 2048), num_res_centroids=(-1, 256), npercent=1.0,
-                     group_num=2)
+    cfg = VPTQConfig(
+        vector_lens=(4, 4), num_centroids=(2048, 2048), num_res_centroids=(-1, 256), npercent=1.0, group_num=2
+    )
     assert c.config() == cfg and c.model_breakdown == model_bits(cfg, shapes)
     c.mode.value = "stored"
     assert c.model_breakdown == model_bits(cfg, shapes, "stored") and "stored accounting" in c.summary.value
@@ -172,8 +185,10 @@ def test_bit_budget_comparator_live_bits_and_nearest_measurement():
 def test_bit_budget_comparator_without_measurements():
     c = widgets.BitBudgetComparator({"a": (64, 64)})
     assert c.measured.value == "no measured config yet" and c.nearest is None
-    c2 = widgets.BitBudgetComparator({"a": (64, 64)}, pd.DataFrame({"method": ["rtn"], "config": [json.dumps({})],
-                                                                     "bits": [3.0], "perplexity": [9.0]}))
+    c2 = widgets.BitBudgetComparator(
+        {"a": (64, 64)},
+        pd.DataFrame({"method": ["rtn"], "config": [json.dumps({})], "bits": [3.0], "perplexity": [9.0]}),
+    )
     assert c2.measured.value == "no measured config yet"
 
 

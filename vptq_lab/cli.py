@@ -7,12 +7,17 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
-from .errors import VPTQLabError
+from vptq_lab.errors import VPTQLabError
+from vptq_lab.io.models import DEFAULT_NAMES
 
 __all__ = ["main", "build_parser"]
 
-DEFAULT_MODELS = ("default", "smollm2-135m", "SmolLM2-135M-Instruct")
+DATA_DIR_HELP = (
+    "folder with WikiText-2's wiki.*.raw (default: $VPTQ_LAB_DATA; with neither, the hub, else a "
+    "labelled stand-in corpus)"
+)
 
 
 def _positive_int(text: str) -> int:
@@ -29,9 +34,7 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seqlen", type=_positive_int, default=2048, help="tokens per window (default 2048)")
     p.add_argument("--max-windows", type=_positive_int, default=None, help="evaluate only the first N windows")
     p.add_argument("--split", default="test", help="test, validation or train (default test)")
-    p.add_argument("--data-dir", default=None,
-                   help="folder with wiki.*.raw (default: $VPTQ_LAB_DATA, then ../shared/data/wikitext-2-raw "
-                        "beside the checkout, then the hub)")
+    p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -52,15 +55,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="a VPTQConfig JSON file (overrides --bits)")
     p.add_argument("--out", required=True, help="output folder (must not exist)")
     p.add_argument("--seed", type=int, default=None, help="override the config's seed")
-    p.add_argument("--data-dir", default=None, help="folder with wiki.*.raw (calibration uses the validation split)")
+    p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP + "; calibration uses the validation split")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.add_argument("--checkpoint-dir", default=None,
-                   help="commit every finished block here, so a killed run can be resumed (outside --out)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run saved in --checkpoint-dir (same model, config and data)")
-    p.add_argument("--keep-checkpoints", action="store_true",
-                   help="keep --checkpoint-dir after success (by default its files are deleted once --out is saved)")
+    p.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        help="commit every finished block here, so a killed run can be resumed (outside --out)",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run saved in --checkpoint-dir (same model, config and data)"
+    )
+    p.add_argument(
+        "--keep-checkpoints",
+        action="store_true",
+        help="keep --checkpoint-dir after success (by default its files are deleted once --out is saved)",
+    )
     p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("bits", help="exact bits per weight of a config, overhead included")
@@ -79,14 +89,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seqlen", type=_positive_int, default=2048, help="tokens per window (default 2048)")
     p.add_argument("--cache", default=None, help="JSON-lines cache of finished rows (default: OUT.cache.jsonl)")
     p.add_argument("--no-fp", action="store_true", help="skip the unquantized row")
-    p.add_argument("--data-dir", default=None, help="folder with wiki.*.raw")
+    p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("demo", help="the main job: quantize the default model at 2 bits, perplexity before/after")
     p.add_argument("--bits", type=int, choices=(2, 3, 4), default=2, help="preset (default 2)")
     p.add_argument("--max-windows", type=_positive_int, default=8, help="WikiText-2 test windows (default 8)")
-    p.add_argument("--out", default="artifacts/demo-2bit", help="where the quantized model is saved")
+    p.add_argument(
+        "--out",
+        default="artifacts/demo-2bit",
+        help="where the quantized model is saved: a new folder, or one an earlier demo wrote (replaced)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_demo)
     return parser
@@ -102,14 +116,21 @@ def _print_record(record: dict, as_json: bool) -> None:
 
 
 def _eval_record(model_name: str, args: argparse.Namespace) -> dict:
-    from .eval import perplexity
-    from .models import BASELINE_NOTE, load_model
+    from vptq_lab.io.models import BASELINE_NOTE, load_model
+    from vptq_lab.lab.eval import perplexity
 
     model, tokenizer = load_model(model_name)
-    record = perplexity(model, tokenizer, split=args.split, seqlen=args.seqlen, max_windows=args.max_windows,
-                        data_dir=args.data_dir, progress=not args.no_progress).to_dict()
+    record = perplexity(
+        model,
+        tokenizer,
+        split=args.split,
+        seqlen=args.seqlen,
+        max_windows=args.max_windows,
+        data_dir=args.data_dir,
+        progress=not args.no_progress,
+    ).to_dict()
     record = {"model": model_name, **record}
-    if model_name in DEFAULT_MODELS:
+    if model_name in DEFAULT_NAMES:
         record["note"] = BASELINE_NOTE
     if not record["comparable"]:
         record["warning"] = "stand-in corpus: NOT comparable to published WikiText-2 numbers"
@@ -122,9 +143,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _load_config(args: argparse.Namespace):
-    from pathlib import Path
-
-    from .config import VPTQConfig, preset
+    from vptq_lab.core.config import VPTQConfig, preset
 
     if args.config is None:
         config = preset(args.bits)
@@ -135,8 +154,10 @@ def _load_config(args: argparse.Namespace):
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise VPTQLabError(f"{path} is not valid JSON ({exc}): write one object like "
-                               '{"vector_lens": [-1, 6], "num_centroids": [-1, 1024]}') from exc
+            raise VPTQLabError(
+                f"{path} is not valid JSON ({exc}): write one object like "
+                '{"vector_lens": [-1, 6], "num_centroids": [-1, 1024]}'
+            ) from exc
         try:
             config = VPTQConfig.from_dict(data)
         except (ValueError, TypeError) as exc:
@@ -146,66 +167,122 @@ def _load_config(args: argparse.Namespace):
     return config
 
 
-def _check_out(out: str, checkpoint_dir: str | None, resume: bool) -> None:
-    """Refuse before any work: an existing --out is never touched, and the checkpoint dir must sit outside it."""
-    from pathlib import Path
-
-    if Path(out).exists():
-        raise VPTQLabError(f"{out} already exists: choose another --out folder (nothing was overwritten)")
+def _check_out(out: str, checkpoint_dir: str | None, resume: bool, replace_demo: bool = False) -> None:
+    """Refuse before any work: an existing --out is never touched (``replace_demo``: unless an earlier demo wrote
+    it), it must be creatable, and the checkpoint dir must sit outside it."""
+    if Path(out).exists() and not (replace_demo and _written_by_demo(Path(out))):
+        why = " and was not written by `vptq-lab demo`" if replace_demo else ""
+        raise VPTQLabError(f"{out} already exists{why}: choose another --out folder (nothing was overwritten)")
+    _check_writable_parent(Path(out))
     if resume and checkpoint_dir is None:
         raise VPTQLabError("--resume needs --checkpoint-dir (the folder the interrupted run wrote)")
     if checkpoint_dir is not None:
         out_path, ckpt = Path(out).resolve(), Path(checkpoint_dir).resolve()
         if ckpt == out_path or out_path in ckpt.parents:
-            raise VPTQLabError(f"--checkpoint-dir {checkpoint_dir} is inside --out {out}: put it elsewhere, "
-                               "since --out is written only once the model is complete")
+            raise VPTQLabError(
+                f"--checkpoint-dir {checkpoint_dir} is inside --out {out}: put it elsewhere, "
+                "since --out is written only once the model is complete"
+            )
 
 
-def _quantize(model_name: str, config, out: str, data_dir: str | None, progress: bool,
-              checkpoint_dir: str | None = None, resume: bool = False, keep_checkpoints: bool = False) -> dict:
-    from .calibrate import quantize_
-    from .checkpoint import save_quantized
-    from .data import calibration_windows, load_wikitext2
-    from .models import load_model
+def _check_writable_parent(out: Path) -> None:
+    """--out's nearest existing ancestor must be a folder we can write into, or the save would fail after minutes
+    of work. Checked by creating (and removing) an empty folder there: permission bits alone mislead root."""
+    import tempfile
+
+    parent = out.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise VPTQLabError(f"cannot create --out {out}: {parent} is a file, not a folder; choose another --out")
+    try:
+        Path(tempfile.mkdtemp(prefix=".vptq-lab-probe-", dir=parent)).rmdir()
+    except OSError as exc:
+        raise VPTQLabError(
+            f"cannot create --out {out}: {parent} is not writable ({exc.strerror}); choose another --out"
+        ) from None
+
+
+DEMO_MARK = "vptq-lab-demo.json"  # written into the demo's folder: only such a folder is ever replaced
+
+
+def _written_by_demo(folder: Path) -> bool:
+    return folder.is_dir() and (folder / DEMO_MARK).is_file()
+
+
+def _quantize(
+    model_name: str,
+    config,
+    out: str,
+    data_dir: str | None,
+    progress: bool,
+    checkpoint_dir: str | None = None,
+    resume: bool = False,
+    keep_checkpoints: bool = False,
+) -> dict:
+    from vptq_lab.io.checkpoint import save_quantized
+    from vptq_lab.io.data import calibration_windows, load_wikitext2
+    from vptq_lab.io.models import load_model
+    from vptq_lab.model.calibrate import quantize_
 
     _check_out(out, checkpoint_dir, resume)
     model, tokenizer = load_model(model_name)
-    calib = calibration_windows(tokenizer, load_wikitext2("validation", data_dir), config.nsamples,
-                                config.seqlen, config.seed)
+    calib = calibration_windows(
+        tokenizer, load_wikitext2("validation", data_dir), config.nsamples, config.seqlen, config.seed
+    )
     report = quantize_(model, config, calib, progress=progress, checkpoint_dir=checkpoint_dir, resume=resume)
     save_quantized(model, tokenizer, out, report.to_dict())
     cleanup = {}
     if checkpoint_dir is not None:  # the model is saved whole: the block checkpoints have done their job
-        from .resume import remove_checkpoints
+        from vptq_lab.model.resume import remove_checkpoints
 
         cleanup = {"checkpoint_dir": checkpoint_dir, "checkpoint_dir_kept": keep_checkpoints}
         if not keep_checkpoints:
             cleanup["checkpoint_mb_freed"] = round(remove_checkpoints(checkpoint_dir) / 2**20, 1)
-    return {"model": model_name, "out": out, "bits_per_weight": round(report.total_bits_per_weight(), 4),
-            "stored_bits_per_weight": round(report.total_bits_per_weight(stored=True), 4),
-            "mean_proxy_loss_rel": round(float(report.to_dataframe().proxy_loss_rel.mean()), 5),
-            "layers": len(report.records), "propagation": report.propagation,
-            "calibration": f"{config.nsamples} x {config.seqlen} tokens of WikiText-2 validation",
-            "seconds": report.seconds, **cleanup}
+    return {
+        "model": model_name,
+        "out": out,
+        "bits_per_weight": round(report.total_bits_per_weight(), 4),
+        "stored_bits_per_weight": round(report.total_bits_per_weight(stored=True), 4),
+        "mean_proxy_loss_rel": round(float(report.to_dataframe().proxy_loss_rel.mean()), 5),
+        "layers": len(report.records),
+        "propagation": report.propagation,
+        "calibration": f"{config.nsamples} x {config.seqlen} tokens of WikiText-2 validation",
+        "seconds": report.seconds,
+        **cleanup,
+    }
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     _check_out(args.out, args.checkpoint_dir, args.resume)
-    _print_record(_quantize(args.model, _load_config(args), args.out, args.data_dir, not args.no_progress,
-                            args.checkpoint_dir, args.resume, args.keep_checkpoints), args.json)
+    _print_record(
+        _quantize(
+            args.model,
+            _load_config(args),
+            args.out,
+            args.data_dir,
+            not args.no_progress,
+            args.checkpoint_dir,
+            args.resume,
+            args.keep_checkpoints,
+        ),
+        args.json,
+    )
     return 0
 
 
 def _named_shapes(name: str) -> dict[str, tuple[int, int]]:
     """Linear shapes of a named reference model, or of a model folder (loaded)."""
-    from .budget import LLAMA2_7B_BLOCK, LLAMA2_13B_BLOCK, SMOLLM2_135M_SHAPES, repeat_blocks, shapes_of
+    from vptq_lab.lab.budget import LLAMA2_7B_BLOCK, LLAMA2_13B_BLOCK, SMOLLM2_135M_SHAPES, repeat_blocks, shapes_of
 
-    named = {"llama2-7b": lambda: repeat_blocks(LLAMA2_7B_BLOCK, 32),
-             "llama2-13b": lambda: repeat_blocks(LLAMA2_13B_BLOCK, 40),
-             **{alias: lambda: SMOLLM2_135M_SHAPES for alias in DEFAULT_MODELS}}
+    named = {
+        "llama2-7b": lambda: repeat_blocks(LLAMA2_7B_BLOCK, 32),
+        "llama2-13b": lambda: repeat_blocks(LLAMA2_13B_BLOCK, 40),
+        **{alias: lambda: SMOLLM2_135M_SHAPES for alias in DEFAULT_NAMES},
+    }
     if name in named:
         return named[name]()
-    from .models import load_model
+    from vptq_lab.io.models import load_model
 
     return shapes_of(load_model(name)[0])
 
@@ -221,9 +298,7 @@ def _int_list(text: str, what: str) -> list[int]:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .compare import CompareSettings, compare
+    from vptq_lab.lab.compare import CompareSettings, compare
 
     budgets = _int_list(args.bits, "bits")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -231,28 +306,42 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if out.suffix != ".csv":
         raise VPTQLabError(f"--out {out} should be a .csv file")
     settings = CompareSettings(windows=args.windows, seqlen=args.seqlen, data_dir=args.data_dir)
-    table = compare(args.model, methods, budgets, settings=settings, include_fp=not args.no_fp,
-                    cache=args.cache or out.with_suffix(".cache.jsonl"), progress=not args.no_progress)
+    table = compare(
+        args.model,
+        methods,
+        budgets,
+        settings=settings,
+        include_fp=not args.no_fp,
+        cache=args.cache or out.with_suffix(".cache.jsonl"),
+        progress=not args.no_progress,
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, index=False)
-    print(table[["method", "target_bits", "bits", "perplexity", "proxy_loss_rel_mean", "quant_seconds"]]
-          .to_string(index=False))
+    print(
+        table[["method", "target_bits", "bits", "perplexity", "proxy_loss_rel_mean", "quant_seconds"]].to_string(
+            index=False
+        )
+    )
     return 0
 
 
 def cmd_bits(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .bits import bits_per_weight
+    from vptq_lab.core.bits import bits_per_weight
 
     config = _load_config(args)
     shapes = _named_shapes(args.model)
-    rows = [{"layer": name, "out": s[0], "in": s[1], **bits_per_weight(config, s, mode="paper").to_dict()}
-            for name, s in shapes.items()]
+    rows = [
+        {"layer": name, "out": s[0], "in": s[1], **bits_per_weight(config, s, mode="paper").to_dict()}
+        for name, s in shapes.items()
+    ]
     table = pd.DataFrame(rows)
     weights = (table["out"] * table["in"]).sum()
-    total = {"layer": "TOTAL", "bits_per_weight": float((table["bits_per_weight"] * table["out"] * table["in"]).sum()
-                                                         / weights)}
+    total = {
+        "layer": "TOTAL",
+        "bits_per_weight": float((table["bits_per_weight"] * table["out"] * table["in"]).sum() / weights),
+    }
     if args.json:
         print(json.dumps({"config": config.to_dict(), "layers": rows, "total": total}))
     else:
@@ -262,18 +351,28 @@ def cmd_bits(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    import shutil
+    from vptq_lab.core.config import preset
 
-    from .config import preset
-
-    eval_args = argparse.Namespace(split="test", seqlen=2048, max_windows=args.max_windows, data_dir=None,
-                                   no_progress=False)
+    out = Path(args.out)
+    _check_out(args.out, None, False, replace_demo=True)  # before any work: a user's folder is never touched
+    eval_args = argparse.Namespace(
+        split="test", seqlen=2048, max_windows=args.max_windows, data_dir=None, no_progress=False
+    )
     before = _eval_record("default", eval_args)
-    shutil.rmtree(args.out, ignore_errors=True)  # the demo's own scratch folder
-    summary = _quantize("default", preset(args.bits), args.out, None, True)
+    staging = out.with_name(f".{out.name}.new")  # the new model lands here, then replaces an earlier demo's folder
+    if _written_by_demo(staging):
+        _remove_demo_folder(staging)
+    summary = _quantize("default", preset(args.bits), str(staging), None, True)
+    (staging / DEMO_MARK).write_text(json.dumps({"written_by": "vptq-lab demo", "bits": args.bits}))
+    if _written_by_demo(out):
+        _remove_demo_folder(out)
+    staging.rename(out)
+    summary["out"] = args.out
     after = _eval_record(args.out, eval_args)
-    rows = {"full precision (Q4_1 GGUF baseline)": (16.0, before), f"VPTQ {args.bits}-bit preset": (
-        summary["bits_per_weight"], after)}
+    rows = {
+        "full precision (Q4_1 GGUF baseline)": (16.0, before),
+        f"VPTQ {args.bits}-bit preset": (summary["bits_per_weight"], after),
+    }
     if args.json:
         print(json.dumps({"before": before, "after": after, "quantize": summary}))
         return 0
@@ -284,6 +383,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"quantized in {summary['seconds']:.0f} s; saved to {args.out}")
     print(f"note: {before['note']}")
     return 0
+
+
+def _remove_demo_folder(folder: Path) -> None:
+    """Delete a folder that ``vptq-lab demo`` wrote, checked again just before (never a user's folder)."""
+    import shutil
+
+    if not _written_by_demo(folder):
+        raise VPTQLabError(f"{folder} was not written by `vptq-lab demo`: refusing to delete it")
+    shutil.rmtree(folder)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -50,20 +50,30 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
-from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 from torch import nn
 
-from .bits import BitBreakdown, Mode, bits_per_weight
-from .config import MAX_INDEX_BITS, VPTQConfig
+from vptq_lab.core.bits import BitBreakdown, Mode, bits_per_weight
+from vptq_lab.core.config import MAX_INDEX_BITS, VPTQConfig
 
 __all__ = [
-    "SearchSpace", "suggest", "shapes_of", "vptq_model_bits", "linear_bits", "candidate_table", "row_config",
-    "llama_block", "repeat_blocks", "SCOPES",
-    "LLAMA2_7B_BLOCK", "LLAMA2_13B_BLOCK", "SMOLLM2_135M_SHAPES",
+    "SearchSpace",
+    "suggest",
+    "shapes_of",
+    "vptq_model_bits",
+    "linear_bits",
+    "candidate_table",
+    "row_config",
+    "llama_block",
+    "repeat_blocks",
+    "SCOPES",
+    "LLAMA2_7B_BLOCK",
+    "LLAMA2_13B_BLOCK",
+    "SMOLLM2_135M_SHAPES",
 ]
 
 Shapes = dict[str, tuple[int, int]]
@@ -75,9 +85,12 @@ def llama_block(hidden: int, intermediate: int, kv_dim: int | None = None) -> Sh
     """The seven linears of one LLaMA block as ``{name: (out, in)}``; ``kv_dim`` for grouped-query attention."""
     kv = kv_dim or hidden
     return {
-        "self_attn.q_proj": (hidden, hidden), "self_attn.k_proj": (kv, hidden),
-        "self_attn.v_proj": (kv, hidden), "self_attn.o_proj": (hidden, hidden),
-        "mlp.gate_proj": (intermediate, hidden), "mlp.up_proj": (intermediate, hidden),
+        "self_attn.q_proj": (hidden, hidden),
+        "self_attn.k_proj": (kv, hidden),
+        "self_attn.v_proj": (kv, hidden),
+        "self_attn.o_proj": (hidden, hidden),
+        "mlp.gate_proj": (intermediate, hidden),
+        "mlp.up_proj": (intermediate, hidden),
         "mlp.down_proj": (hidden, intermediate),
     }
 
@@ -96,11 +109,11 @@ SMOLLM2_135M_SHAPES: Shapes = repeat_blocks(llama_block(576, 1536, kv_dim=192), 
 def shapes_of(model: nn.Module) -> Shapes:
     """``{name: (out, in)}`` of the linears to quantize.
 
-    Uses the architecture table (:mod:`vptq_lab.arch`) when the model's family
+    Uses the architecture table (:mod:`vptq_lab.model.arch`) when the model's family
     is in it; otherwise every ``nn.Linear`` and GPT-2 ``Conv1D`` except ``lm_head``.
     """
-    from .arch import arch_for, get_blocks, get_module
-    from .errors import VPTQLabError
+    from vptq_lab.errors import VPTQLabError
+    from vptq_lab.model.arch import arch_for, get_blocks, get_module
 
     try:
         spec = arch_for(model)
@@ -159,8 +172,9 @@ def _codebook_bits(b: BitBreakdown) -> float:
     return b.codebook_bits + b.outlier_codebook_bits
 
 
-def vptq_model_bits(config: VPTQConfig, shapes: Shapes, scope: str = "per-linear",
-                    mode: Mode = "paper") -> BitBreakdown:
+def vptq_model_bits(
+    config: VPTQConfig, shapes: Shapes, scope: str = "per-linear", mode: Mode = "paper"
+) -> BitBreakdown:
     """Total bits of ``shapes`` under ``config``, with codebooks counted once per ``scope`` unit.
 
     Per-linear is exactly ``bits.model_bits``. A linear's codebook bits do not
@@ -175,13 +189,18 @@ def vptq_model_bits(config: VPTQConfig, shapes: Shapes, scope: str = "per-linear
         return total
     one = bits_per_weight(config, next(iter(shapes.values())), mode)
     units = len({_unit_of(n, scope) for n in shapes})
-    return BitBreakdown(**{**{f.name: getattr(total, f.name) for f in fields(total)},
-                           "codebook_bits": one.codebook_bits * units,
-                           "outlier_codebook_bits": one.outlier_codebook_bits * units})
+    return BitBreakdown(
+        **{
+            **{f.name: getattr(total, f.name) for f in fields(total)},
+            "codebook_bits": one.codebook_bits * units,
+            "outlier_codebook_bits": one.outlier_codebook_bits * units,
+        }
+    )
 
 
-def linear_bits(config: VPTQConfig, shapes: Shapes, scope: str = "per-linear", mode: Mode = "paper"
-                ) -> dict[str, float]:
+def linear_bits(
+    config: VPTQConfig, shapes: Shapes, scope: str = "per-linear", mode: Mode = "paper"
+) -> dict[str, float]:
     """Bits per weight of each linear; a shared codebook is split among its linears by weight count."""
     _check_scope(scope)
     unit_weights = Counter()
@@ -222,8 +241,9 @@ class SearchSpace:
                 raise ValueError(f"SearchSpace.{name} is empty; give at least one value")
         _check_values("vector_lens", self.vector_lens, lambda v: 1 <= v <= 16, "in 1..16")
         _check_values("k1_bits", self.k1_bits, lambda b: 1 <= b <= MAX_INDEX_BITS, f"in 1..{MAX_INDEX_BITS}")
-        _check_values("k2_bits", self.k2_bits, lambda b: 0 <= b <= MAX_INDEX_BITS,
-                      f"in 0..{MAX_INDEX_BITS} (0 = no residual)")
+        _check_values(
+            "k2_bits", self.k2_bits, lambda b: 0 <= b <= MAX_INDEX_BITS, f"in 0..{MAX_INDEX_BITS} (0 = no residual)"
+        )
         _check_values("npercents", self.npercents, lambda p: 0 <= p < 100, "in [0, 100)")
         _check_values("group_nums", self.group_nums, lambda g: g >= 1, ">= 1")
 
@@ -236,8 +256,21 @@ def _check_values(name: str, values: Iterable, ok, what: str) -> None:
 
 def _grid(space: SearchSpace, scopes: Sequence[str]) -> pd.DataFrame:
     """Every combination, k2 <= k1. Columns v, b1, b2, npercent, group_num, scope."""
-    mesh = np.array(np.meshgrid(space.vector_lens, space.k1_bits, space.k2_bits, space.npercents,
-                                space.group_nums, np.arange(len(scopes)), indexing="ij")).reshape(6, -1).T
+    mesh = (
+        np.array(
+            np.meshgrid(
+                space.vector_lens,
+                space.k1_bits,
+                space.k2_bits,
+                space.npercents,
+                space.group_nums,
+                np.arange(len(scopes)),
+                indexing="ij",
+            )
+        )
+        .reshape(6, -1)
+        .T
+    )
     df = pd.DataFrame(mesh, columns=["v", "b1", "b2", "npercent", "group_num", "scope_i"])
     df = df[df.b2 <= df.b1].astype({"v": int, "b1": int, "b2": int, "group_num": int, "scope_i": int})
     df["v0"] = np.where(df.npercent > 0, np.maximum(1, df.v // 2), 0)
@@ -280,7 +313,7 @@ def _feasible(df: pd.DataFrame, shapes: Shapes) -> np.ndarray:
                 ok &= ~rows | ((f > 0) | (i % G == 0)) & (i - outlier >= G)
                 main += n * np.ceil(o / v) * ((i - outlier) // G)
                 outl += n * np.ceil(o / v0) * outlier
-            ok &= ~rows | ((main >= 2.0 ** df.b1) & ((f == 0) | (outl >= 2.0 ** df.b0)))
+            ok &= ~rows | ((main >= 2.0**df.b1) & ((f == 0) | (outl >= 2.0**df.b0)))
     return ok
 
 
@@ -290,13 +323,14 @@ def _screen_bits(df: pd.DataFrame, shapes: Shapes, space: SearchSpace) -> pd.Dat
     cols_in = sum(i for _, i in shapes.values())
     f = df.npercent / 100
     rate = (1 - f) * (df.b1 + df.b2) / df.v + np.where(f > 0, f * df.b0 / df.v0.clip(lower=1), 0)
-    k2 = np.where(df.b2 > 0, 2.0 ** df.b2, 0)
-    cb = 16 * df.v * (2.0 ** df.b1 + k2) * df.group_num + np.where(f > 0, 16 * df.v0 * 2.0 ** df.b0, 0)
+    k2 = np.where(df.b2 > 0, 2.0**df.b2, 0)
+    cb = 16 * df.v * (2.0**df.b1 + k2) * df.group_num + np.where(f > 0, 16 * df.v0 * 2.0**df.b0, 0)
     units = df.codebook_scope.map({s: len(_units(shapes, s)) for s in SCOPES})
     per_col = 16 * (2 * space.enable_norm + space.enable_perm)
     total = N * rate + units * cb + cols_in * per_col
-    return df.assign(bits_per_weight=total / N, index_bits=rate, codebook_share=units * cb / total,
-                     capacity=df.b1 + df.b2)
+    return df.assign(
+        bits_per_weight=total / N, index_bits=rate, codebook_share=units * cb / total, capacity=df.b1 + df.b2
+    )
 
 
 def row_config(row: pd.Series, space: SearchSpace = SearchSpace()) -> VPTQConfig:
@@ -306,20 +340,25 @@ def row_config(row: pd.Series, space: SearchSpace = SearchSpace()) -> VPTQConfig
         vector_lens=(int(row.v0) if outlier else -1, int(row.v)),
         num_centroids=(2 ** int(row.b0) if outlier else -1, 2 ** int(row.b1)),
         num_res_centroids=(-1, 2 ** int(row.b2) if row.b2 else -1),
-        npercent=float(row.npercent), group_num=int(row.group_num),
-        enable_norm=space.enable_norm, enable_perm=space.enable_perm,
+        npercent=float(row.npercent),
+        group_num=int(row.group_num),
+        enable_norm=space.enable_norm,
+        enable_perm=space.enable_perm,
     )
 
 
 def _describe(row: pd.Series) -> str:
     res = f"k2={2 ** int(row.b2)}" if row.b2 else "no residual"
     out = f", npercent={row.npercent:g}" if row.npercent else ""
-    return (f"v={int(row.v)}, k1={2 ** int(row.b1)}, {res}, group_num={int(row.group_num)}{out}, "
-            f"{row.codebook_scope} codebooks")
+    return (
+        f"v={int(row.v)}, k1={2 ** int(row.b1)}, {res}, group_num={int(row.group_num)}{out}, "
+        f"{row.codebook_scope} codebooks"
+    )
 
 
-def candidate_table(shapes: Shapes, space: SearchSpace = SearchSpace(), shared: bool | str | Sequence[str] = False
-                    ) -> pd.DataFrame:
+def candidate_table(
+    shapes: Shapes, space: SearchSpace = SearchSpace(), shared: bool | str | Sequence[str] = False
+) -> pd.DataFrame:
     """Every feasible grid point with its screened bits (unranked). For notebooks and plots."""
     scopes = _scopes(shared)
     df = _grid(space, scopes)
@@ -340,8 +379,12 @@ def _scopes(shared: bool | str | Sequence[str]) -> tuple[str, ...]:
 
 # suggest ---------------------------------------------------------------------------------
 def _check_request(target_bits: float, tolerance: float, max_rows: int) -> None:
-    if isinstance(target_bits, bool) or not isinstance(target_bits, (int, float)) or not math.isfinite(target_bits) \
-            or target_bits <= 0:
+    if (
+        isinstance(target_bits, bool)
+        or not isinstance(target_bits, (int, float))
+        or not math.isfinite(target_bits)
+        or target_bits <= 0
+    ):
         raise ValueError(f"target_bits={target_bits!r} must be a positive number of bits per weight (e.g. 2.0)")
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance > 0:
         raise ValueError(f"tolerance={tolerance!r} must be > 0 (how far below the target a config may land, e.g. 0.25)")
@@ -352,12 +395,17 @@ def _check_request(target_bits: float, tolerance: float, max_rows: int) -> None:
 def _ranked(df: pd.DataFrame, target_bits: float) -> pd.DataFrame:
     """Order rows by the module docstring's ranking."""
     df = df.assign(gap=target_bits - df.bits_per_weight)
-    key = df.assign(gap_step=np.round(df.gap / 0.05), extras=(df.b2 > 0).astype(int)
-                    + (df.group_num > 1).astype(int) + (df.npercent > 0).astype(int),
-                    scope_order=df.codebook_scope.map({s: i for i, s in enumerate(SCOPES)}))
+    key = df.assign(
+        gap_step=np.round(df.gap / 0.05),
+        extras=(df.b2 > 0).astype(int) + (df.group_num > 1).astype(int) + (df.npercent > 0).astype(int),
+        scope_order=df.codebook_scope.map({s: i for i, s in enumerate(SCOPES)}),
+    )
     key["rate_step"] = np.floor(key.index_bits / 0.25 + 1e-9)  # 1e-9: 2.0 is step 8, not 7.999...
-    order = key.sort_values(["rate_step", "gap_step", "extras", "v", "gap", "scope_order"],
-                            ascending=[False, True, True, False, True, True], kind="stable").index
+    order = key.sort_values(
+        ["rate_step", "gap_step", "extras", "v", "gap", "scope_order"],
+        ascending=[False, True, True, False, True, True],
+        kind="stable",
+    ).index
     return df.loc[order]
 
 
@@ -368,24 +416,40 @@ def _exact_rows(top: pd.DataFrame, shapes: Shapes, space: SearchSpace, target_bi
         cfg = row_config(row, space)
         total = vptq_model_bits(cfg, shapes, row.codebook_scope)
         per_linear = linear_bits(cfg, shapes, row.codebook_scope).values()
-        records.append({
-            "v": int(row.v), "k1": 2 ** int(row.b1), "k2": 2 ** int(row.b2) if row.b2 else 0,
-            "npercent": float(row.npercent), "v0": int(row.v0), "k0": 2 ** int(row.b0) if row.npercent else 0,
-            "group_num": int(row.group_num), "codebook_scope": row.codebook_scope,
-            "runnable": row.codebook_scope == "per-linear",
-            "bits_per_weight": total.bits_per_weight, "gap": target_bits - total.bits_per_weight,
-            "min_linear_bits": min(per_linear), "max_linear_bits": max(per_linear),
-            "index_bits": (total.index_bits + total.outlier_index_bits) / total.num_weights,
-            "codebook_share": _codebook_bits(total) / total.total_bits,
-            "capacity": int(row.capacity), "config": cfg,
-        })
+        records.append(
+            {
+                "v": int(row.v),
+                "k1": 2 ** int(row.b1),
+                "k2": 2 ** int(row.b2) if row.b2 else 0,
+                "npercent": float(row.npercent),
+                "v0": int(row.v0),
+                "k0": 2 ** int(row.b0) if row.npercent else 0,
+                "group_num": int(row.group_num),
+                "codebook_scope": row.codebook_scope,
+                "runnable": row.codebook_scope == "per-linear",
+                "bits_per_weight": total.bits_per_weight,
+                "gap": target_bits - total.bits_per_weight,
+                "min_linear_bits": min(per_linear),
+                "max_linear_bits": max(per_linear),
+                "index_bits": (total.index_bits + total.outlier_index_bits) / total.num_weights,
+                "codebook_share": _codebook_bits(total) / total.total_bits,
+                "capacity": int(row.capacity),
+                "config": cfg,
+            }
+        )
     out = pd.DataFrame.from_records(records)
     return out[out.bits_per_weight <= target_bits]
 
 
-def suggest(model_or_shapes: nn.Module | Shapes, target_bits: float, *, tolerance: float = 0.25,
-            max_rows: int = 20, shared: bool | str | Sequence[str] = False,
-            space: SearchSpace = SearchSpace()) -> pd.DataFrame:
+def suggest(
+    model_or_shapes: nn.Module | Shapes,
+    target_bits: float,
+    *,
+    tolerance: float = 0.25,
+    max_rows: int = 20,
+    shared: bool | str | Sequence[str] = False,
+    space: SearchSpace = SearchSpace(),
+) -> pd.DataFrame:
     """Ranked VPTQ configs whose total bits per weight lie in ``[target - tolerance, target]``.
 
     ``model_or_shapes``: an ``nn.Module`` (its linears, see :func:`shapes_of`) or

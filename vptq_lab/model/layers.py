@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import fields, replace
+from typing import Any
 
 import torch
 from torch import nn
 
-from .qweight import QuantizedWeight, dequantize
+from vptq_lab.core.format import layer_config
+from vptq_lab.core.qweight import QuantizedWeight, dequantize
 
-__all__ = ["QuantizedLinear"]
+__all__ = ["QuantizedLinear", "module_tensors"]
 
 _TENSOR_FIELDS = tuple(f.name for f in fields(QuantizedWeight) if f.type.startswith("torch.Tensor"))
 
@@ -45,8 +47,10 @@ class QuantizedLinear(nn.Module):
     def extra_repr(self) -> str:
         qw = self.qweight
         b1, b2 = qw.index_bits
-        return (f"in={self.in_features}, out={self.out_features}, v={qw.vector_len}, k1={qw.num_centroids}, "
-                f"k2={qw.num_res_centroids}, outliers={qw.outlier_size}, groups={qw.group_num}, index_bits={b1 + b2}")
+        return (
+            f"in={self.in_features}, out={self.out_features}, v={qw.vector_len}, k1={qw.num_centroids}, "
+            f"k2={qw.num_res_centroids}, outliers={qw.outlier_size}, groups={qw.group_num}, index_bits={b1 + b2}"
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._trainable is not None:
@@ -62,7 +66,8 @@ class QuantizedLinear(nn.Module):
         """Start fine-tuning: fp32 codebook parameters that the forward pass differentiates through."""
         self.__dict__["_trainable"] = {
             name: nn.Parameter(getattr(self, name).float().clone())
-            for name in self._CODEBOOKS if getattr(self, name) is not None
+            for name in self._CODEBOOKS
+            if getattr(self, name) is not None
         }
         return list(self._trainable.values())
 
@@ -76,3 +81,16 @@ class QuantizedLinear(nn.Module):
                 setattr(self, name, param.detach().to(getattr(self, name).dtype))
         self.__dict__["_trainable"] = None
         self._rebuild()
+
+
+def module_tensors(module: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]]]:
+    """A module's tensors, its QuantizedLinear layers under their official names, and those layers' configs."""
+    layers = {name: m for name, m in module.named_modules() if isinstance(m, QuantizedLinear)}
+    tensors = {k: v for k, v in module.state_dict().items() if k.rpartition(".")[0] not in layers}
+    configs = {}
+    for name, layer in layers.items():
+        configs[name] = layer_config(layer.qweight, layer.bias is not None)
+        tensors.update({f"{name}.{k}": v for k, v in layer.qweight.tensors().items()})
+        if layer.bias is not None:
+            tensors[f"{name}.bias"] = layer.bias.detach()
+    return tensors, configs

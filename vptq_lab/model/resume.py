@@ -1,4 +1,4 @@
-"""Crash-safe block checkpoints for :func:`vptq_lab.calibrate.quantize_`.
+"""Crash-safe block checkpoints for :func:`vptq_lab.model.calibrate.quantize_`.
 
 After every decoder block the driver writes, into ``checkpoint_dir``:
 
@@ -25,8 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,11 +32,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import VPTQConfig
-from .errors import VPTQLabError
+from vptq_lab.core.config import VPTQConfig
+from vptq_lab.core.format import qweight_from_tensors
+from vptq_lab.errors import VPTQLabError
+from vptq_lab.files import atomic_write_bytes, safe_member
+from vptq_lab.model.arch import set_module
+from vptq_lab.model.layers import QuantizedLinear, module_tensors
 
-__all__ = ["BlockCheckpoints", "run_fingerprint", "atomic_write_bytes", "remove_checkpoints", "PROGRESS",
-           "CHECKPOINT_VERSION"]
+__all__ = ["BlockCheckpoints", "run_fingerprint", "remove_checkpoints", "PROGRESS", "CHECKPOINT_VERSION"]
 
 log = logging.getLogger(__name__)
 
@@ -47,19 +48,6 @@ CHECKPOINT_VERSION = 1
 
 
 # Atomic writes ------------------------------------------------------------------------------------------
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, never a partial one."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
@@ -72,6 +60,7 @@ def _atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata:
 
 
 # What a run is --------------------------------------------------------------------------------------------
+
 
 def _tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
     digest = hashlib.sha256()
@@ -97,11 +86,16 @@ def _fingerprint_mismatch(saved: dict, current: dict) -> str | None:
     """A sentence naming what differs, or None."""
     if saved.get("config") != current["config"]:
         old, new = saved.get("config") or {}, current["config"]
-        diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-                 if old.get(k) != new.get(k)]
+        diffs = [
+            f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
+        ]
         return f"a different config ({'; '.join(diffs)})"
-    checks = (("model_type", "a different model type"), ("model_sha256", "a different model (its weights differ)"),
-              ("calibration_sha256", "different calibration data"), ("batch_size", "a different batch_size"))
+    checks = (
+        ("model_type", "a different model type"),
+        ("model_sha256", "a different model (its weights differ)"),
+        ("calibration_sha256", "different calibration data"),
+        ("batch_size", "a different batch_size"),
+    )
     for key, what in checks:
         if saved.get(key) != current[key]:
             return what
@@ -109,6 +103,7 @@ def _fingerprint_mismatch(saved: dict, current: dict) -> str | None:
 
 
 # The checkpoint folder ------------------------------------------------------------------------------------
+
 
 @dataclass
 class ResumeState:
@@ -124,12 +119,19 @@ class BlockCheckpoints:
 
     def __init__(self, folder: Path, fingerprint: dict, num_blocks: int, progress: dict | None = None):
         self.folder, self.fingerprint, self.num_blocks = folder, fingerprint, num_blocks
-        self.progress = progress or {"version": CHECKPOINT_VERSION, "fingerprint": fingerprint,
-                                     "num_blocks": num_blocks, "completed": 0, "blocks": {}, "hidden": None,
-                                     "records": [], "finetune": []}
+        self.progress = progress or {
+            "version": CHECKPOINT_VERSION,
+            "fingerprint": fingerprint,
+            "num_blocks": num_blocks,
+            "completed": 0,
+            "blocks": {},
+            "hidden": None,
+            "records": [],
+            "finetune": [],
+        }
 
     @classmethod
-    def open(cls, folder: str | Path, fingerprint: dict, num_blocks: int, resume: bool) -> "BlockCheckpoints":
+    def open(cls, folder: str | Path, fingerprint: dict, num_blocks: int, resume: bool) -> BlockCheckpoints:
         """Start a new checkpoint folder, or (``resume=True``) validate and continue an existing one."""
         folder = Path(folder)
         if folder.exists() and not folder.is_dir():
@@ -141,15 +143,19 @@ class BlockCheckpoints:
             folder.mkdir(parents=True, exist_ok=True)
             return cls(folder, fingerprint, num_blocks)
         if not resume:
-            raise VPTQLabError(f"checkpoint dir {folder} already holds a run's progress: pass resume=True "
-                               "(--resume) to continue it, or choose an empty --checkpoint-dir")
+            raise VPTQLabError(
+                f"checkpoint dir {folder} already holds a run's progress: pass resume=True "
+                "(--resume) to continue it, or choose an empty --checkpoint-dir"
+            )
         progress = _read_progress(path)
         why = _fingerprint_mismatch(progress.get("fingerprint") or {}, fingerprint)
         if why is None and progress.get("num_blocks") != num_blocks:
             why = f"a model with {progress.get('num_blocks')} blocks, not {num_blocks}"
         if why:
-            raise VPTQLabError(f"cannot resume from {folder}: it was written for {why}; resume with the same "
-                               "model, config and calibration, or choose a new --checkpoint-dir")
+            raise VPTQLabError(
+                f"cannot resume from {folder}: it was written for {why}; resume with the same "
+                "model, config and calibration, or choose a new --checkpoint-dir"
+            )
         return cls(folder, fingerprint, num_blocks, progress)
 
     @property
@@ -163,17 +169,18 @@ class BlockCheckpoints:
         from safetensors import SafetensorError
         from safetensors.torch import load
 
-        from .checkpoint import safe_member
-
         path = safe_member(self.folder, name, PROGRESS)
         try:
             data = path.read_bytes()
         except OSError as exc:
-            raise VPTQLabError(f"cannot read {path} ({exc}): the checkpoint dir is incomplete; "
-                               "start again with a new --checkpoint-dir") from exc
+            raise VPTQLabError(
+                f"cannot read {path} ({exc}): the checkpoint dir is incomplete; start again with a new --checkpoint-dir"
+            ) from exc
         if hashlib.sha256(data).hexdigest() != sha256:
-            raise VPTQLabError(f"{path} does not match its sha256 in progress.json: the file was modified or cut "
-                               "short; start again with a new --checkpoint-dir")
+            raise VPTQLabError(
+                f"{path} does not match its sha256 in progress.json: the file was modified or cut "
+                "short; start again with a new --checkpoint-dir"
+            )
         try:
             header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])  # safetensors: u64 size, JSON
             return load(data), header.get("__metadata__") or {}
@@ -182,22 +189,20 @@ class BlockCheckpoints:
 
     def apply(self, block: nn.Module, index: int) -> None:
         """Put the saved quantized block ``index`` in place of ``block``'s linears and norms."""
-        from .calibrate import _replace
-        from .checkpoint import _qweight_from
-        from .layers import QuantizedLinear
-
         entry = self.progress["blocks"][str(index)]
         tensors, metadata = self._load(entry["file"], entry["sha256"])
         layers = json.loads(metadata.get("layers", "{}"))
         for name, cfg in layers.items():
-            qw = _qweight_from(cfg, tensors, name)
-            _replace(block, name, QuantizedLinear(qw, tensors.get(f"{name}.bias")))
+            qw = qweight_from_tensors(cfg, tensors, name)
+            set_module(block, name, QuantizedLinear(qw, tensors.get(f"{name}.bias")))
         prefixes = tuple(f"{name}." for name in layers)
         rest = {k: v for k, v in tensors.items() if not k.startswith(prefixes)}  # norms and the like
         unexpected = block.load_state_dict(rest, strict=False).unexpected_keys if rest else []
         if unexpected:
-            raise VPTQLabError(f"block {index} checkpoint has tensors {unexpected[:5]} this model lacks; "
-                               "start again with a new --checkpoint-dir")
+            raise VPTQLabError(
+                f"block {index} checkpoint has tensors {unexpected[:5]} this model lacks; "
+                "start again with a new --checkpoint-dir"
+            )
 
     def restore_hidden(self, captured: list[tuple[tuple, dict]]) -> list[tuple[tuple, dict]]:
         """The fresh model's block-0 inputs, with the hidden states replaced by the saved ones."""
@@ -205,8 +210,10 @@ class BlockCheckpoints:
         tensors, metadata = self._load(entry["file"], entry["sha256"])
         dtype = getattr(torch, metadata.get("dtype", "float32"))
         if len(tensors) != len(captured):
-            raise VPTQLabError(f"{entry['file']} holds {len(tensors)} batches, the calibration gives "
-                               f"{len(captured)}; start again with a new --checkpoint-dir")
+            raise VPTQLabError(
+                f"{entry['file']} holds {len(tensors)} batches, the calibration gives "
+                f"{len(captured)}; start again with a new --checkpoint-dir"
+            )
         out = []
         for b, (args, kwargs) in enumerate(captured):
             h = tensors[f"hidden.{b}"].to(dtype)  # [batch, seqlen, hidden]
@@ -214,18 +221,21 @@ class BlockCheckpoints:
         return out
 
     # Writing ---------------------------------------------------------------------------------------------
-    def save(self, index: int, block: nn.Module, records: list[dict], finetune: list[dict],
-             hidden: list[torch.Tensor]) -> None:
+    def save(
+        self, index: int, block: nn.Module, records: list[dict], finetune: list[dict], hidden: list[torch.Tensor]
+    ) -> None:
         """Commit block ``index``: its tensors, the next block's inputs, then progress.json."""
         block_file, hidden_file = f"block-{index:04d}.safetensors", f"hidden-{index:04d}.safetensors"
-        tensors, layers = _block_tensors(block)
+        tensors, layers = module_tensors(block)
         block_sha = _atomic_save_tensors(self.folder / block_file, tensors, {"layers": json.dumps(layers)})
         dtype = str(hidden[0].dtype).removeprefix("torch.") if hidden else "float32"
-        hidden_sha = _atomic_save_tensors(self.folder / hidden_file,
-                                          {f"hidden.{b}": h.float() for b, h in enumerate(hidden)}, {"dtype": dtype})
+        hidden_sha = _atomic_save_tensors(
+            self.folder / hidden_file, {f"hidden.{b}": h.float() for b, h in enumerate(hidden)}, {"dtype": dtype}
+        )
         old_hidden = self.progress["hidden"]
-        self.progress.update(completed=index + 1, hidden={"file": hidden_file, "sha256": hidden_sha},
-                             records=records, finetune=finetune)
+        self.progress.update(
+            completed=index + 1, hidden={"file": hidden_file, "sha256": hidden_sha}, records=records, finetune=finetune
+        )
         self.progress["blocks"][str(index)] = {"file": block_file, "sha256": block_sha}
         atomic_write_bytes(self.folder / PROGRESS, json.dumps(self.progress, indent=1).encode())
         if old_hidden and old_hidden["file"] != hidden_file:  # no longer needed once progress points past it
@@ -238,7 +248,6 @@ def remove_checkpoints(folder: str | Path) -> int:
     Only ``progress.json`` and the files it lists are removed (names checked to stay inside the
     folder), then the folder itself if nothing else is left in it: files a user put there are kept.
     """
-    from .checkpoint import safe_member
 
     folder = Path(folder)
     progress = _read_progress(folder / PROGRESS)
@@ -254,24 +263,20 @@ def remove_checkpoints(folder: str | Path) -> int:
     return freed
 
 
-def _block_tensors(block: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
-    """A quantized block's tensors (official names) and its layers' configs."""
-    from .checkpoint import module_tensors
-
-    return module_tensors(block)
-
-
 def _read_progress(path: Path) -> dict:
     try:
         progress = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise VPTQLabError(f"{path} is not valid JSON ({exc}): the checkpoint dir is damaged; "
-                           "start again with a new --checkpoint-dir") from exc
+        raise VPTQLabError(
+            f"{path} is not valid JSON ({exc}): the checkpoint dir is damaged; start again with a new --checkpoint-dir"
+        ) from exc
     if not isinstance(progress, dict) or not isinstance(progress.get("version"), int):
         raise VPTQLabError(f"{path} is not a vptq_lab progress file: choose another --checkpoint-dir")
     if progress["version"] > CHECKPOINT_VERSION:
-        raise VPTQLabError(f"{path} has checkpoint version {progress['version']}, newer than this vptq_lab "
-                           f"understands ({CHECKPOINT_VERSION}): upgrade vptq_lab or start a new --checkpoint-dir")
+        raise VPTQLabError(
+            f"{path} has checkpoint version {progress['version']}, newer than this vptq_lab "
+            f"understands ({CHECKPOINT_VERSION}): upgrade vptq_lab or start a new --checkpoint-dir"
+        )
     required = ("fingerprint", "num_blocks", "completed", "blocks", "hidden", "records", "finetune")
     missing = [k for k in required if k not in progress]
     if missing:

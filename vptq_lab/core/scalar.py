@@ -1,9 +1,6 @@
-"""Scalar baselines (RTN, GPTQ) and one registry for every method we compare.
+"""Scalar baselines: round-to-nearest (RTN) and GPTQ, pure functions of ``(W, H, config)``.
 
-Every method is ``quantize(W, H, config) -> result`` plus
-``bits(config, (out, in)) -> bits per weight including all overhead``, so a
-driver can run RTN, GPTQ, plain VQ and VPTQ side by side and compare them at
-the *same total budget* (:data:`METHODS`, :func:`dequantized`).
+The registry that runs them beside plain VQ and VPTQ is :mod:`vptq_lab.core.methods`.
 
 The scalar grid is the reference GPTQ one (its ``Quantizer``, which the GPTQ
 paper's RTN baseline uses too): per output row (and group), the range
@@ -33,56 +30,29 @@ So 2-bit g128 is ``2 + 32/128 = 2.25`` bits per weight, plus ``16/out`` with act
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
-from dataclasses import dataclass, fields
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-from .bits import BitCounts, bits_per_weight
-from .config import VPTQConfig
-from .config import preset as vptq_preset
-from .hessian_ops import act_order, column_loop, condition_hessian, inverse_cholesky_upper, proxy_loss
-from .qweight import QuantizedWeight, dequantize
-from .quantizer import vptq_quantize, vq_no_feedback
+from vptq_lab.core.bits import BitCounts
+from vptq_lab.core.config import JsonConfig
+from vptq_lab.core.hessian_ops import act_order, column_loop, condition_hessian, inverse_cholesky_upper, proxy_loss
 
 __all__ = [
-    "RTNConfig", "GPTQConfig", "ScalarBits", "ScalarQuantized", "MethodSpec", "METHODS",
-    "rtn_quantize", "gptq_quantize", "scalar_bits", "scalar_grid", "dequantized", "method_preset",
-    "model_bits_per_weight",
-    "RTN_PRESETS", "GPTQ_PRESETS", "VQ_PRESETS",
+    "RTNConfig",
+    "GPTQConfig",
+    "ScalarBits",
+    "ScalarQuantized",
+    "rtn_quantize",
+    "gptq_quantize",
+    "scalar_bits",
+    "scalar_grid",
 ]
 
 
 # Configs ------------------------------------------------------------------------
-class _JsonConfig:
-    """to_dict / from_dict / to_json / from_json / replace for a frozen config dataclass."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]):
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} keys {unknown}; known keys are {sorted(known)}")
-        return cls(**data)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str):
-        return cls.from_dict(json.loads(text))
-
-    def replace(self, **changes: Any):
-        """A copy with some fields changed (validated again)."""
-        return dataclasses.replace(self, **changes)
-
-
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
@@ -98,7 +68,7 @@ def _check_scalar_fields(cfg: Any) -> None:
 
 
 @dataclass(frozen=True)
-class RTNConfig(_JsonConfig):
+class RTNConfig(JsonConfig):
     """Round-to-nearest: ``bits`` per weight, one fp16 scale (+ zero) per ``group_size`` input columns.
 
     >>> RTNConfig.from_json(RTNConfig(bits=3).to_json()) == RTNConfig(bits=3)
@@ -114,7 +84,7 @@ class RTNConfig(_JsonConfig):
 
 
 @dataclass(frozen=True)
-class GPTQConfig(_JsonConfig):
+class GPTQConfig(JsonConfig):
     """GPTQ (Frantar et al. 2022) on the RTN grid, with act-order and groups."""
 
     bits: int = 4
@@ -158,8 +128,12 @@ def _num_groups(config: ScalarConfig, n_in: int) -> int:
 
 def _needs_perm(config: ScalarConfig, n_in: int) -> bool:
     """Act-order with dynamic groups scatters a group's columns: dequantization needs the order."""
-    return (isinstance(config, GPTQConfig) and config.act_order and not config.static_groups
-            and _num_groups(config, n_in) > 1)
+    return (
+        isinstance(config, GPTQConfig)
+        and config.act_order
+        and not config.static_groups
+        and _num_groups(config, n_in) > 1
+    )
 
 
 def scalar_bits(config: ScalarConfig, shape: tuple[int, int]) -> ScalarBits:
@@ -198,8 +172,7 @@ def scalar_grid(x: torch.Tensor, bits: int, symmetric: bool = False) -> tuple[to
     return scale, zero.half()
 
 
-def _round(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int
-           ) -> tuple[torch.Tensor, torch.Tensor]:
+def _round(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     """x [out, m] on the grid of scale, zero [out, 1] or [out, m] -> (codes uint8, dequantized fp32)."""
     s, z = scale.float(), zero.float()
     codes = torch.clamp(torch.round(x / s) + z, 0, 2**bits - 1)
@@ -225,7 +198,7 @@ class ScalarQuantized:
     perm: torch.Tensor | None  # kept for inspection; charged only when dequantization needs it
     config: ScalarConfig
     bits: ScalarBits
-    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
 
     def dequantize(self) -> torch.Tensor:
         """Rebuild W [out, in] fp32 from codes, scales and zeros (the storage is self-sufficient)."""
@@ -248,7 +221,7 @@ def _check_weight(W: torch.Tensor, H: torch.Tensor | None) -> None:
 def _group_grids(W: torch.Tensor, config: ScalarConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Grid of every group of ``group_size`` columns in index order. W [out, in] -> fp16 [out, n_groups] x2."""
     size = config.group_size or W.shape[1]
-    grids = [scalar_grid(W[:, a:a + size], config.bits, config.symmetric) for a in range(0, W.shape[1], size)]
+    grids = [scalar_grid(W[:, a : a + size], config.bits, config.symmetric) for a in range(0, W.shape[1], size)]
     return torch.stack([s for s, _ in grids], 1), torch.stack([z for _, z in grids], 1)
 
 
@@ -261,8 +234,9 @@ def rtn_quantize(W: torch.Tensor, config: RTNConfig, H: torch.Tensor | None = No
     scales, zeros = _group_grids(W.float(), config)  # [out, n_groups] each
     g_idx = torch.arange(W.shape[1]) // (config.group_size or W.shape[1])  # [in]
     codes, Wq = _round(W.float(), scales[:, g_idx], zeros[:, g_idx], config.bits)  # [out, in] each
-    return ScalarQuantized(Wq, codes, scales, zeros, g_idx, None, config, scalar_bits(config, tuple(W.shape)),
-                           _info(W, Wq, H))
+    return ScalarQuantized(
+        Wq, codes, scales, zeros, g_idx, None, config, scalar_bits(config, tuple(W.shape)), _info(W, Wq, H)
+    )
 
 
 # GPTQ ----------------------------------------------------------------------------
@@ -278,8 +252,14 @@ class _ColumnRounder:
     for this; it never touches the loop's state.
     """
 
-    def __init__(self, W0: torch.Tensor, U: torch.Tensor, config: GPTQConfig, col_group: torch.Tensor,
-                 fixed: tuple[torch.Tensor, torch.Tensor] | None):
+    def __init__(
+        self,
+        W0: torch.Tensor,
+        U: torch.Tensor,
+        config: GPTQConfig,
+        col_group: torch.Tensor,
+        fixed: tuple[torch.Tensor, torch.Tensor] | None,
+    ):
         self.W0, self.U, self.config = W0, U, config  # [out, in], [in, in]
         self.col_group = col_group  # int64 [in]: group of each working column
         n_out, n_in = W0.shape
@@ -302,7 +282,7 @@ class _ColumnRounder:
         g = int(self.col_group[j])
         if self.dynamic and (j == 0 or int(self.col_group[j - 1]) != g):
             self._fit_group(j)
-        code, q = _round(w[:, None], self.scales[:, g:g + 1], self.zeros[:, g:g + 1], self.config.bits)
+        code, q = _round(w[:, None], self.scales[:, g : g + 1], self.zeros[:, g : g + 1], self.config.bits)
         self.codes[:, j] = code[:, 0]
         self.E[:, j] = (w - q[:, 0]) / self.U[j, j]
         return q[:, 0]  # [out]
@@ -331,90 +311,14 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig) -> Scala
     inv = torch.argsort(perm)  # original column c sits at working position inv[c]
     Wq, codes, g_idx = Q[:, inv], rounder.codes[:, inv], col_group[inv]
     info = _info(W, Wq, H) | {"dead_columns": int(dead.sum())}
-    return ScalarQuantized(Wq, codes, rounder.scales, rounder.zeros, g_idx, perm if config.act_order else None,
-                           config, scalar_bits(config, tuple(W.shape)), info)
-
-
-# Registry --------------------------------------------------------------------------
-def dequantized(result: Any) -> torch.Tensor:
-    """The fp32 [out, in] weight of any method's result (ScalarQuantized, QuantizedWeight or a tensor)."""
-    if isinstance(result, ScalarQuantized):
-        return result.dequantize()
-    if isinstance(result, QuantizedWeight):
-        return dequantize(result)
-    if isinstance(result, torch.Tensor):
-        return result.float()
-    raise TypeError(f"cannot dequantize a {type(result).__name__}; expected ScalarQuantized or QuantizedWeight")
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """One method: its config class, ``quantize(W, H, config)``, ``bits(config, (out, in))`` and presets."""
-
-    name: str
-    config_cls: type
-    quantize: Callable[[torch.Tensor, torch.Tensor | None, Any], Any]
-    bits: Callable[[Any, tuple[int, int]], float]
-    presets: dict[int, Any]
-    description: str
-
-
-def _vptq_bits(config: VPTQConfig, shape: tuple[int, int]) -> float:
-    """Paper accounting (bits.py): packed indices, fp16 codebooks, perm/scale/bias per column."""
-    return bits_per_weight(config, shape, mode="paper").bits_per_weight
-
-
-def _require_h(name: str, H: torch.Tensor | None) -> torch.Tensor:
-    if H is None:
-        raise ValueError(f"method {name!r} needs a Hessian H [in, in]; collect one or use 'rtn'")
-    return H
-
-
-# Presets for hidden 576 (SmolLM2-135M, 30 blocks). Bits per weight are model
-# totals with all overhead (tests/test_baselines.py recomputes them). Group
-# size 192 divides both in-dims (576, 1536), so no group is ragged.
-RTN_PRESETS: dict[int, RTNConfig] = {  # 2.17, 3.17, 4.17 bits
-    b: RTNConfig(bits=b, group_size=192) for b in (2, 3, 4)
-}
-GPTQ_PRESETS: dict[int, GPTQConfig] = {  # 2.19, 3.19, 4.19 bits (act-order perm: +0.023)
-    b: GPTQConfig(bits=b, group_size=192) for b in (2, 3, 4)
-}
-# Plain VQ uses VPTQ's own presets (same v, k, outliers and bits: 1.985, 2.958, 3.958), so the only
-# difference between the two is the column loop's second-order feedback. The perm stays on: the
-# outlier columns of the 3- and 4-bit presets must move first, and the perm is charged as stored.
-_VPTQ_PRESETS: dict[int, VPTQConfig] = {b: vptq_preset(b) for b in (2, 3, 4)}
-VQ_PRESETS: dict[int, VPTQConfig] = dict(_VPTQ_PRESETS)
-
-METHODS: dict[str, MethodSpec] = {
-    "rtn": MethodSpec("rtn", RTNConfig, lambda W, H, c: rtn_quantize(W, c, H),
-                      lambda c, s: scalar_bits(c, s).bits_per_weight, RTN_PRESETS,
-                      "round-to-nearest on a per-group min/max grid"),
-    "gptq": MethodSpec("gptq", GPTQConfig, lambda W, H, c: gptq_quantize(W, _require_h("gptq", H), c),
-                       lambda c, s: scalar_bits(c, s).bits_per_weight, GPTQ_PRESETS,
-                       "scalar grid + second-order column loop (GPTQ)"),
-    "vq": MethodSpec("vq", VPTQConfig, lambda W, H, c: vq_no_feedback(W, _require_h("vq", H), c),
-                     _vptq_bits, VQ_PRESETS, "weighted k-means VQ, nearest centroid, no feedback"),
-    "vptq": MethodSpec("vptq", VPTQConfig, lambda W, H, c: vptq_quantize(W, _require_h("vptq", H), c),
-                       _vptq_bits, _VPTQ_PRESETS, "VQ + second-order column loop (VPTQ)"),
-}
-
-
-def _spec(method: str) -> MethodSpec:
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; known: {sorted(METHODS)}")
-    return METHODS[method]
-
-
-def model_bits_per_weight(method: str, config: Any, shapes: dict[str, tuple[int, int]]) -> float:
-    """Bits per weight of ``{name: (out, in)}`` under ``method`` and ``config``, all overhead included."""
-    spec = _spec(method)
-    total = sum(spec.bits(config, shape) * shape[0] * shape[1] for shape in shapes.values())
-    return total / sum(o * i for o, i in shapes.values())
-
-
-def method_preset(method: str, bits: int) -> Any:
-    """The preset config of ``method`` near ``bits`` (2, 3 or 4) total bits per weight."""
-    presets = _spec(method).presets
-    if bits not in presets:
-        raise ValueError(f"no {method} preset for bits={bits}; available: {sorted(presets)}")
-    return presets[bits]
+    return ScalarQuantized(
+        Wq,
+        codes,
+        rounder.scales,
+        rounder.zeros,
+        g_idx,
+        perm if config.act_order else None,
+        config,
+        scalar_bits(config, tuple(W.shape)),
+        info,
+    )

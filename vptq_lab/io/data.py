@@ -1,16 +1,16 @@
 """Evaluation and calibration text: WikiText-2 raw, with honest fallbacks.
 
-Sources are tried in order:
+Sources, in order:
 
-1. a folder the user names (``data_dir=`` or ``$VPTQ_LAB_DATA``), each file checked
-   against its known sha256;
-2. in a source checkout, the project's shared folder beside it,
-   ``<checkout>/../shared/data/wikitext-2-raw`` (``CHECKOUT_DATA_DIRS``), checked the same way,
-   so notebooks opened straight from JupyterLab find it without ``$VPTQ_LAB_DATA``;
-3. the Hugging Face hub through ``datasets`` (fails fast when offline);
-4. an offline stand-in corpus: the English help text that ships with the
-   interpreter (``pydoc_data.topics``). Every result built on it carries
-   ``comparable=False``: its numbers are not comparable to published ones.
+1. a folder the user names (``data_dir=``, else ``$VPTQ_LAB_DATA``). It is the only
+   source then: it must hold the split's ``wiki.*.raw`` file with its known sha256,
+   or the call fails and says so (never a silent fall-back to another copy);
+2. with no folder named, the Hugging Face hub through ``datasets`` (skipped when
+   ``HF_DATASETS_OFFLINE`` or ``HF_HUB_OFFLINE`` is 1);
+3. with neither, an offline stand-in corpus: the English help text that ships with
+   the interpreter (``pydoc_data.topics``), announced by one warning that says how to
+   get WikiText-2. Every result built on it carries ``comparable=False``: its numbers
+   are not comparable to published ones.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from ._files import sha256_file
-from .errors import VPTQLabError
+from vptq_lab.errors import VPTQLabError
+from vptq_lab.files import sha256_file
 
-__all__ = ["TextDataset", "load_wikitext2", "tokenize", "calibration_windows", "WIKITEXT2_SHA256"]
+__all__ = ["TextDataset", "load_wikitext2", "tokenize", "calibration_windows", "WIKITEXT2_SHA256", "GET_WIKITEXT2"]
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +35,6 @@ WIKITEXT2_SHA256 = {
     "wiki.test.raw": "173c87a53759e0201f33e0ccf978e510c2042d7f2cb78229d9a50d79b9e7dd08",
     "wiki.valid.raw": "4cd0f6876d07a413aa911261ff6d363c72d757d47f0fdd6015702014c89cb9c7",
 }
-_CHECKOUT = Path(__file__).resolve().parents[1]
-# Only a source checkout (pyproject.toml beside the package) looks beside itself; an installed wheel does not.
-CHECKOUT_DATA_DIRS: tuple[Path, ...] = (
-    (_CHECKOUT.parent / "shared" / "data" / "wikitext-2-raw",) if (_CHECKOUT / "pyproject.toml").is_file() else ()
-)
 
 
 @dataclass(frozen=True)
@@ -69,16 +64,19 @@ def rows_from_raw(raw: str) -> list[str]:
     return [(line + "\n") if line.strip() else "" for line in raw.split("\n")[:-1]]
 
 
-def _from_folder(folder: Path, split: str, required: bool) -> TextDataset | None:
+def _from_folder(folder: Path, split: str, origin: str) -> TextDataset:
+    """The split from a folder the user named (``origin`` says how, for the messages)."""
     if not folder.is_dir():
-        raise VPTQLabError(f"data folder {folder} does not exist: pass an existing folder or unset VPTQ_LAB_DATA")
+        raise VPTQLabError(
+            f"data folder {folder} ({origin}) does not exist: pass an existing folder or unset VPTQ_LAB_DATA"
+        )
     name = WIKITEXT2_FILES[split]
     path = folder / name
     if not path.is_file():
-        if required:
-            raise VPTQLabError(f"{folder} has no {name}: put the wikitext-2-raw files there or name another folder")
-        log.info("%s has no %s; trying the next source", folder, name)
-        return None
+        raise VPTQLabError(
+            f"data folder {folder} ({origin}) has no {name}: put the wikitext-2-raw files "
+            f"({', '.join(WIKITEXT2_FILES.values())}) there, or name another folder"
+        )
     actual, expected = sha256_file(path), WIKITEXT2_SHA256.get(name)
     if expected is None:
         log.warning("%s has no known sha256 here; using it unverified", path)
@@ -91,14 +89,20 @@ def _from_folder(folder: Path, split: str, required: bool) -> TextDataset | None
     return TextDataset("wikitext2", split, rows_from_raw(raw), str(folder), True)
 
 
+# Set once the hub has failed in this process: each later attempt would only wait again for the same answer.
+_hub_unreachable = False
+
+
 def _from_hub(split: str) -> TextDataset | None:
-    if os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
+    global _hub_unreachable
+    if _hub_unreachable or os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
         return None
     try:
         import datasets
 
         rows = datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split=split)["text"]
     except Exception as exc:  # any hub or network failure means: try the next source
+        _hub_unreachable = True
         log.warning("could not load wikitext-2 from the hub (%s); trying the next source", exc)
         return None
     return TextDataset("wikitext2", split, list(rows), "hub:wikitext/wikitext-2-raw-v1", True)
@@ -110,30 +114,34 @@ def _stand_in(split: str) -> TextDataset:
 
     names = sorted(topics)
     bucket = {"test": 0, "validation": 1}
-    chosen = [n for i, n in enumerate(names) if (i % 10) == bucket.get(split, -1)
-              or (split == "train" and i % 10 >= 2)]
+    chosen = [n for i, n in enumerate(names) if (i % 10) == bucket.get(split, -1) or (split == "train" and i % 10 >= 2)]
     rows = [line + "\n" if line.strip() else "" for n in chosen for line in topics[n].split("\n")]
     return TextDataset("pydoc-topics (stand-in, NOT WikiText-2)", split, rows, "stdlib:pydoc_data.topics", False)
 
 
+GET_WIKITEXT2 = (
+    "to use WikiText-2, put wikitext-2-raw-v1's wiki.test.raw and wiki.valid.raw in a folder and set "
+    "VPTQ_LAB_DATA to it (or pass --data-dir / data_dir=), or allow the Hugging Face hub"
+)
+
+
 def load_wikitext2(split: str = "test", data_dir: str | os.PathLike | None = None) -> TextDataset:
-    """Load a WikiText-2 raw split from the first source that has it (see the module doc)."""
+    """Load a WikiText-2 raw split: from the folder named (``data_dir``, else ``$VPTQ_LAB_DATA``), else the hub,
+    else the labelled stand-in corpus (see the module doc)."""
     split = _check_split(split)
-    folder = data_dir if data_dir is not None else os.environ.get("VPTQ_LAB_DATA")
-    if folder:
-        # A folder named in the call must hold the split; $VPTQ_LAB_DATA may lack one (e.g. train).
-        found = _from_folder(Path(folder).expanduser(), split, required=data_dir is not None)
-        if found is not None:
-            return found
-    for default in CHECKOUT_DATA_DIRS:
-        if default.is_dir():
-            found = _from_folder(default, split, required=False)
-            if found is not None:
-                return found
+    if data_dir is not None:
+        return _from_folder(Path(data_dir).expanduser(), split, "data_dir / --data-dir")
+    if os.environ.get("VPTQ_LAB_DATA"):
+        return _from_folder(Path(os.environ["VPTQ_LAB_DATA"]).expanduser(), split, "$VPTQ_LAB_DATA")
     found = _from_hub(split)
     if found is not None:
         return found
-    log.warning("WikiText-2 %s split not found; using the stand-in corpus (not comparable to published numbers)", split)
+    log.warning(
+        "WikiText-2 %s split not found (no data folder named, hub not reachable): using the stand-in corpus, "
+        "NOT comparable to published numbers; %s",
+        split,
+        GET_WIKITEXT2,
+    )
     return _stand_in(split)
 
 

@@ -1,6 +1,6 @@
 """`VPTQConfig`: the one typed, validated, JSON-round-trippable quantizer config.
 
-Field names follow the official VPTQ ones (VPTQ_NOTES.md §4), so exporting a
+Field names follow the official VPTQ ones (docs/algorithm.md, "The official checkpoint format"), so exporting a
 layer config is a plain mapping. Pairs are ``(outlier part, main part)``; ``-1``
 in the first entry means "no outlier part", and ``num_res_centroids[1] == -1``
 means "no residual codebook".
@@ -17,17 +17,51 @@ import difflib
 import json
 import math
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Self
 
-__all__ = ["VPTQConfig", "preset", "layer_plan", "PRESETS", "MAX_INDEX_BITS"]
+__all__ = ["JsonConfig", "VPTQConfig", "preset", "layer_plan", "PRESETS", "MAX_INDEX_BITS"]
 
 MAX_INDEX_BITS = 16  # one index (main, residual or outlier) is at most 16 bits: k <= 65536
 _PAIR_FIELDS = ("vector_lens", "num_centroids", "num_res_centroids")
 _CHOICES = {"kmeans_init": ("kmeans++", "random"), "propagation": ("quantized", "full_precision")}
 
 
+class JsonConfig:
+    """to_dict / from_dict / to_json / from_json / replace for a frozen config dataclass.
+
+    The one parser of every config class: ``from_dict`` takes a JSON object, refuses unknown keys with a
+    "did you mean" hint, and the dataclass's ``__post_init__`` validates the values.
+    """
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        if not isinstance(data, dict):
+            raise ValueError(f"a {cls.__name__} must be a JSON object of field: value, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(map(str, set(data) - known))
+        if unknown:
+            close = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
+            hints = "".join(f" ({k!r}: did you mean {m[0]!r}?)" for k, m in close.items() if m)
+            raise ValueError(f"unknown {cls.__name__} keys {unknown}{hints}; known keys are {sorted(known)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Self:
+        return cls.from_dict(json.loads(text))
+
+    def replace(self, **changes: Any) -> Self:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
 @dataclass(frozen=True)
-class VPTQConfig:
+class VPTQConfig(JsonConfig):
     """Hyper-parameters of VPTQ for one linear (or every linear of a model).
 
     The quantizer reads: vector_lens, num_centroids, num_res_centroids, npercent,
@@ -83,33 +117,6 @@ class VPTQConfig:
     def has_outliers(self) -> bool:
         return self.npercent > 0
 
-    # Serialisation --------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "VPTQConfig":
-        if not isinstance(data, dict):
-            raise ValueError(f"a VPTQConfig must be a JSON object of field: value, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(map(str, set(data) - known))
-        if unknown:
-            close = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
-            hints = "".join(f" ({k!r}: did you mean {m[0]!r}?)" for k, m in close.items() if m)
-            raise ValueError(f"unknown VPTQConfig keys {unknown}{hints}; known keys are {sorted(known)}")
-        return cls(**data)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "VPTQConfig":
-        return cls.from_dict(json.loads(text))
-
-    def replace(self, **changes: Any) -> "VPTQConfig":
-        """A copy with some fields changed (validated again)."""
-        return dataclasses.replace(self, **changes)
-
 
 def _type_ok(value: Any, expected: type) -> bool:
     if expected is bool:
@@ -154,8 +161,7 @@ def _check_pairs(cfg: VPTQConfig) -> None:
     _check_codebook("num_centroids k1", cfg.num_centroids[1])
     if cfg.num_res_centroids[0] != -1:
         raise ValueError(
-            f"num_res_centroids={cfg.num_res_centroids}: the outlier part has no residual; "
-            f"set the first entry to -1"
+            f"num_res_centroids={cfg.num_res_centroids}: the outlier part has no residual; set the first entry to -1"
         )
     if cfg.num_res_centroids[1] != -1:
         _check_codebook("num_res_centroids k2", cfg.num_res_centroids[1])
@@ -167,9 +173,7 @@ def _check_outliers(cfg: VPTQConfig) -> None:
         raise ValueError(f"npercent={cfg.npercent} must be in [0, 100) (percent of input columns)")
     if cfg.npercent == 0:
         if (v0, k0) != (-1, -1):
-            raise ValueError(
-                f"npercent=0 but outlier part (v0, k0)=({v0}, {k0}); set both to -1 or make npercent > 0"
-            )
+            raise ValueError(f"npercent=0 but outlier part (v0, k0)=({v0}, {k0}); set both to -1 or make npercent > 0")
         return
     if v0 == -1 or k0 == -1:
         raise ValueError(f"npercent={cfg.npercent} needs an outlier codebook: set vector_lens[0] and num_centroids[0]")
@@ -189,8 +193,10 @@ def _check_ranges(cfg: VPTQConfig) -> None:
     if cfg.seed < 0:
         raise ValueError(f"seed={cfg.seed} must be >= 0")
     if cfg.finetune_batch < 0:
-        raise ValueError(f"finetune_batch={cfg.finetune_batch} must be >= 0 (0: a whole capture batch; "
-                         "n: n calibration sequences per fine-tuning step)")
+        raise ValueError(
+            f"finetune_batch={cfg.finetune_batch} must be >= 0 (0: a whole capture batch; "
+            "n: n calibration sequences per fine-tuning step)"
+        )
 
 
 # Starting points for a 135M model with hidden 576 (SmolLM2-135M). The codebook is
@@ -203,12 +209,31 @@ def _check_ranges(cfg: VPTQConfig) -> None:
 # Calibration is 32 windows x 512 tokens of WikiText-2 validation: sized for a 2-core CPU, far below
 # the paper's 128 x 2048.
 PRESETS: dict[int, dict[str, Any]] = {
-    2: dict(vector_lens=(-1, 5), num_centroids=(-1, 512), num_res_centroids=(-1, -1),  # 1.985 bits
-            group_num=2, nsamples=32, seqlen=512),
-    3: dict(vector_lens=(2, 5), num_centroids=(512, 512), num_res_centroids=(-1, 32),  # 2.958 bits
-            npercent=1.0, nsamples=32, seqlen=512),
-    4: dict(vector_lens=(2, 4), num_centroids=(512, 512), num_res_centroids=(-1, 64),  # 3.958 bits
-            npercent=1.0, group_num=2, nsamples=32, seqlen=512),
+    2: dict(
+        vector_lens=(-1, 5),
+        num_centroids=(-1, 512),
+        num_res_centroids=(-1, -1),  # 1.985 bits
+        group_num=2,
+        nsamples=32,
+        seqlen=512,
+    ),
+    3: dict(
+        vector_lens=(2, 5),
+        num_centroids=(512, 512),
+        num_res_centroids=(-1, 32),  # 2.958 bits
+        npercent=1.0,
+        nsamples=32,
+        seqlen=512,
+    ),
+    4: dict(
+        vector_lens=(2, 4),
+        num_centroids=(512, 512),
+        num_res_centroids=(-1, 64),  # 3.958 bits
+        npercent=1.0,
+        group_num=2,
+        nsamples=32,
+        seqlen=512,
+    ),
 }
 
 

@@ -12,20 +12,35 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pandas as pd
 
-from .errors import VPTQLabError
+from vptq_lab.errors import VPTQLabError
 
 __all__ = ["compare", "CompareSettings", "peak_rss"]
 
-COLUMNS = ["model", "method", "target_bits", "bits", "perplexity", "proxy_loss_rel_mean", "quant_seconds",
-           "eval_seconds", "peak_rss_gib", "windows", "seqlen", "calibration", "propagation", "config", "note"]
+COLUMNS = [
+    "model",
+    "method",
+    "target_bits",
+    "bits",
+    "perplexity",
+    "proxy_loss_rel_mean",
+    "quant_seconds",
+    "eval_seconds",
+    "peak_rss_gib",
+    "windows",
+    "seqlen",
+    "calibration",
+    "propagation",
+    "config",
+    "note",
+]
 
 
 @dataclass(frozen=True)
@@ -40,8 +55,13 @@ class CompareSettings:
     seed: int = 0
 
     def key(self) -> dict[str, Any]:
-        return {"windows": self.windows, "seqlen": self.seqlen, "nsamples": self.nsamples,
-                "calib_seqlen": self.calib_seqlen, "seed": self.seed}
+        return {
+            "windows": self.windows,
+            "seqlen": self.seqlen,
+            "nsamples": self.nsamples,
+            "calib_seqlen": self.calib_seqlen,
+            "seed": self.seed,
+        }
 
 
 @contextmanager
@@ -97,52 +117,75 @@ def _append_cache(path: Path | None, key: str, row: dict[str, Any]) -> None:
 
 
 def _config_for(method: str, bits: int, config: Any | None):
-    from .baselines import METHODS, method_preset
+    from vptq_lab.core.methods import METHODS, method_preset
 
     if method not in METHODS and method != "fp":
         raise VPTQLabError(f"unknown method {method!r}: choose from fp, {', '.join(METHODS)}")
     return config if config is not None else method_preset(method, bits)
 
 
-def _run_row(model_name: str, method: str, bits: int, config: Any, settings: CompareSettings,
-             progress: bool) -> dict[str, Any]:
-    from .calibrate import quantize_
-    from .data import calibration_windows, load_wikitext2
-    from .eval import perplexity
-    from .models import BASELINE_NOTE, DEFAULT_NAMES, load_model
+def _run_row(
+    model_name: str, method: str, bits: int, config: Any, settings: CompareSettings, progress: bool
+) -> dict[str, Any]:
+    from vptq_lab.io.data import calibration_windows, load_wikitext2
+    from vptq_lab.io.models import BASELINE_NOTE, DEFAULT_NAMES, load_model
+    from vptq_lab.lab.eval import perplexity
+    from vptq_lab.model.calibrate import quantize_
 
     model, tokenizer = load_model(model_name)
-    row: dict[str, Any] = {"model": model_name, "method": method, "target_bits": bits,
-                           "windows": settings.windows, "seqlen": settings.seqlen,
-                           "note": BASELINE_NOTE if model_name in DEFAULT_NAMES else ""}
+    row: dict[str, Any] = {
+        "model": model_name,
+        "method": method,
+        "target_bits": bits,
+        "windows": settings.windows,
+        "seqlen": settings.seqlen,
+        "note": BASELINE_NOTE if model_name in DEFAULT_NAMES else "",
+    }
     with peak_rss() as memory:
         start = time.perf_counter()
         if method != "fp":
             nsamples = settings.nsamples or getattr(config, "nsamples", 32)
             calib_len = settings.calib_seqlen or getattr(config, "seqlen", 512)
-            calib = calibration_windows(tokenizer, load_wikitext2("validation", settings.data_dir), nsamples,
-                                        calib_len, settings.seed)
+            calib = calibration_windows(
+                tokenizer, load_wikitext2("validation", settings.data_dir), nsamples, calib_len, settings.seed
+            )
             report = quantize_(model, config, calib, method=method, progress=progress)
             df = report.to_dataframe()
-            row.update(bits=round(report.total_bits_per_weight(), 4),
-                       proxy_loss_rel_mean=round(float(df.proxy_loss_rel.mean()), 6),
-                       calibration=f"{nsamples}x{calib_len} wikitext2 validation",
-                       propagation=report.propagation, config=json.dumps(config.to_dict(), sort_keys=True))
+            row.update(
+                bits=round(report.total_bits_per_weight(), 4),
+                proxy_loss_rel_mean=round(float(df.proxy_loss_rel.mean()), 6),
+                calibration=f"{nsamples}x{calib_len} wikitext2 validation",
+                propagation=report.propagation,
+                config=json.dumps(config.to_dict(), sort_keys=True),
+            )
         else:
             row.update(bits=16.0, proxy_loss_rel_mean=0.0, calibration="", propagation="", config="{}")
         row["quant_seconds"] = round(time.perf_counter() - start, 1)
-        rec = perplexity(model, tokenizer, seqlen=settings.seqlen, max_windows=settings.windows,
-                         data_dir=settings.data_dir, progress=progress)
+        rec = perplexity(
+            model,
+            tokenizer,
+            seqlen=settings.seqlen,
+            max_windows=settings.windows,
+            data_dir=settings.data_dir,
+            progress=progress,
+        )
     row.update(perplexity=round(rec.perplexity, 4), eval_seconds=rec.seconds, peak_rss_gib=memory["peak_gib"])
     if not rec.comparable:
         row["note"] = (row["note"] + "; " if row["note"] else "") + "stand-in corpus, not WikiText-2"
     return row
 
 
-def compare(model: str = "default", methods: Sequence[str] = ("rtn", "gptq", "vq", "vptq"),
-            budgets: Sequence[int] = (2, 3, 4), *, settings: CompareSettings = CompareSettings(),
-            configs: dict[tuple[str, int], Any] | None = None, cache: str | Path | None = None,
-            include_fp: bool = True, progress: bool = True) -> pd.DataFrame:
+def compare(
+    model: str = "default",
+    methods: Sequence[str] = ("rtn", "gptq", "vq", "vptq"),
+    budgets: Sequence[int] = (2, 3, 4),
+    *,
+    settings: CompareSettings = CompareSettings(),
+    configs: dict[tuple[str, int], Any] | None = None,
+    cache: str | Path | None = None,
+    include_fp: bool = True,
+    progress: bool = True,
+) -> pd.DataFrame:
     """Quantize ``model`` with each method at each budget and evaluate all on the same windows.
 
     ``configs`` overrides the preset for a (method, bits) pair. Rows already in ``cache`` are reused.
@@ -150,8 +193,9 @@ def compare(model: str = "default", methods: Sequence[str] = ("rtn", "gptq", "vq
     """
     cache_path = Path(cache) if cache is not None else None
     done = _load_cache(cache_path)
-    plan = ([("fp", 16, None)] if include_fp else []) + [(m, b, _config_for(m, b, (configs or {}).get((m, b))))
-                                                          for m in methods for b in budgets]
+    plan = ([("fp", 16, None)] if include_fp else []) + [
+        (m, b, _config_for(m, b, (configs or {}).get((m, b)))) for m in methods for b in budgets
+    ]
     rows = []
     for method, bits, config in plan:
         key = _row_key(model, method, config if config is not None else _FP, settings)

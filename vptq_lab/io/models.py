@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from ._files import sha256_file
-from .errors import VPTQLabError
+from vptq_lab.errors import VPTQLabError
+from vptq_lab.files import sha256_file
 
 __all__ = ["load_model", "default_gguf_path", "cache_dir", "default_model_folder", "BASELINE_NOTE", "quiet_hf_progress"]
 
@@ -153,8 +153,7 @@ def quiet_hf_progress() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def load_model(name_or_path: str = "default", device: str | torch.device = "cpu",
-               dtype: torch.dtype = torch.float32):
+def load_model(name_or_path: str = "default", device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
     """Load a causal LM and its tokenizer. Returns ``(model, tokenizer)``, in eval mode.
 
     ``name_or_path``: ``"default"``, a local HF folder (a saved VPTQ checkpoint too) or a hub id.
@@ -164,7 +163,7 @@ def load_model(name_or_path: str = "default", device: str | torch.device = "cpu"
 
     target = _resolve(name_or_path)
     if _is_vptq_folder(target):
-        from .checkpoint import load_quantized
+        from vptq_lab.io.checkpoint import load_quantized
 
         return load_quantized(target, device=device)
     try:
@@ -173,11 +172,15 @@ def load_model(name_or_path: str = "default", device: str | torch.device = "cpu"
         with quiet_hf_progress():
             model = AutoModelForCausalLM.from_pretrained(target, dtype=dtype, use_safetensors=True)
     except OSError as exc:
-        raise VPTQLabError(f"could not load {name_or_path!r}: {exc}".splitlines()[0]
-                           + " (vptq_lab reads only *.safetensors weights: convert a pytorch_model.bin first)") from exc
+        raise VPTQLabError(
+            f"could not load {name_or_path!r}: {exc}".splitlines()[0]
+            + " (vptq_lab reads only *.safetensors weights: convert a pytorch_model.bin first)"
+        ) from exc
     except (SafetensorError, ValueError, KeyError) as exc:  # a truncated file, an unknown model_type
-        raise VPTQLabError(f"could not load {name_or_path!r}: {str(exc).splitlines()[0] if str(exc) else exc!r}; "
-                           "the folder's weights or config.json are damaged or unsupported: re-download it") from exc
+        raise VPTQLabError(
+            f"could not load {name_or_path!r}: {str(exc).splitlines()[0] if str(exc) else exc!r}; "
+            "the folder's weights or config.json are damaged or unsupported: re-download it"
+        ) from exc
     return model.to(device).eval(), tokenizer
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .packing import index_bits, split_codes, unpack_codes
+from vptq_lab.core.packing import index_bits, split_codes, unpack_codes
 
 __all__ = ["QuantizedWeight", "dequantize", "gather_columns"]
 
@@ -72,12 +72,18 @@ class QuantizedWeight:
             "weight_scale": "weight_scale",
             "weight_bias": "weight_bias",
         }
-        return {names[f.name]: getattr(self, f.name) for f in fields(self)
-                if f.name in names and getattr(self, f.name) is not None}
+        return {
+            names[f.name]: getattr(self, f.name)
+            for f in fields(self)
+            if f.name in names and getattr(self, f.name) is not None
+        }
 
-    def to(self, device: torch.device | str) -> "QuantizedWeight":
-        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self)
-                 if isinstance(getattr(self, f.name), torch.Tensor)}
+    def to(self, device: torch.device | str) -> QuantizedWeight:
+        moved = {
+            f.name: getattr(self, f.name).to(device)
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+        }
         return replace(self, **moved)
 
     def codes(self) -> tuple[torch.Tensor, torch.Tensor | None]:

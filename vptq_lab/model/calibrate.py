@@ -1,6 +1,6 @@
 """Quantize a whole model block by block: `quantize_(model, config, calibration)`.
 
-The loop is generic; the architecture table (:mod:`vptq_lab.arch`) says where the
+The loop is generic; the architecture table (:mod:`vptq_lab.model.arch`) says where the
 blocks are and which linears share an input. Two propagation modes:
 
 - ``"quantized"`` (GPTQ style): each stage's Hessian is collected with the earlier
@@ -10,7 +10,7 @@ blocks are and which linears share an input. Two propagation modes:
   unquantized model's activations.
 
 With ``checkpoint_dir=`` every finished block is committed to disk
-(:mod:`vptq_lab.resume`); ``resume=True`` continues a killed run from the next
+(:mod:`vptq_lab.model.resume`); ``resume=True`` continues a killed run from the next
 block and ends bit-identical to an uninterrupted run.
 """
 
@@ -27,18 +27,26 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .arch import ArchSpec, arch_for, get_blocks, get_module, linear_role, linear_weight
-from .bits import bits_per_weight
-from .config import VPTQConfig, layer_plan
-from .errors import VPTQLabError
-from .hessian import hessian_hooks
-from .layers import QuantizedLinear
-from .qweight import QuantizedWeight
-from .baselines import METHODS, dequantized
-from .resume import BlockCheckpoints, run_fingerprint
+from vptq_lab.core.bits import bits_per_weight
+from vptq_lab.core.config import VPTQConfig, layer_plan
+from vptq_lab.core.methods import METHODS, dequantized
+from vptq_lab.core.qweight import QuantizedWeight
+from vptq_lab.errors import VPTQLabError
+from vptq_lab.model.arch import ArchSpec, arch_for, get_blocks, get_module, linear_role, linear_weight, set_module
+from vptq_lab.model.hessian import hessian_hooks
+from vptq_lab.model.layers import QuantizedLinear
+from vptq_lab.model.resume import BlockCheckpoints, run_fingerprint
 
-__all__ = ["block_hessians", "LayerRecord", "QuantizationReport", "LayerStore", "quantize_", "capture_block_inputs",
-           "run_block", "preflight"]
+__all__ = [
+    "block_hessians",
+    "LayerRecord",
+    "QuantizationReport",
+    "LayerStore",
+    "quantize_",
+    "capture_block_inputs",
+    "run_block",
+    "preflight",
+]
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +100,14 @@ class QuantizationReport:
     store: dict[str, LayerStore] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"config": self.config, "method": self.method, "propagation": self.propagation,
-                "seconds": self.seconds, "finetune": self.finetune,
-                "layers": [r.to_dict() for r in self.records]}
+        return {
+            "config": self.config,
+            "method": self.method,
+            "propagation": self.propagation,
+            "seconds": self.seconds,
+            "finetune": self.finetune,
+            "layers": [r.to_dict() for r in self.records],
+        }
 
     def to_dataframe(self):
         import pandas as pd
@@ -113,8 +126,9 @@ Captured = list[tuple[tuple, dict]]  # per calibration batch: (args, kwargs) of 
 
 
 @torch.no_grad()
-def capture_block_inputs(model: nn.Module, block: nn.Module, calibration: torch.Tensor,
-                         batch_size: int = 4) -> Captured:
+def capture_block_inputs(
+    model: nn.Module, block: nn.Module, calibration: torch.Tensor, batch_size: int = 4
+) -> Captured:
     """Run the model on ``calibration`` [n, seqlen] until block 0, and keep that block's inputs."""
     captured: Captured = []
 
@@ -152,6 +166,7 @@ def _hidden(captured: Captured) -> list[torch.Tensor]:
 
 # Quantizing one block -----------------------------------------------------------------------------------
 
+
 def _stage_hessians(block: nn.Module, stages: Iterable[tuple[str, ...]], inputs: Captured) -> dict[str, tuple]:
     """Hessians of the first linear of each stage (shared by the stage), in one pass over the inputs.
 
@@ -177,8 +192,9 @@ def _raise_stop(*_: Any) -> None:
 
 
 @torch.no_grad()
-def block_hessians(model: nn.Module, calibration: torch.Tensor, block_index: int, batch_size: int = 4
-                   ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def block_hessians(
+    model: nn.Module, calibration: torch.Tensor, block_index: int, batch_size: int = 4
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """``{linear: (W [out, in] fp32, H [in, in] fp32)}`` for every linear of one decoder block.
 
     H comes from the full-precision model's activations on ``calibration`` [n, seqlen] (the official
@@ -193,13 +209,11 @@ def block_hessians(model: nn.Module, calibration: torch.Tensor, block_index: int
         inputs = run_block(block, inputs)
     block = blocks[block_index]
     hessians = _stage_hessians(block, spec.stages, inputs)
-    return {name: (linear_weight(get_module(block, name), spec.transposed), hessians[stage[0]][0].float())
-            for stage in spec.stages for name in stage}
-
-
-def _replace(block: nn.Module, dotted: str, new: nn.Module) -> None:
-    parent_name, _, leaf = dotted.rpartition(".")
-    setattr(get_module(block, parent_name) if parent_name else block, leaf, new)
+    return {
+        name: (linear_weight(get_module(block, name), spec.transposed), hessians[stage[0]][0].float())
+        for stage in spec.stages
+        for name in stage
+    }
 
 
 @dataclass
@@ -227,8 +241,10 @@ def _quantize_linear(block: nn.Module, name: str, H: torch.Tensor, tokens: int, 
     if not torch.isfinite(W).all():
         raise VPTQLabError(f"{full} has NaN or inf weights: fix or reload the model before quantizing")
     if not torch.isfinite(H).all():
-        raise VPTQLabError(f"{full}: its inputs on the calibration data contain NaN or inf (the activations "
-                           "overflowed): load the model in float32, or check the calibration token ids")
+        raise VPTQLabError(
+            f"{full}: its inputs on the calibration data contain NaN or inf (the activations "
+            "overflowed): load the model in float32, or check the calibration token ids"
+        )
     start = time.perf_counter()
     try:
         result = METHODS[ctx.method].quantize(W, H.float(), ctx.config)
@@ -238,10 +254,13 @@ def _quantize_linear(block: nn.Module, name: str, H: torch.Tensor, tokens: int, 
         raise VPTQLabError(f"{full}: {exc}") from exc
     seconds = time.perf_counter() - start
     if result.info.get("hessian_all_zero"):
-        log.warning("%s saw only zero inputs on the calibration data (all-zero Hessian, damped to identity; its "
-                    "dead columns were set to zero): check the calibration data and the layers before it", full)
+        log.warning(
+            "%s saw only zero inputs on the calibration data (all-zero Hessian, damped to identity; its "
+            "dead columns were set to zero): check the calibration data and the layers before it",
+            full,
+        )
     if isinstance(result, QuantizedWeight):
-        _replace(block, name, QuantizedLinear(result, getattr(module, "bias", None)))
+        set_module(block, name, QuantizedLinear(result, getattr(module, "bias", None)))
     else:  # scalar baselines: the model keeps a dense layer holding the dequantized weight
         with torch.no_grad():
             dense = dequantized(result)  # [out, in]
@@ -256,22 +275,33 @@ def _is_quantized(module: nn.Module) -> bool:
     return isinstance(module, QuantizedLinear) or hasattr(module, "vptq_lab_method")
 
 
-def _record(name: str, ctx: _BlockContext, shape: torch.Size, result: Any, tokens: int,
-            seconds: float) -> LayerRecord:
+def _record(name: str, ctx: _BlockContext, shape: torch.Size, result: Any, tokens: int, seconds: float) -> LayerRecord:
     info = result.info
     util = info.get("codebook_utilisation")
     bits = METHODS[ctx.method].bits(ctx.config, tuple(shape))
-    stored = (bits_per_weight(ctx.config, tuple(shape), mode="stored").bits_per_weight
-              if isinstance(result, QuantizedWeight) else bits)
+    stored = (
+        bits_per_weight(ctx.config, tuple(shape), mode="stored").bits_per_weight
+        if isinstance(result, QuantizedWeight)
+        else bits
+    )
     return LayerRecord(
-        name=name, block=ctx.index, role=linear_role(name), out_features=shape[0], in_features=shape[1],
-        method=ctx.method, bits_per_weight=bits, stored_bits_per_weight=stored,
+        name=name,
+        block=ctx.index,
+        role=linear_role(name),
+        out_features=shape[0],
+        in_features=shape[1],
+        method=ctx.method,
+        bits_per_weight=bits,
+        stored_bits_per_weight=stored,
         proxy_loss_rel=float(info["proxy_loss_rel"]),
         proxy_loss_rel_no_feedback=info.get("proxy_loss_rel_kmeans_only"),
         proxy_loss_rel_first_pass=info.get("proxy_loss_rel_first_pass"),
         codebook_utilisation=None if util is None else float(util if not isinstance(util, list) else util[0]),
-        hessian_tokens=tokens, seconds=round(seconds, 3), dead_columns=int(info.get("dead_columns", 0)),
-        hessian_all_zero=bool(info.get("hessian_all_zero", False)))
+        hessian_tokens=tokens,
+        seconds=round(seconds, 3),
+        dead_columns=int(info.get("dead_columns", 0)),
+        hessian_all_zero=bool(info.get("hessian_all_zero", False)),
+    )
 
 
 def _quantize_block(block: nn.Module, inputs: Captured, ctx: _BlockContext) -> None:
@@ -293,6 +323,7 @@ def _quantize_block(block: nn.Module, inputs: Captured, ctx: _BlockContext) -> N
 
 # Layer-wise fine-tuning (paper §4) ------------------------------------------------------------------------
 
+
 def _take_rows(value: Any, rows: torch.Tensor, batch: int) -> Any:
     """``value`` restricted to batch ``rows``: tensors whose first dim is the batch (> 1) are indexed,
     broadcast ones (first dim 1, e.g. rotary cos/sin, position ids) and non-tensors pass through."""
@@ -309,12 +340,19 @@ def _sub_batch(args: tuple, kwargs: dict, target: torch.Tensor, size: int, gen: 
     if size <= 0 or size >= batch:
         return args, kwargs, target
     rows = torch.randperm(batch, generator=gen)[:size]
-    return (_take_rows(args, rows, batch), {k: _take_rows(v, rows, batch) for k, v in kwargs.items()},
-            target[rows])
+    return (_take_rows(args, rows, batch), {k: _take_rows(v, rows, batch) for k, v in kwargs.items()}, target[rows])
 
 
-def finetune_block(block: nn.Module, inputs: Captured, targets: list[torch.Tensor], spec: ArchSpec,
-                   steps: int, lr: float, seed: int, batch: int = 0) -> dict[str, float]:
+def finetune_block(
+    block: nn.Module,
+    inputs: Captured,
+    targets: list[torch.Tensor],
+    spec: ArchSpec,
+    steps: int,
+    lr: float,
+    seed: int,
+    batch: int = 0,
+) -> dict[str, float]:
     """Train the block's centroids and norm weights so its outputs match ``targets`` (MSE, Adam).
 
     Each step takes one captured batch at random; ``batch`` > 0 keeps that many of its sequences
@@ -345,8 +383,12 @@ def finetune_block(block: nn.Module, inputs: Captured, targets: list[torch.Tenso
         for p, flag in zip(norm_params, flags):
             p.requires_grad_(flag)
             p.grad = None
-    return {"mse_before": before, "mse_after": _block_mse(block, inputs, targets), "steps": steps,
-            "sequences_per_step": batch or int(targets[0].shape[0])}
+    return {
+        "mse_before": before,
+        "mse_after": _block_mse(block, inputs, targets),
+        "steps": steps,
+        "sequences_per_step": batch or int(targets[0].shape[0]),
+    }
 
 
 def _has(root: nn.Module, dotted: str) -> bool:
@@ -365,6 +407,7 @@ def _block_mse(block: nn.Module, inputs: Captured, targets: list[torch.Tensor]) 
 
 # The driver ---------------------------------------------------------------------------------------------
 
+
 def _keep_predicate(keep: bool | Iterable[str] | None) -> Callable[[str], bool]:
     if keep is True:
         return lambda name: True
@@ -373,12 +416,17 @@ def _keep_predicate(keep: bool | Iterable[str] | None) -> Callable[[str], bool]:
 
 
 def _check_calibration(calibration: torch.Tensor) -> None:
-    if not isinstance(calibration, torch.Tensor) or calibration.dim() != 2 or \
-            calibration.dtype not in (torch.int64, torch.int32):
+    if (
+        not isinstance(calibration, torch.Tensor)
+        or calibration.dim() != 2
+        or calibration.dtype not in (torch.int64, torch.int32)
+    ):
         shape = tuple(getattr(calibration, "shape", ()))
-        raise VPTQLabError(f"calibration must be integer token ids [nsamples, seqlen], got {shape} "
-                           f"{getattr(calibration, 'dtype', type(calibration).__name__)}; "
-                           "build it with vptq_lab.data.calibration_windows")
+        raise VPTQLabError(
+            f"calibration must be integer token ids [nsamples, seqlen], got {shape} "
+            f"{getattr(calibration, 'dtype', type(calibration).__name__)}; "
+            "build it with vptq_lab.io.data.calibration_windows"
+        )
     if calibration.numel() == 0:
         raise VPTQLabError(f"calibration is empty {tuple(calibration.shape)}: give at least one window of tokens")
 
@@ -388,7 +436,8 @@ def _check_part(name: str, shape: tuple[int, int], what: str, columns: int, v: i
     if k > vectors:
         raise VPTQLabError(
             f"{name} {list(shape)}: {what}={k} centroids but the layer has only {vectors} vectors of length {v}: "
-            f"lower {what} to at most {1 << (vectors.bit_length() - 1)} (or lower v, group_num, npercent)")
+            f"lower {what} to at most {1 << (vectors.bit_length() - 1)} (or lower v, group_num, npercent)"
+        )
 
 
 def _table_linear(block: nn.Module, leaf: str, name: str, spec: ArchSpec) -> nn.Module:
@@ -399,9 +448,11 @@ def _table_linear(block: nn.Module, leaf: str, name: str, spec: ArchSpec) -> nn.
         module = None
     weight = getattr(module, "weight", None)
     if not isinstance(module, QuantizedLinear) and not (isinstance(weight, torch.Tensor) and weight.dim() == 2):
-        raise VPTQLabError(f"{name} is not a linear layer ({type(module).__name__}), but the {spec.family!r} row of "
-                           "vptq_lab.arch.ARCHITECTURES expects one: the model does not match its architecture; "
-                           "load an unmodified model or fix the table row")
+        raise VPTQLabError(
+            f"{name} is not a linear layer ({type(module).__name__}), but the {spec.family!r} row of "
+            "vptq_lab.model.arch.ARCHITECTURES expects one: the model does not match its architecture; "
+            "load an unmodified model or fix the table row"
+        )
     return module
 
 
@@ -431,8 +482,10 @@ def preflight(model: nn.Module, spec: ArchSpec, config: VPTQConfig, calibration:
     if calibration is not None and vocab is not None:
         lo, hi = int(calibration.min()), int(calibration.max())
         if lo < 0 or hi >= vocab:
-            raise VPTQLabError(f"calibration token ids span {lo}..{hi}, outside the model's vocabulary of {vocab}: "
-                               "tokenize the calibration text with this model's tokenizer")
+            raise VPTQLabError(
+                f"calibration token ids span {lo}..{hi}, outside the model's vocabulary of {vocab}: "
+                "tokenize the calibration text with this model's tokenizer"
+            )
     for i, block in enumerate(get_blocks(model, spec)):
         for leaf in (leaf for stage in spec.stages for leaf in stage):
             name = f"{spec.blocks}.{i}.{leaf}"
@@ -446,26 +499,39 @@ def _check_method(method: str, config: Any, checkpoint_dir: str | Path | None) -
         raise VPTQLabError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
     expected = METHODS[method].config_cls
     if not isinstance(config, expected):
-        raise VPTQLabError(f"method {method!r} takes a {expected.__name__}, got a {type(config).__name__}: "
-                           f"use vptq_lab.baselines.method_preset({method!r}, bits) or build a {expected.__name__}")
+        raise VPTQLabError(
+            f"method {method!r} takes a {expected.__name__}, got a {type(config).__name__}: "
+            f"use vptq_lab.core.methods.method_preset({method!r}, bits) or build a {expected.__name__}"
+        )
     if checkpoint_dir is not None and expected is not VPTQConfig:
-        raise VPTQLabError(f"checkpoint_dir/resume support the vector methods (vq, vptq), not {method!r}: "
-                           "drop checkpoint_dir (scalar baselines take minutes)")
+        raise VPTQLabError(
+            f"checkpoint_dir/resume support the vector methods (vq, vptq), not {method!r}: "
+            "drop checkpoint_dir (scalar baselines take minutes)"
+        )
 
 
-def quantize_(model: nn.Module, config: Any, calibration: torch.Tensor, *, method: str = "vptq",
-              keep: bool | Iterable[str] | None = None, progress: bool = True, batch_size: int = 4,
-              checkpoint_dir: str | Path | None = None, resume: bool = False) -> QuantizationReport:
+def quantize_(
+    model: nn.Module,
+    config: Any,
+    calibration: torch.Tensor,
+    *,
+    method: str = "vptq",
+    keep: bool | Iterable[str] | None = None,
+    progress: bool = True,
+    batch_size: int = 4,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+) -> QuantizationReport:
     """Quantize every decoder-block linear of ``model`` in place; returns the per-layer report.
 
-    ``method``: "vptq" (default), "vq", "gptq" or "rtn" (:data:`vptq_lab.baselines.METHODS`), with that
+    ``method``: "vptq" (default), "vq", "gptq" or "rtn" (:data:`vptq_lab.core.methods.METHODS`), with that
     method's config class. Vector methods replace each linear by a QuantizedLinear; scalar baselines write
     their dequantized weight into the dense layer.
     calibration: int64 token ids [nsamples, seqlen]. ``keep``: layer names (or True) whose W, H and
     QuantizedWeight stay in ``report.store`` for plots. Linears already quantized are skipped.
     Every input is checked before the model is touched, so a bad config leaves the model as it was.
 
-    ``checkpoint_dir``: commit each finished block there (see :mod:`vptq_lab.resume`).
+    ``checkpoint_dir``: commit each finished block there (see :mod:`vptq_lab.model.resume`).
     ``resume=True``: ``model`` must be freshly loaded; the completed blocks are re-applied from the
     folder and the run continues with the next block (``keep`` then covers only the new blocks).
     """
@@ -478,8 +544,9 @@ def quantize_(model: nn.Module, config: Any, calibration: torch.Tensor, *, metho
     preflight(model, spec, config, calibration)
     ckpt = None
     if checkpoint_dir is not None:
-        ckpt = BlockCheckpoints.open(checkpoint_dir, run_fingerprint(model, config, calibration, batch_size),
-                                     len(blocks), resume)
+        ckpt = BlockCheckpoints.open(
+            checkpoint_dir, run_fingerprint(model, config, calibration, batch_size), len(blocks), resume
+        )
     propagation = getattr(config, "propagation", "quantized")
     finetune = getattr(config, "finetune", False)
     report = QuantizationReport(config.to_dict(), method, propagation)
@@ -490,15 +557,24 @@ def quantize_(model: nn.Module, config: Any, calibration: torch.Tensor, *, metho
     first = _resume_from(ckpt, blocks, report) if ckpt is not None else 0
     if first:
         inputs = ckpt.restore_hidden(inputs)
-    for i in tqdm(range(first, len(blocks)), desc="quantizing blocks", disable=not progress,
-                  initial=first, total=len(blocks)):
+    for i in tqdm(
+        range(first, len(blocks)), desc="quantizing blocks", disable=not progress, initial=first, total=len(blocks)
+    ):
         block = blocks[i]
         ctx = _BlockContext(i, f"{spec.blocks}.{i}", spec, config, report, _keep_predicate(keep), method)
         fp_outputs = run_block(block, inputs) if propagation == "full_precision" or finetune else None
         _quantize_block(block, inputs, ctx)
         if finetune:
-            stats = finetune_block(block, inputs, _hidden(fp_outputs), spec, config.finetune_steps,
-                                   config.finetune_lr, config.seed + i, config.finetune_batch)
+            stats = finetune_block(
+                block,
+                inputs,
+                _hidden(fp_outputs),
+                spec,
+                config.finetune_steps,
+                config.finetune_lr,
+                config.seed + i,
+                config.finetune_batch,
+            )
             report.finetune.append({"block": i, **stats})
         inputs = fp_outputs if propagation == "full_precision" else run_block(block, inputs)
         if ckpt is not None:

@@ -20,14 +20,27 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from .quantizer import to_vectors
-from .qweight import QuantizedWeight
+from vptq_lab.core.quantizer import to_vectors
+from vptq_lab.core.qweight import QuantizedWeight
 
 __all__ = [
-    "to_png", "weight_histogram", "hessian_diagonal", "outlier_heatmap", "matrix_heatmap",
-    "codebook_stats", "codebook_usage", "vector_projection", "proxy_loss_by_role", "column_error",
-    "column_loop_state", "bit_budget", "bits_vs_perplexity", "kernel_throughput",
-    "kernel_results", "KERNEL_PATHS", "ROLE_ORDER",
+    "to_png",
+    "weight_histogram",
+    "hessian_diagonal",
+    "outlier_heatmap",
+    "matrix_heatmap",
+    "codebook_stats",
+    "codebook_usage",
+    "vector_projection",
+    "proxy_loss_by_role",
+    "column_error",
+    "column_loop_state",
+    "bit_budget",
+    "bits_vs_perplexity",
+    "kernel_throughput",
+    "kernel_results",
+    "KERNEL_PATHS",
+    "ROLE_ORDER",
 ]
 
 ROLE_ORDER = ("q", "k", "v", "qkv", "o", "gate", "up", "gate_up", "down")
@@ -53,8 +66,9 @@ def _np(x: Any) -> np.ndarray:
 
 
 # Weights and Hessians ------------------------------------------------------------------
-def weight_histogram(W: torch.Tensor, W_hat: torch.Tensor, bins: int = 101, log: bool = True,
-                     ax: Axes | None = None) -> Figure:
+def weight_histogram(
+    W: torch.Tensor, W_hat: torch.Tensor, bins: int = 101, log: bool = True, ax: Axes | None = None
+) -> Figure:
     """Histograms of the original W [out, in] and the dequantized W_hat [out, in], on shared bins."""
     fig, ax = _fig_ax(ax)
     w, wq = _np(W).ravel(), _np(W_hat).ravel()
@@ -62,8 +76,11 @@ def weight_histogram(W: torch.Tensor, W_hat: torch.Tensor, bins: int = 101, log:
     ax.hist(w, edges, histtype="step", linewidth=1.5, label="original")
     ax.hist(wq, edges, histtype="step", linewidth=1.5, label="dequantized")
     rmse = float(np.sqrt(np.mean((w - wq) ** 2)))
-    ax.set(title=f"Weights: original vs dequantized (RMSE {rmse:.3g})", xlabel="weight value",
-           ylabel="count (log scale)" if log else "count")
+    ax.set(
+        title=f"Weights: original vs dequantized (RMSE {rmse:.3g})",
+        xlabel="weight value",
+        ylabel="count (log scale)" if log else "count",
+    )
     if log:
         ax.set_yscale("log")
     ax.legend()
@@ -74,8 +91,9 @@ def _diag(H: torch.Tensor) -> np.ndarray:
     return _np(torch.diagonal(H) if H.dim() == 2 else H)
 
 
-def hessian_diagonal(H: torch.Tensor, outlier_size: int | None = None, npercent: float | None = None,
-                     ax: Axes | None = None) -> Figure:
+def hessian_diagonal(
+    H: torch.Tensor, outlier_size: int | None = None, npercent: float | None = None, ax: Axes | None = None
+) -> Figure:
     """``diag(H)`` sorted descending (act-order), log scale, with the outlier cutoff.
 
     H: [in, in] or its diagonal [in]. The cutoff is ``outlier_size`` columns, or
@@ -92,14 +110,23 @@ def hessian_diagonal(H: torch.Tensor, outlier_size: int | None = None, npercent:
         ax.axvline(outlier_size - 0.5, color="C3", linestyle="--", label=f"outlier cutoff ({outlier_size} columns)")
         ax.axvspan(-0.5, outlier_size - 0.5, color="C3", alpha=0.1)
     dead = int((d == 0).sum())
-    ax.set(title=f"diag(H) in act-order ({d.size} columns, {dead} dead)", xlabel="column rank by H_jj",
-           ylabel="H_jj = E[x_j²] (activation², log)")
+    ax.set(
+        title=f"diag(H) in act-order ({d.size} columns, {dead} dead)",
+        xlabel="column rank by H_jj",
+        ylabel="H_jj = E[x_j²] (activation², log)",
+    )
     ax.legend()
     return fig
 
 
-def matrix_heatmap(M: torch.Tensor, title: str, xlabel: str = "column", ylabel: str = "row",
-                   symmetric: bool = True, ax: Axes | None = None) -> Figure:
+def matrix_heatmap(
+    M: torch.Tensor,
+    title: str,
+    xlabel: str = "column",
+    ylabel: str = "row",
+    symmetric: bool = True,
+    ax: Axes | None = None,
+) -> Figure:
     """A matrix as an image with a colorbar; ``symmetric`` centres the colour scale on 0."""
     fig, ax = _fig_ax(ax)
     m = _np(M)
@@ -111,16 +138,22 @@ def matrix_heatmap(M: torch.Tensor, title: str, xlabel: str = "column", ylabel: 
     return fig
 
 
-def outlier_heatmap(W: torch.Tensor, H: torch.Tensor, outlier_cols: torch.Tensor | list[int],
-                    saliency: bool = False, ax: Axes | None = None) -> Figure:
+def outlier_heatmap(
+    W: torch.Tensor,
+    H: torch.Tensor,
+    outlier_cols: torch.Tensor | list[int],
+    saliency: bool = False,
+    ax: Axes | None = None,
+) -> Figure:
     """The outlier columns' weights W[:, cols], or their saliency ``|W_ij| sqrt(H_jj)`` (``saliency=True``)."""
     cols = torch.as_tensor(outlier_cols, dtype=torch.long)
     M = W[:, cols].float()  # [out, O]
     if saliency:
         M = M.abs() * torch.diagonal(H)[cols].clamp_min(0).sqrt().float()
     what = "saliency |W_ij|·sqrt(H_jj) (output units)" if saliency else "weights W[:, j]"
-    fig = matrix_heatmap(M, f"Outlier columns: {what}", "outlier input column j", "output row i",
-                         symmetric=not saliency, ax=ax)
+    fig = matrix_heatmap(
+        M, f"Outlier columns: {what}", "outlier input column j", "output row i", symmetric=not saliency, ax=ax
+    )
     if cols.numel() <= 24:
         ax = ax or fig.axes[0]
         ax.set_xticks(range(cols.numel()), [str(int(c)) for c in cols], rotation=90)
@@ -158,9 +191,14 @@ def codebook_stats(qweight: QuantizedWeight, which: str = "main") -> dict[str, A
     entropy = -(p * torch.where(p > 0, p.log(), torch.zeros_like(p))).sum(1)  # [G] nats
     used = (counts > 0).sum(1)  # [G]
     return {
-        "codebook": which, "groups": counts.shape[0], "num_centroids": counts.shape[1],
-        "vectors": int(counts.sum()), "used": int(used.sum()), "dead": int((counts == 0).sum()),
-        "utilisation": float((used / counts.shape[1]).mean()), "perplexity": float(entropy.exp().mean()),
+        "codebook": which,
+        "groups": counts.shape[0],
+        "num_centroids": counts.shape[1],
+        "vectors": int(counts.sum()),
+        "used": int(used.sum()),
+        "dead": int((counts == 0).sum()),
+        "utilisation": float((used / counts.shape[1]).mean()),
+        "perplexity": float(entropy.exp().mean()),
         "max_count": int(counts.max()),
     }
 
@@ -173,9 +211,12 @@ def codebook_usage(qweight: QuantizedWeight, which: str = "main", ax: Axes | Non
     ranked = torch.sort(counts.reshape(-1), descending=True).values.numpy()
     ax.bar(np.arange(ranked.size), ranked, width=1.0, color="C0", label="vectors per centroid")
     ax.axhline(s["vectors"] / ranked.size, color="C1", linestyle="--", label="even use")
-    ax.set(title=f"{which} codebook: {100 * s['utilisation']:.1f}% used, perplexity {s['perplexity']:.1f} "
-                 f"of {s['num_centroids']}, {s['dead']} dead",
-           xlabel="centroid rank by use (all groups)", ylabel="vectors assigned (count)")
+    ax.set(
+        title=f"{which} codebook: {100 * s['utilisation']:.1f}% used, perplexity {s['perplexity']:.1f} "
+        f"of {s['num_centroids']}, {s['dead']} dead",
+        xlabel="centroid rank by use (all groups)",
+        ylabel="vectors assigned (count)",
+    )
     ax.legend()
     return fig
 
@@ -190,12 +231,13 @@ def _working_weights(W: torch.Tensor, qw: QuantizedWeight) -> torch.Tensor:
     return Wn
 
 
-def vector_projection(W: torch.Tensor, qweight: QuantizedWeight, max_points: int = 3000, seed: int = 0,
-                      ax: Axes | None = None) -> Figure:
+def vector_projection(
+    W: torch.Tensor, qweight: QuantizedWeight, max_points: int = 3000, seed: int = 0, ax: Axes | None = None
+) -> Figure:
     """The layer's v-dim vectors (main groups) and their centroids, projected on the vectors' top 2 PCs."""
     fig, ax = _fig_ax(ax, (5.2, 4.4))
     v, g = qweight.vector_len, qweight.group_num
-    X = to_vectors(_working_weights(W, qweight)[:, qweight.outlier_size:], v)  # [G*S*R, v]
+    X = to_vectors(_working_weights(W, qweight)[:, qweight.outlier_size :], v)  # [G*S*R, v]
     C = qweight.centroids.float().reshape(g * qweight.num_centroids, v)  # [G*k, v]
     if X.shape[0] > max_points:
         X = X[torch.randperm(X.shape[0], generator=torch.Generator().manual_seed(seed))[:max_points]]
@@ -207,10 +249,13 @@ def vector_projection(W: torch.Tensor, qweight: QuantizedWeight, max_points: int
     ax.scatter(x2[:, 0], x2[:, 1], s=4, alpha=0.3, color="0.5", label=f"vectors ({len(x2)} shown)")
     ax.scatter(c2[~dead, 0], c2[~dead, 1], s=18, color="C3", marker="o", label="centroids")
     ax.scatter(c2[dead, 0], c2[dead, 1], s=30, color="k", marker="x", label=f"dead centroids ({int(dead.sum())})")
-    explained = float((S[:2] ** 2).sum() / (S ** 2).sum()) if S.numel() else 0.0
+    explained = float((S[:2] ** 2).sum() / (S**2).sum()) if S.numel() else 0.0
     unit = "normalised weight" if qweight.weight_scale is not None else "weight"
-    ax.set(title=f"v={v} vectors and centroids, PCA ({100 * explained:.0f}% of variance)",
-           xlabel=f"PC 1 ({unit} units)", ylabel=f"PC 2 ({unit} units)")
+    ax.set(
+        title=f"v={v} vectors and centroids, PCA ({100 * explained:.0f}% of variance)",
+        xlabel=f"PC 1 ({unit} units)",
+        ylabel=f"PC 2 ({unit} units)",
+    )
     ax.legend(loc="best", fontsize="small")
     return fig
 
@@ -237,8 +282,11 @@ def proxy_loss_by_role(df, log: bool = False, ax: Axes | None = None) -> Figure:
         x_of = {r: x for r, x in zip([r for r in roles if (sub["role"] == r).any()], xs)}
         ax.scatter([x_of[r] for r in sub["role"]], sub["proxy_loss_rel"], s=8, color="k", zorder=3)
     ax.set_xticks(range(len(roles)), roles)
-    ax.set(title="Relative proxy loss by role (bar: mean over blocks, dot: one layer)", xlabel="linear role",
-           ylabel="tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)")
+    ax.set(
+        title="Relative proxy loss by role (bar: mean over blocks, dot: one layer)",
+        xlabel="linear role",
+        ylabel="tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)",
+    )
     if log:
         ax.set_yscale("log")
     ax.legend(title="method")
@@ -253,7 +301,7 @@ def _column_frame(trace: Any) -> Mapping[str, Any]:
 
 def column_error(trace: Any, ax: Axes | None = None) -> Figure:
     """Error along the column loop: per-column error with and without feedback (left, log) and the
-    proxy loss so far (right). ``trace``: a :class:`~vptq_lab.column_trace.ColumnTrace`, or a mapping /
+    proxy loss so far (right). ``trace``: a :class:`~vptq_lab.core.column_trace.ColumnTrace`, or a mapping /
     DataFrame with ``error_feedback``, ``proxy_loss_feedback`` and optionally the ``*_no_feedback`` twins."""
     fig, ax = _fig_ax(ax, (7.0, 3.8))
     data = _column_frame(trace)
@@ -261,15 +309,30 @@ def column_error(trace: Any, ax: Axes | None = None) -> Figure:
     x = np.arange(n)
     ax.semilogy(x, _np(data["error_feedback"]) + 1e-30, color="C0", linewidth=1, label="column error, feedback")
     if "error_no_feedback" in data:
-        ax.semilogy(x, _np(data["error_no_feedback"]) + 1e-30, color="C1", linewidth=1, alpha=0.7,
-                    label="column error, no feedback")
+        ax.semilogy(
+            x,
+            _np(data["error_no_feedback"]) + 1e-30,
+            color="C1",
+            linewidth=1,
+            alpha=0.7,
+            label="column error, no feedback",
+        )
     right = ax.twinx()
     right.plot(x, _np(data["proxy_loss_feedback"]), color="C0", linewidth=2.5, label="proxy loss so far, feedback")
     if "proxy_loss_no_feedback" in data:
-        right.plot(x, _np(data["proxy_loss_no_feedback"]), color="C1", linewidth=2.5, linestyle="--",
-                   label="proxy loss so far, no feedback")
-    ax.set(title="Error along the column loop", xlabel="column j in loop order (act-order, outliers first)",
-           ylabel="‖w̃_j − q_j‖²·H_jj / tr(WHWᵀ) (log)")
+        right.plot(
+            x,
+            _np(data["proxy_loss_no_feedback"]),
+            color="C1",
+            linewidth=2.5,
+            linestyle="--",
+            label="proxy loss so far, no feedback",
+        )
+    ax.set(
+        title="Error along the column loop",
+        xlabel="column j in loop order (act-order, outliers first)",
+        ylabel="‖w̃_j − q_j‖²·H_jj / tr(WHWᵀ) (log)",
+    )
     right.set_ylabel("relative proxy loss after column j")
     lines = ax.get_lines() + right.get_lines()
     ax.legend(lines, [ln.get_label() for ln in lines], fontsize="small", loc="center right")
@@ -300,10 +363,14 @@ def column_loop_state(trace: Any, c: int) -> Figure:
 # Bits, perplexity, kernels ---------------------------------------------------------------------
 # Segment -> the breakdown fields it sums. Scalar methods' codes count as "index"; their scales and zero
 # points form "scale+zero", drawn only when some bar has them.
-_SEGMENTS = (("index", ("index_bits", "code_bits")), ("codebook", ("codebook_bits",)),
-             ("scale+zero", ("scale_bits", "zero_bits")),
-             ("outlier", ("outlier_index_bits", "outlier_codebook_bits")), ("norm", ("norm_bits",)),
-             ("perm", ("perm_bits",)))
+_SEGMENTS = (
+    ("index", ("index_bits", "code_bits")),
+    ("codebook", ("codebook_bits",)),
+    ("scale+zero", ("scale_bits", "zero_bits")),
+    ("outlier", ("outlier_index_bits", "outlier_codebook_bits")),
+    ("norm", ("norm_bits",)),
+    ("perm", ("perm_bits",)),
+)
 _OPTIONAL_SEGMENTS = ("scale+zero",)
 
 
@@ -318,13 +385,16 @@ def _per_weight(b: Any) -> dict[str, float]:
 def bit_budget(breakdowns: Mapping[str, Any], ax: Axes | None = None) -> Figure:
     """Stacked bars of bits per weight: index, codebook, outlier, norm, perm, one bar per label.
 
-    Values: :class:`~vptq_lab.bits.BitBreakdown`, :class:`~vptq_lab.baselines.ScalarBits` (codes,
+    Values: :class:`~vptq_lab.core.bits.BitBreakdown`, :class:`~vptq_lab.core.scalar.ScalarBits` (codes,
     scale+zero, perm), their ``to_dict()``, or ``{segment: bits/weight}``.
     """
     fig, ax = _fig_ax(ax, (max(4.0, 1.2 * len(breakdowns) + 2.5), 3.8))
     rows = {label: _per_weight(b) for label, b in breakdowns.items()}
-    segments = [(name, keys) for name, keys in _SEGMENTS
-                if name not in _OPTIONAL_SEGMENTS or any(r[name] for r in rows.values())]
+    segments = [
+        (name, keys)
+        for name, keys in _SEGMENTS
+        if name not in _OPTIONAL_SEGMENTS or any(r[name] for r in rows.values())
+    ]
     x = np.arange(len(rows))
     bottom = np.zeros(len(rows))
     for i, (name, _) in enumerate(segments):
@@ -359,18 +429,33 @@ def bits_vs_perplexity(df, log_y: bool = False, note: str | None = None, ax: Axe
     fig, ax = _fig_ax(ax, (6.4, 4.2))
     for i, method in enumerate(dict.fromkeys(df["method"])):
         sub = df[df["method"] == method]
-        ax.scatter(sub["bits"], sub["perplexity"], marker=_MARKERS[i % len(_MARKERS)], s=40, label=method,
-                   color=f"C{i}", zorder=3)
+        ax.scatter(
+            sub["bits"],
+            sub["perplexity"],
+            marker=_MARKERS[i % len(_MARKERS)],
+            s=40,
+            label=method,
+            color=f"C{i}",
+            zorder=3,
+        )
     px, py = _pareto(df["bits"].to_numpy(float), df["perplexity"].to_numpy(float))
     ax.step(px, py, where="post", color="0.3", linewidth=1, linestyle="--", label="Pareto frontier")
     if "note" in df:
         for _, row in df[df["note"].notna() & (df["note"].astype(str) != "")].iterrows():
-            ax.annotate(str(row["note"]), (row["bits"], row["perplexity"]), textcoords="offset points",
-                        xytext=(6, 6), fontsize="small")
+            ax.annotate(
+                str(row["note"]),
+                (row["bits"], row["perplexity"]),
+                textcoords="offset points",
+                xytext=(6, 6),
+                fontsize="small",
+            )
     if note:
         ax.text(0.01, 0.99, note, transform=ax.transAxes, va="top", fontsize="small", style="italic")
-    ax.set(title="Perplexity vs bits per weight", xlabel="bits per weight (all overhead included)",
-           ylabel="WikiText-2 perplexity" + (" (log)" if log_y else ""))
+    ax.set(
+        title="Perplexity vs bits per weight",
+        xlabel="bits per weight (all overhead included)",
+        ylabel="WikiText-2 perplexity" + (" (log)" if log_y else ""),
+    )
     if log_y:
         ax.set_yscale("log")
     ax.legend(fontsize="small")
@@ -402,8 +487,11 @@ def kernel_throughput(df, value: str | None = None, ax: Axes | None = None) -> F
 
 
 # Columns of a ``benchmarks/kernels.py`` row (milliseconds per call) and the bar label each gets.
-KERNEL_PATHS = {"dense_ms": "fp16 dense F.linear", "vq_linear_triton_ms": "vq_linear (Triton)",
-                "torch_dequant_ms": "torch dequant + F.linear"}
+KERNEL_PATHS = {
+    "dense_ms": "fp16 dense F.linear",
+    "vq_linear_triton_ms": "vq_linear (Triton)",
+    "torch_dequant_ms": "torch dequant + F.linear",
+}
 
 
 def kernel_results(data: Mapping[str, Any], bits: str | None = None, ax: Axes | None = None) -> Figure:

@@ -18,7 +18,7 @@ the output.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -34,7 +34,7 @@ def proxy_loss(W: torch.Tensor, Wq: torch.Tensor, H: torch.Tensor, relative: boo
 
     W, Wq: [out, in]; H: [in, in]. Computed in float64.
     """
-    dW = (W.double() - Wq.double())  # [out, in]
+    dW = W.double() - Wq.double()  # [out, in]
     Hd = H.double()
     num = float(((dW @ Hd) * dW).sum())
     if not relative:
@@ -45,8 +45,9 @@ def proxy_loss(W: torch.Tensor, Wq: torch.Tensor, H: torch.Tensor, relative: boo
     return num / den
 
 
-def condition_hessian(H: torch.Tensor, W: torch.Tensor, percdamp: float = 0.01
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def condition_hessian(
+    H: torch.Tensor, W: torch.Tensor, percdamp: float = 0.01
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Dead columns and damping, GPTQ style. Returns new ``(H' [in, in] f64, W' [out, in], dead [in] bool)``.
 
     Dead columns (``H_jj == 0``: the input is always zero) get ``H_jj = 1`` and
@@ -76,8 +77,10 @@ def inverse_cholesky_upper(H: torch.Tensor, max_tries: int = 5) -> torch.Tensor:
     """
     Hd = H.double()
     if not torch.isfinite(Hd).all():
-        raise ValueError("the Hessian contains NaN or inf (the calibration activations overflowed): "
-                         "run the model in float32 and check the calibration data")
+        raise ValueError(
+            "the Hessian contains NaN or inf (the calibration activations overflowed): "
+            "run the model in float32 and check the calibration data"
+        )
     base = torch.diag(Hd).abs().mean().clamp_min(1e-12)
     damp = 0.0
     for attempt in range(max_tries + 1):
@@ -96,8 +99,9 @@ def inverse_cholesky_upper(H: torch.Tensor, max_tries: int = 5) -> torch.Tensor:
     )
 
 
-def column_loop(W: torch.Tensor, U: torch.Tensor, quantize_column: ColumnQuantizer,
-                blocksize: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+def column_loop(
+    W: torch.Tensor, U: torch.Tensor, quantize_column: ColumnQuantizer, blocksize: int = 128
+) -> tuple[torch.Tensor, torch.Tensor]:
     """GPTQ's column loop with lazy block updates, generic over ``quantize_column``.
 
     W: [out, in] (already permuted); U: [in, in] upper factor of H^-1.
@@ -116,8 +120,9 @@ def column_loop(W: torch.Tensor, U: torch.Tensor, quantize_column: ColumnQuantiz
     return Q, E
 
 
-def _block(W1: torch.Tensor, U1: torch.Tensor, quantize_column: ColumnQuantizer, offset: int
-           ) -> tuple[torch.Tensor, torch.Tensor]:
+def _block(
+    W1: torch.Tensor, U1: torch.Tensor, quantize_column: ColumnQuantizer, offset: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One block: W1 [out, b], U1 [b, b] -> (Q1, E1) [out, b]. Updates within the block eagerly."""
     W1 = W1.clone()
     Q1, E1 = torch.zeros_like(W1), torch.zeros_like(W1)

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .data import TextDataset, load_wikitext2, tokenize
-from .errors import VPTQLabError
+from vptq_lab.errors import VPTQLabError
+from vptq_lab.io.data import TextDataset, load_wikitext2, tokenize
 
 __all__ = ["PerplexityRecord", "perplexity", "window_nll"]
 
@@ -52,7 +52,8 @@ def _check_args(model, seqlen: int, max_windows: int | None) -> None:
     limit = _context_limit(model)
     if limit is not None and seqlen > limit:
         raise VPTQLabError(
-            f"seqlen {seqlen} exceeds the model's context of {limit} tokens: use --seqlen {limit} or less")
+            f"seqlen {seqlen} exceeds the model's context of {limit} tokens: use --seqlen {limit} or less"
+        )
     if max_windows is not None and max_windows < 1:
         raise VPTQLabError(f"max_windows must be at least 1, got {max_windows}; omit it to use every window")
 
@@ -64,8 +65,16 @@ def window_nll(model, window: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits[0, :-1].float(), window[0, 1:], reduction="mean").double()
 
 
-def perplexity(model, tokenizer, dataset: TextDataset | None = None, split: str = "test", seqlen: int = 2048,
-               max_windows: int | None = None, data_dir: str | None = None, progress: bool = True) -> PerplexityRecord:
+def perplexity(
+    model,
+    tokenizer,
+    dataset: TextDataset | None = None,
+    split: str = "test",
+    seqlen: int = 2048,
+    max_windows: int | None = None,
+    data_dir: str | None = None,
+    progress: bool = True,
+) -> PerplexityRecord:
     """WikiText-2 (or ``dataset``) perplexity of ``model``; ``max_windows`` keeps the first N windows."""
     _check_args(model, seqlen, max_windows)
     dataset = dataset if dataset is not None else load_wikitext2(split, data_dir)
@@ -81,5 +90,14 @@ def perplexity(model, tokenizer, dataset: TextDataset | None = None, split: str 
     for i in tqdm(range(windows), desc=f"perplexity {dataset.split}", disable=not progress):
         nll += window_nll(model, ids[:, i * seqlen : (i + 1) * seqlen].to(device)).cpu()
     ppl = math.exp(float(nll) / windows)
-    return PerplexityRecord(dataset.name, dataset.split, seqlen, windows, windows * seqlen, ppl,
-                            round(time.perf_counter() - start, 2), dataset.source, dataset.comparable)
+    return PerplexityRecord(
+        dataset.name,
+        dataset.split,
+        seqlen,
+        windows,
+        windows * seqlen,
+        ppl,
+        round(time.perf_counter() - start, 2),
+        dataset.source,
+        dataset.comparable,
+    )

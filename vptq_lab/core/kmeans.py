@@ -111,18 +111,20 @@ def _first_unpicked(m: int, chosen: list[int]) -> int:
     return next(i for i in range(m) if i not in taken)
 
 
-def _update(X: torch.Tensor, w: torch.Tensor, labels: torch.Tensor, d2: torch.Tensor,
-            C: torch.Tensor) -> torch.Tensor:
+def _update(X: torch.Tensor, w: torch.Tensor, labels: torch.Tensor, d2: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
     """Weighted means per cluster; empty clusters take the points of largest weighted error."""
     k, d = C.shape
     wsum = torch.bincount(labels, weights=w.double(), minlength=k)  # [k]
     count = torch.bincount(labels, minlength=k)  # [k]
-    sums = torch.stack([torch.bincount(labels, weights=(X[:, j] * w).double(), minlength=k)
-                        for j in range(d)], 1)  # [k, d]
-    plain = torch.stack([torch.bincount(labels, weights=X[:, j].double(), minlength=k)
-                         for j in range(d)], 1)  # [k, d] unweighted sums, for zero-weight clusters
-    new = torch.where((wsum > 0).unsqueeze(1), sums / wsum.clamp_min(1e-300).unsqueeze(1),
-                      plain / count.clamp_min(1).unsqueeze(1)).float()  # [k, d]
+    sums = torch.stack(
+        [torch.bincount(labels, weights=(X[:, j] * w).double(), minlength=k) for j in range(d)], 1
+    )  # [k, d]
+    plain = torch.stack(
+        [torch.bincount(labels, weights=X[:, j].double(), minlength=k) for j in range(d)], 1
+    )  # [k, d] unweighted sums, for zero-weight clusters
+    new = torch.where(
+        (wsum > 0).unsqueeze(1), sums / wsum.clamp_min(1e-300).unsqueeze(1), plain / count.clamp_min(1).unsqueeze(1)
+    ).float()  # [k, d]
     empty = (count == 0).nonzero().flatten()  # [e]
     if empty.numel():
         order = torch.sort(w * d2, descending=True, stable=True).indices  # [n]

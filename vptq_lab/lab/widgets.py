@@ -21,24 +21,31 @@ import torch
 try:
     import ipywidgets as ipw
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError("vptq_lab.widgets needs ipywidgets: pip install 'vptq-lab[notebook]'") from exc
+    raise ImportError("vptq_lab.lab.widgets needs ipywidgets: pip install 'vptq-lab[notebook]'") from exc
 
-from . import plots
-from .arch import arch_for, get_blocks, get_module, linear_weight
-from .bits import BitBreakdown, bits_per_weight
-from .calibrate import capture_block_inputs, run_block
-from .column_trace import column_trace
-from .config import VPTQConfig, layer_plan
-from .hessian import hessian_hooks
-from .hessian_ops import act_order, condition_hessian
-from .layers import QuantizedLinear
-from .quantizer import vptq_quantize
-from .qweight import dequantize
+from vptq_lab.core.bits import BitBreakdown, bits_per_weight
+from vptq_lab.core.column_trace import column_trace
+from vptq_lab.core.config import VPTQConfig, layer_plan
+from vptq_lab.core.hessian_ops import act_order, condition_hessian
+from vptq_lab.core.quantizer import vptq_quantize
+from vptq_lab.core.qweight import dequantize
+from vptq_lab.lab import plots
+from vptq_lab.model.arch import arch_for, get_blocks, get_module, linear_weight
+from vptq_lab.model.calibrate import capture_block_inputs, run_block
+from vptq_lab.model.hessian import hessian_hooks
+from vptq_lab.model.layers import QuantizedLinear
 
 __all__ = [
-    "CalibrationStepper", "CodebookExplorer", "OutlierExplorer", "LayerErrorBrowser", "BitBudgetComparator",
-    "build_calibration_stepper", "build_codebook_explorer", "build_outlier_explorer",
-    "build_layer_error_browser", "build_bit_budget_comparator",
+    "CalibrationStepper",
+    "CodebookExplorer",
+    "OutlierExplorer",
+    "LayerErrorBrowser",
+    "BitBudgetComparator",
+    "build_calibration_stepper",
+    "build_codebook_explorer",
+    "build_outlier_explorer",
+    "build_layer_error_browser",
+    "build_bit_budget_comparator",
 ]
 
 
@@ -67,16 +74,24 @@ class CalibrationStepper:
 
     STAGES = ("H", "damping", "act-order", "Cholesky", "column loop")
 
-    def __init__(self, model: torch.nn.Module, calibration_ids: torch.Tensor, config: VPTQConfig,
-                 block: int = 0, linear: str | None = None, batch_size: int = 4):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        calibration_ids: torch.Tensor,
+        config: VPTQConfig,
+        block: int = 0,
+        linear: str | None = None,
+        batch_size: int = 4,
+    ):
         self.model, self.calibration, self.config, self.batch_size = model, calibration_ids, config, batch_size
         self.spec = arch_for(model)
         self.blocks = get_blocks(model, self.spec)
         names = [n for stage in self.spec.stages for n in stage]
         self.block = ipw.Dropdown(options=list(range(len(self.blocks))), value=block, description="block")
         self.linear = ipw.Dropdown(options=names, value=linear or names[0], description="linear")
-        self.capture_button = ipw.Button(description="capture + quantize", button_style="primary",
-                                         layout=ipw.Layout(width="auto"))
+        self.capture_button = ipw.Button(
+            description="capture + quantize", button_style="primary", layout=ipw.Layout(width="auto")
+        )
         self.stage = ipw.ToggleButtons(options=self.STAGES, value="H", disabled=True)
         self.column = ipw.IntSlider(value=0, min=0, max=1, description="column", continuous_update=False, disabled=True)
         self.status = ipw.HTML("Pick a block and a linear, then <b>capture + quantize</b>.")
@@ -88,8 +103,16 @@ class CalibrationStepper:
         self.column.observe(lambda _: self.stage.value == "column loop" and self.render(), "value")
         self.block.observe(lambda _: self._invalidate(), "value")
         self.linear.observe(lambda _: self._invalidate(), "value")
-        self.widget = ipw.VBox([ipw.HBox([self.block, self.linear, self.capture_button]), self.status,
-                              self.stage, self.column, self.numbers, self.image])
+        self.widget = ipw.VBox(
+            [
+                ipw.HBox([self.block, self.linear, self.capture_button]),
+                self.status,
+                self.stage,
+                self.column,
+                self.numbers,
+                self.image,
+            ]
+        )
 
     @property
     def layer_name(self) -> str:
@@ -114,8 +137,10 @@ class CalibrationStepper:
         self.W, self.H, self.tokens = linear_weight(module, self.spec.transposed).clone(), acc.hessian(), acc.tokens
         self.trace = column_trace(self.W, self.H, self.config)
         n = self.W.shape[1]
-        self.status.value = (f"<b>{html.escape(self.layer_name)}</b>: W {tuple(self.W.shape)}, H over "
-                             f"{self.tokens} tokens; proxy loss {self.trace.qweight.info['proxy_loss_rel']:.4g}.")
+        self.status.value = (
+            f"<b>{html.escape(self.layer_name)}</b>: W {tuple(self.W.shape)}, H over "
+            f"{self.tokens} tokens; proxy loss {self.trace.qweight.info['proxy_loss_rel']:.4g}."
+        )
         self.stage.disabled = self.column.disabled = False
         with self.column.hold_trait_notifications():
             self.column.max, self.column.value = n, n
@@ -135,8 +160,10 @@ class CalibrationStepper:
 
     def _stage_h(self):
         d = torch.diagonal(self.H)
-        text = (f"H = E[x xᵀ] over {self.tokens} tokens, {self.H.shape[0]}×{self.H.shape[0]}; "
-                f"mean H_jj {float(d.mean()):.4g}, dead columns (H_jj = 0): {int((d == 0).sum())}")
+        text = (
+            f"H = E[x xᵀ] over {self.tokens} tokens, {self.H.shape[0]}×{self.H.shape[0]}; "
+            f"mean H_jj {float(d.mean()):.4g}, dead columns (H_jj = 0): {int((d == 0).sum())}"
+        )
         return plots.matrix_heatmap(self.H, "H = E[x xᵀ] (activation²)", "input j", "input i"), text
 
     def _stage_damping(self):
@@ -147,15 +174,19 @@ class CalibrationStepper:
         ax = fig.axes[0]
         ax.semilogy(torch.sort(torch.diagonal(Hc), descending=True).values.numpy(), color="C2", label="damped")
         ax.legend()
-        text = (f"damping adds percdamp·mean(diag H) = {self.config.percdamp} × {float(d.mean()):.4g} = "
-                f"{self.config.percdamp * float(d.mean()):.4g} to every H_jj (dead columns first get H_jj = 1)")
+        text = (
+            f"damping adds percdamp·mean(diag H) = {self.config.percdamp} × {float(d.mean()):.4g} = "
+            f"{self.config.percdamp * float(d.mean()):.4g} to every H_jj (dead columns first get H_jj = 1)"
+        )
         return fig, text
 
     def _stage_act_order(self):
         order = act_order(self.H)
         shown = ", ".join(str(int(j)) for j in order[:16])
-        text = (f"act-order: columns by descending H_jj (enable_perm={self.config.enable_perm}); first: {shown}…; "
-                f"outlier columns: {self.trace.outlier_size}")
+        text = (
+            f"act-order: columns by descending H_jj (enable_perm={self.config.enable_perm}); first: {shown}…; "
+            f"outlier columns: {self.trace.outlier_size}"
+        )
         return plots.hessian_diagonal(self.H, outlier_size=self.trace.outlier_size), text
 
     def _stage_cholesky(self):
@@ -168,16 +199,19 @@ class CalibrationStepper:
     def _stage_column_loop(self):
         c, n = self.column.value, self.trace.in_features
         fed = self.trace.fed_forward(c)
-        text = (f"column {c} of {n}: quantized so far {c} columns; error fed forward to the remaining "
-                f"{n - c}: ‖ΔW‖_F = {float(fed.norm()):.4g}; "
-                f"<b>proxy loss so far {self.proxy_loss_so_far:.6g}</b> "
-                f"(final {float(self.trace.proxy_loss_feedback[-1]):.6g}, "
-                f"no feedback {float(self.trace.proxy_loss_no_feedback[-1]):.6g})")
+        text = (
+            f"column {c} of {n}: quantized so far {c} columns; error fed forward to the remaining "
+            f"{n - c}: ‖ΔW‖_F = {float(fed.norm()):.4g}; "
+            f"<b>proxy loss so far {self.proxy_loss_so_far:.6g}</b> "
+            f"(final {float(self.trace.proxy_loss_feedback[-1]):.6g}, "
+            f"no feedback {float(self.trace.proxy_loss_no_feedback[-1]):.6g})"
+        )
         return plots.column_loop_state(self.trace, c), text
 
 
-def build_calibration_stepper(model: torch.nn.Module, calibration_ids: torch.Tensor, config: VPTQConfig,
-                              block: int = 0, linear: str | None = None) -> ipw.VBox:
+def build_calibration_stepper(
+    model: torch.nn.Module, calibration_ids: torch.Tensor, config: VPTQConfig, block: int = 0, linear: str | None = None
+) -> ipw.VBox:
     """The :class:`CalibrationStepper` widget (``.explorer`` holds the object)."""
     stepper = CalibrationStepper(model, calibration_ids, config, block, linear)
     stepper.widget.explorer = stepper
@@ -194,8 +228,7 @@ class CodebookExplorer:
         if not self.store:
             raise ValueError("nothing to explore: quantize with keep=True (or keep=[names]) to fill report.store")
         names = list(self.store)
-        self.layer = ipw.Dropdown(options=names, value=names[0], description="layer",
-                                layout=ipw.Layout(width="420px"))
+        self.layer = ipw.Dropdown(options=names, value=names[0], description="layer", layout=ipw.Layout(width="420px"))
         self.vector = ipw.IntSlider(value=0, min=0, max=1, description="vector", continuous_update=False)
         self.stats = ipw.HTML()
         self.usage, self.projection = ipw.Image(format="png"), ipw.Image(format="png")
@@ -203,8 +236,9 @@ class CodebookExplorer:
         self._W_hat: torch.Tensor | None = None
         self.layer.observe(lambda _: self.select(), "value")
         self.vector.observe(lambda _: self.show_vector(), "value")
-        self.widget = ipw.VBox([self.layer, self.stats, ipw.HBox([self.usage, self.projection]), self.vector,
-                                self.detail])
+        self.widget = ipw.VBox(
+            [self.layer, self.stats, ipw.HBox([self.usage, self.projection]), self.vector, self.detail]
+        )
         self.select()
 
     @property
@@ -216,8 +250,10 @@ class CodebookExplorer:
         qw = e.qweight
         self._W_hat = dequantize(qw)
         s = plots.codebook_stats(qw)
-        self.stats.value = (f"k={s['num_centroids']} × {s['groups']} group(s): {s['used']} used, {s['dead']} dead, "
-                            f"utilisation {100 * s['utilisation']:.1f}%, usage perplexity {s['perplexity']:.1f}")
+        self.stats.value = (
+            f"k={s['num_centroids']} × {s['groups']} group(s): {s['used']} used, {s['dead']} dead, "
+            f"utilisation {100 * s['utilisation']:.1f}%, usage perplexity {s['perplexity']:.1f}"
+        )
         _show(self.usage, plots.codebook_usage(qw))
         _show(self.projection, plots.vector_projection(e.W, qw, max_points=2000))
         with self.vector.hold_trait_notifications():
@@ -233,19 +269,29 @@ class CodebookExplorer:
         rows = list(range(r * v, min(r * v + v, qw.out_features)))
         perm = qw.perm.to(torch.int64) & 0xFFFF if qw.perm is not None else torch.arange(qw.in_features)
         p = int(torch.argsort(perm)[j])  # working position of original column j
-        info = {"column": j, "rows": rows, "original": Wt[rows, j].tolist(),
-                "reconstructed": self._W_hat[rows, j].tolist()}
+        info = {
+            "column": j,
+            "rows": rows,
+            "original": Wt[rows, j].tolist(),
+            "reconstructed": self._W_hat[rows, j].tolist(),
+        }
         if p < qw.outlier_size:
             codes = (qw.outlier_indices.to(torch.int64) & 0xFFFF)[0, :, p]  # [R0]
             info.update(part="outlier", codes=sorted({int(codes[x // qw.outlier_vector_len]) for x in rows}))
             return info
         g, s = divmod(p - qw.outlier_size, qw.group_size)
         idx, res = qw.codes()
-        info.update(part="main", group=g, code=int(idx[g, r, s]),
-                    codeword=qw.centroids[g].float().reshape(-1, v)[int(idx[g, r, s])].tolist())
+        info.update(
+            part="main",
+            group=g,
+            code=int(idx[g, r, s]),
+            codeword=qw.centroids[g].float().reshape(-1, v)[int(idx[g, r, s])].tolist(),
+        )
         if res is not None:
-            info.update(res_code=int(res[g, r, s]),
-                        res_codeword=qw.res_centroids[g].float().reshape(-1, v)[int(res[g, r, s])].tolist())
+            info.update(
+                res_code=int(res[g, r, s]),
+                res_codeword=qw.res_centroids[g].float().reshape(-1, v)[int(res[g, r, s])].tolist(),
+            )
         return info
 
     def show_vector(self) -> None:
@@ -256,10 +302,14 @@ class CodebookExplorer:
         else:
             head += f"group {info['group']}, centroid #{info['code']}"
             head += f" + residual #{info['res_code']}" if "res_code" in info else ""
-        cells = "".join(f"<tr><td>{r}</td><td>{o:+.5f}</td><td>{q:+.5f}</td><td>{q - o:+.2e}</td></tr>"
-                        for r, o, q in zip(info["rows"], info["original"], info["reconstructed"]))
-        self.detail.value = (f"<p>{head}</p><table><tr><th>row</th><th>original</th><th>codeword "
-                             f"(dequantized)</th><th>error</th></tr>{cells}</table>")
+        cells = "".join(
+            f"<tr><td>{r}</td><td>{o:+.5f}</td><td>{q:+.5f}</td><td>{q - o:+.2e}</td></tr>"
+            for r, o, q in zip(info["rows"], info["original"], info["reconstructed"])
+        )
+        self.detail.value = (
+            f"<p>{head}</p><table><tr><th>row</th><th>original</th><th>codeword "
+            f"(dequantized)</th><th>error</th></tr>{cells}</table>"
+        )
 
 
 def build_codebook_explorer(report_or_store: Any) -> ipw.VBox:
@@ -282,26 +332,36 @@ class OutlierExplorer:
         self.W, self.H, self.base = weight, H, config
         v0, k0 = config.vector_lens[0], config.num_centroids[0]
         self.outlier_codebook = (v0, k0) if v0 > 0 else (config.v, config.k1)
-        self.npercent = ipw.FloatSlider(value=config.npercent, min=0.0, max=max_npercent, step=0.5,
-                                      description="npercent", continuous_update=False, readout_format=".1f")
-        self.recompute_button = ipw.Button(description="recompute proxy loss", button_style="primary",
-                                          layout=ipw.Layout(width="auto"))
+        self.npercent = ipw.FloatSlider(
+            value=config.npercent,
+            min=0.0,
+            max=max_npercent,
+            step=0.5,
+            description="npercent",
+            continuous_update=False,
+            readout_format=".1f",
+        )
+        self.recompute_button = ipw.Button(
+            description="recompute proxy loss", button_style="primary", layout=ipw.Layout(width="auto")
+        )
         self.bits_label, self.columns_label, self.loss_label = ipw.HTML(), ipw.HTML(), ipw.HTML()
         self.image = ipw.Image(format="png")
         self.history: list[dict[str, Any]] = []
         self.bits: BitBreakdown | None = None
         self.npercent.observe(lambda _: self.update(), "value")
         self.recompute_button.on_click(lambda _: self.recompute())
-        self.widget = ipw.VBox([self.npercent, self.bits_label, self.columns_label, self.image,
-                              self.recompute_button, self.loss_label])
+        self.widget = ipw.VBox(
+            [self.npercent, self.bits_label, self.columns_label, self.image, self.recompute_button, self.loss_label]
+        )
         self.update()
 
     def config_for(self, npercent: float) -> VPTQConfig:
         if npercent <= 0:
             return self.base.replace(npercent=0.0, vector_lens=(-1, self.base.v), num_centroids=(-1, self.base.k1))
         v0, k0 = self.outlier_codebook
-        return self.base.replace(npercent=float(npercent), vector_lens=(v0, self.base.v),
-                                 num_centroids=(k0, self.base.k1))
+        return self.base.replace(
+            npercent=float(npercent), vector_lens=(v0, self.base.v), num_centroids=(k0, self.base.k1)
+        )
 
     @property
     def config(self) -> VPTQConfig:
@@ -322,9 +382,11 @@ class OutlierExplorer:
             return
         self.bits = bits_per_weight(cfg, tuple(self.W.shape), "paper")
         stored = bits_per_weight(cfg, tuple(self.W.shape), "stored")
-        self.bits_label.value = (f"<b>{self.bits.bits_per_weight:.4f}</b> bits/weight (paper accounting), "
-                                 f"{stored.bits_per_weight:.4f} stored; outlier codebook v0={cfg.vector_lens[0]}, "
-                                 f"k0={cfg.num_centroids[0]}")
+        self.bits_label.value = (
+            f"<b>{self.bits.bits_per_weight:.4f}</b> bits/weight (paper accounting), "
+            f"{stored.bits_per_weight:.4f} stored; outlier codebook v0={cfg.vector_lens[0]}, "
+            f"k0={cfg.num_centroids[0]}"
+        )
         shown = ", ".join(str(int(c)) for c in cols[:24]) + ("…" if len(cols) > 24 else "")
         self.columns_label.value = f"{len(cols)} of {self.W.shape[1]} columns leave: [{shown}]"
         _show(self.image, plots.hessian_diagonal(self.H, outlier_size=len(cols)))
@@ -332,18 +394,25 @@ class OutlierExplorer:
     def recompute(self) -> dict[str, Any]:
         """Quantize the layer at the current npercent; returns (and keeps) the row added to ``history``."""
         qw = vptq_quantize(self.W, self.H, self.config)
-        row = {"npercent": self.npercent.value, "outlier_columns": qw.outlier_size,
-               "bits": self.bits.bits_per_weight, "proxy_loss_rel": qw.info["proxy_loss_rel"]}
+        row = {
+            "npercent": self.npercent.value,
+            "outlier_columns": qw.outlier_size,
+            "bits": self.bits.bits_per_weight,
+            "proxy_loss_rel": qw.info["proxy_loss_rel"],
+        }
         self.history.append(row)
         import pandas as pd
 
-        self.loss_label.value = (f"proxy loss at npercent={row['npercent']:.1f}: <b>{row['proxy_loss_rel']:.5g}</b>"
-                                 + _table(pd.DataFrame(self.history)))
+        self.loss_label.value = (
+            f"proxy loss at npercent={row['npercent']:.1f}: <b>{row['proxy_loss_rel']:.5g}</b>"
+            + _table(pd.DataFrame(self.history))
+        )
         return row
 
 
-def build_outlier_explorer(weight: torch.Tensor, H: torch.Tensor, config: VPTQConfig,
-                           max_npercent: float = 20.0) -> ipw.VBox:
+def build_outlier_explorer(
+    weight: torch.Tensor, H: torch.Tensor, config: VPTQConfig, max_npercent: float = 20.0
+) -> ipw.VBox:
     """The :class:`OutlierExplorer` widget for one layer: W [out, in], H [in, in]."""
     explorer = OutlierExplorer(weight, H, config, max_npercent)
     explorer.widget.explorer = explorer
@@ -364,8 +433,9 @@ class LayerErrorBrowser:
         self.df, self.max_rows = df.reset_index(drop=True), max_rows
         self.sort_by = ipw.Dropdown(options=list(df.columns), value="proxy_loss_rel", description="sort by")
         self.ascending = ipw.Checkbox(value=False, description="ascending")
-        self.method = ipw.Dropdown(options=["all"] + list(dict.fromkeys(df["method"])), value="all",
-                                 description="method")
+        self.method = ipw.Dropdown(
+            options=["all"] + list(dict.fromkeys(df["method"])), value="all", description="method"
+        )
         names = list(dict.fromkeys(df["name"]))
         self.layer = ipw.Dropdown(options=names, value=names[0], description="layer", layout=ipw.Layout(width="420px"))
         self.table, self.details = ipw.HTML(), ipw.HTML()
@@ -373,8 +443,9 @@ class LayerErrorBrowser:
         for control in (self.sort_by, self.ascending, self.method):
             control.observe(lambda _: self.refresh(), "value")
         self.layer.observe(lambda _: self.show_layer(), "value")
-        self.widget = ipw.VBox([ipw.HBox([self.sort_by, self.ascending, self.method]), self.table, self.chart,
-                              self.layer, self.details])
+        self.widget = ipw.VBox(
+            [ipw.HBox([self.sort_by, self.ascending, self.method]), self.table, self.chart, self.layer, self.details]
+        )
         self.refresh()
         self.show_layer()
 
@@ -386,14 +457,14 @@ class LayerErrorBrowser:
     def refresh(self) -> None:
         df = self.view()
         more = f"<p>… {len(df) - self.max_rows} more rows</p>" if len(df) > self.max_rows else ""
-        self.table.value = (f"<div style='max-height:320px;overflow:auto'>{_table(df.head(self.max_rows))}</div>"
-                            + more)
+        self.table.value = f"<div style='max-height:320px;overflow:auto'>{_table(df.head(self.max_rows))}</div>" + more
         _show(self.chart, plots.proxy_loss_by_role(df))
 
     def show_layer(self) -> None:
         rows = self.df[self.df["name"] == self.layer.value]
         self.details.value = f"<p><b>{html.escape(self.layer.value)}</b></p>" + rows.set_index("method").T.to_html(
-            border=0, float_format=lambda x: f"{x:.4g}")
+            border=0, float_format=lambda x: f"{x:.4g}"
+        )
 
 
 def build_layer_error_browser(df, max_rows: int = 60) -> ipw.VBox:
@@ -430,16 +501,19 @@ class BitBudgetComparator:
         self.shapes = dict(shapes)
         self.base = config or VPTQConfig()
         self.results = self._measured(results_df)
-        powers = [2 ** i for i in range(1, 17)]
+        powers = [2**i for i in range(1, 17)]
         b = self.base
         self.v = ipw.IntSlider(value=b.v, min=1, max=16, description="v", continuous_update=False)
         self.k1 = ipw.SelectionSlider(options=powers, value=b.k1, description="k1", continuous_update=False)
-        self.k2 = ipw.SelectionSlider(options=[0] + powers, value=b.k2, description="k2 (0: none)",
-                                    continuous_update=False)
-        self.npercent = ipw.FloatSlider(value=b.npercent, min=0.0, max=10.0, step=0.5, description="npercent",
-                                      continuous_update=False)
-        self.group_num = ipw.IntSlider(value=b.group_num, min=1, max=8, description="group_num",
-                                       continuous_update=False)
+        self.k2 = ipw.SelectionSlider(
+            options=[0] + powers, value=b.k2, description="k2 (0: none)", continuous_update=False
+        )
+        self.npercent = ipw.FloatSlider(
+            value=b.npercent, min=0.0, max=10.0, step=0.5, description="npercent", continuous_update=False
+        )
+        self.group_num = ipw.IntSlider(
+            value=b.group_num, min=1, max=8, description="group_num", continuous_update=False
+        )
         self.mode = ipw.ToggleButtons(options=["paper", "stored"], value="paper", description="accounting")
         self.summary, self.per_layer, self.measured = ipw.HTML(), ipw.HTML(), ipw.HTML()
         self.image = ipw.Image(format="png")
@@ -448,8 +522,15 @@ class BitBudgetComparator:
         controls = (self.v, self.k1, self.k2, self.npercent, self.group_num, self.mode)
         for control in controls:
             control.observe(lambda _: self.update(), "value")
-        self.widget = ipw.VBox([ipw.HBox([ipw.VBox(controls[:3]), ipw.VBox(controls[3:])]), self.summary, self.measured,
-                              self.per_layer, self.image])
+        self.widget = ipw.VBox(
+            [
+                ipw.HBox([ipw.VBox(controls[:3]), ipw.VBox(controls[3:])]),
+                self.summary,
+                self.measured,
+                self.per_layer,
+                self.image,
+            ]
+        )
         self.update()
 
     @staticmethod
@@ -471,8 +552,12 @@ class BitBudgetComparator:
         if v0 <= 0:
             v0, k0 = self.v.value, self.k1.value
         return self.base.replace(
-            vector_lens=(v0 if n > 0 else -1, self.v.value), num_centroids=(k0 if n > 0 else -1, self.k1.value),
-            num_res_centroids=(-1, k2 if k2 else -1), npercent=float(n), group_num=self.group_num.value)
+            vector_lens=(v0 if n > 0 else -1, self.v.value),
+            num_centroids=(k0 if n > 0 else -1, self.k1.value),
+            num_res_centroids=(-1, k2 if k2 else -1),
+            npercent=float(n),
+            group_num=self.group_num.value,
+        )
 
     def update(self) -> None:
         try:
@@ -486,8 +571,10 @@ class BitBudgetComparator:
         for shape in self.shapes.values():
             total = total + per_shape[shape]
         self.model_breakdown = total
-        self.summary.value = (f"model: <b>{total.bits_per_weight:.4f}</b> bits/weight ({self.mode.value} accounting), "
-                              f"compression {total.compression:.2f}× vs fp16 over {len(self.shapes)} linears")
+        self.summary.value = (
+            f"model: <b>{total.bits_per_weight:.4f}</b> bits/weight ({self.mode.value} accounting), "
+            f"compression {total.compression:.2f}× vs fp16 over {len(self.shapes)} linears"
+        )
         self._show_per_layer(per_shape)
         self._show_nearest(cfg, total.bits_per_weight)
 
@@ -496,10 +583,26 @@ class BitBudgetComparator:
 
         count = {s: sum(1 for x in self.shapes.values() if x == s) for s in per_shape}
         names = {s: next(n for n, x in self.shapes.items() if x == s).rsplit(".", 1)[-1] for s in per_shape}
-        rows = [{"shape": f"{s[0]}×{s[1]}", "example": names[s], "linears": count[s],
-                 **{k: b.to_dict()[k] / b.num_weights for k in ("index_bits", "codebook_bits", "outlier_index_bits",
-                                                               "outlier_codebook_bits", "norm_bits", "perm_bits")},
-                 "bits_per_weight": b.bits_per_weight} for s, b in per_shape.items()]
+        rows = [
+            {
+                "shape": f"{s[0]}×{s[1]}",
+                "example": names[s],
+                "linears": count[s],
+                **{
+                    k: b.to_dict()[k] / b.num_weights
+                    for k in (
+                        "index_bits",
+                        "codebook_bits",
+                        "outlier_index_bits",
+                        "outlier_codebook_bits",
+                        "norm_bits",
+                        "perm_bits",
+                    )
+                },
+                "bits_per_weight": b.bits_per_weight,
+            }
+            for s, b in per_shape.items()
+        ]
         self.per_layer.value = "<p>bits per weight, by layer shape:</p>" + _table(pd.DataFrame(rows))
         labels = {f"{s[0]}×{s[1]}": b for s, b in per_shape.items()}
         _show(self.image, plots.bit_budget({**labels, "model": self.model_breakdown}))
@@ -512,15 +615,17 @@ class BitBudgetComparator:
         self.nearest = min(self.results, key=lambda r: abs(r["bits"] - bits))
         near = self.nearest["config"]
         same = all(getattr(near, f) == getattr(cfg, f) for f in _COMPARED)
-        desc = (f"v={near.v}, k1={near.k1}, k2={near.k2 or '–'}, npercent={near.npercent:g}, "
-                f"group_num={near.group_num}")
-        self.measured.value = (f"{'this exact config' if same else 'nearest measured config'} ({desc}) at "
-                               f"{self.nearest['bits']:.3f} bits: perplexity <b>{self.nearest['perplexity']:.3f}</b>"
-                               + ("" if same else f" (Δbits {self.nearest['bits'] - bits:+.3f})"))
+        desc = f"v={near.v}, k1={near.k1}, k2={near.k2 or '–'}, npercent={near.npercent:g}, group_num={near.group_num}"
+        self.measured.value = (
+            f"{'this exact config' if same else 'nearest measured config'} ({desc}) at "
+            f"{self.nearest['bits']:.3f} bits: perplexity <b>{self.nearest['perplexity']:.3f}</b>"
+            + ("" if same else f" (Δbits {self.nearest['bits'] - bits:+.3f})")
+        )
 
 
-def build_bit_budget_comparator(shapes: Mapping[str, tuple[int, int]], results_df=None,
-                                config: VPTQConfig | None = None) -> ipw.VBox:
+def build_bit_budget_comparator(
+    shapes: Mapping[str, tuple[int, int]], results_df=None, config: VPTQConfig | None = None
+) -> ipw.VBox:
     """The :class:`BitBudgetComparator` widget (e.g. ``shapes = budget.SMOLLM2_135M_SHAPES``)."""
     comparator = BitBudgetComparator(shapes, results_df, config)
     comparator.widget.explorer = comparator

@@ -19,19 +19,20 @@ Worked check (§2.2): 4096x4096, v=8, k=256 costs 4096*4096 index bits plus
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
-from .config import VPTQConfig, layer_plan
-from .packing import index_bits, packed_words
+from vptq_lab.core.config import VPTQConfig, layer_plan
+from vptq_lab.core.packing import index_bits, packed_words
 
-__all__ = ["BitBreakdown", "bits_per_weight", "model_bits"]
+__all__ = ["BitBreakdown", "BitCounts", "bits_per_weight", "model_bits", "size_weighted_mean"]
 
 Mode = Literal["paper", "stored"]
 
 
 class BitCounts:
-    """Arithmetic shared by bit breakdowns (this one and ``baselines.ScalarBits``).
+    """Arithmetic shared by bit breakdowns (this one and ``scalar.ScalarBits``).
 
     Every dataclass field except ``num_weights`` counts bits; they are summed in field order.
     """
@@ -70,10 +71,7 @@ class BitBreakdown(BitCounts):
 
 
 def _overhead(config: VPTQConfig, n_in: int, perm_stored: bool) -> dict[str, float]:
-    return {
-        "norm_bits": 2 * 16 * n_in if config.enable_norm else 0,
-        "perm_bits": 16 * n_in if perm_stored else 0,
-    }
+    return {"norm_bits": 2 * 16 * n_in if config.enable_norm else 0, "perm_bits": 16 * n_in if perm_stored else 0}
 
 
 def _paper_bits(config: VPTQConfig, n_out: int, n_in: int) -> BitBreakdown:
@@ -126,3 +124,16 @@ def model_bits(config: VPTQConfig, shapes: dict[str, tuple[int, int]], mode: Mod
     for shape in shapes.values():
         total = total + bits_per_weight(config, shape, mode)
     return total
+
+
+def size_weighted_mean(values: Iterable[tuple[float, tuple[int, int]]]) -> float:
+    """The model average of a per-linear figure, each linear weighted by its size ``out * in``.
+
+    ``values``: ``(figure, (out, in))`` pairs, e.g. each linear's bits per weight. This is how every
+    model-level "bits per weight" in vptq_lab is formed. Returns 0.0 for no linears.
+    """
+    total = weights = 0
+    for value, (out_features, in_features) in values:
+        total += value * out_features * in_features
+        weights += out_features * in_features
+    return total / weights if weights else 0.0

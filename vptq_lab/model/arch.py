@@ -1,6 +1,6 @@
 """Model architecture as data: where the decoder blocks are and which linears run in sequence.
 
-One table, one generic loop (in :mod:`vptq_lab.calibrate`). Each stage of a block
+One table, one generic loop (in :mod:`vptq_lab.model.calibrate`). Each stage of a block
 is a tuple of linears that read the same input, so they share one Hessian.
 """
 
@@ -11,9 +11,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import VPTQLabError
+from vptq_lab.errors import VPTQLabError
 
-__all__ = ["ArchSpec", "ARCHITECTURES", "arch_for", "get_blocks", "get_module", "linear_weight", "linear_role"]
+__all__ = [
+    "ArchSpec",
+    "ARCHITECTURES",
+    "arch_for",
+    "get_blocks",
+    "get_module",
+    "set_module",
+    "linear_weight",
+    "linear_role",
+]
 
 
 @dataclass(frozen=True)
@@ -41,14 +50,28 @@ ARCHITECTURES: tuple[ArchSpec, ...] = (
     ArchSpec("qwen2", ("qwen2",), "model.layers", _LLAMA_STAGES, _LLAMA_NORMS),
     ArchSpec("gemma", ("gemma",), "model.layers", _LLAMA_STAGES, _LLAMA_NORMS),
     ArchSpec("gemma2", ("gemma2",), "model.layers", _LLAMA_STAGES, _GEMMA_NORMS),
-    ArchSpec("gemma3", ("gemma3_text",), "model.layers", _LLAMA_STAGES,
-             _GEMMA_NORMS + ("self_attn.q_norm", "self_attn.k_norm")),
-    ArchSpec("phi3", ("phi3",), "model.layers",
-             (("self_attn.qkv_proj",), ("self_attn.o_proj",), ("mlp.gate_up_proj",), ("mlp.down_proj",)),
-             _LLAMA_NORMS),
-    ArchSpec("gpt2", ("gpt2",), "transformer.h",
-             (("attn.c_attn",), ("attn.c_proj",), ("mlp.c_fc",), ("mlp.c_proj",)), ("ln_1", "ln_2"),
-             transposed=True),
+    ArchSpec(
+        "gemma3",
+        ("gemma3_text",),
+        "model.layers",
+        _LLAMA_STAGES,
+        _GEMMA_NORMS + ("self_attn.q_norm", "self_attn.k_norm"),
+    ),
+    ArchSpec(
+        "phi3",
+        ("phi3",),
+        "model.layers",
+        (("self_attn.qkv_proj",), ("self_attn.o_proj",), ("mlp.gate_up_proj",), ("mlp.down_proj",)),
+        _LLAMA_NORMS,
+    ),
+    ArchSpec(
+        "gpt2",
+        ("gpt2",),
+        "transformer.h",
+        (("attn.c_attn",), ("attn.c_proj",), ("mlp.c_fc",), ("mlp.c_proj",)),
+        ("ln_1", "ln_2"),
+        transposed=True,
+    ),
 )
 
 
@@ -61,7 +84,7 @@ def arch_for(model: nn.Module) -> ArchSpec:
     supported = ", ".join(t for spec in ARCHITECTURES for t in spec.model_types)
     raise VPTQLabError(
         f"unsupported architecture {model_type!r}: supported model types are {supported}; "
-        "add a row to vptq_lab.arch.ARCHITECTURES for a new family"
+        "add a row to vptq_lab.model.arch.ARCHITECTURES for a new family"
     )
 
 
@@ -70,6 +93,12 @@ def get_module(root: nn.Module, dotted: str) -> nn.Module:
     for part in dotted.split("."):
         module = getattr(module, part)
     return module
+
+
+def set_module(root: nn.Module, dotted: str, new: nn.Module) -> None:
+    """Put ``new`` at ``root``'s submodule path ``dotted`` (e.g. ``"self_attn.q_proj"``), replacing what is there."""
+    parent_name, _, leaf = dotted.rpartition(".")
+    setattr(get_module(root, parent_name) if parent_name else root, leaf, new)
 
 
 def get_blocks(model: nn.Module, spec: ArchSpec | None = None) -> nn.ModuleList:
@@ -89,8 +118,19 @@ def linear_weight(module: nn.Module, transposed: bool) -> torch.Tensor:
 def linear_role(name: str) -> str:
     """Short role of a linear for plots: q, k, v, qkv, o, gate, up, gate_up, down."""
     leaf = name.rsplit(".", 1)[-1]
-    roles = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "qkv_proj": "qkv", "c_attn": "qkv", "o_proj": "o",
-             "gate_proj": "gate", "up_proj": "up", "gate_up_proj": "gate_up", "down_proj": "down", "c_fc": "up"}
+    roles = {
+        "q_proj": "q",
+        "k_proj": "k",
+        "v_proj": "v",
+        "qkv_proj": "qkv",
+        "c_attn": "qkv",
+        "o_proj": "o",
+        "gate_proj": "gate",
+        "up_proj": "up",
+        "gate_up_proj": "gate_up",
+        "down_proj": "down",
+        "c_fc": "up",
+    }
     if leaf == "c_proj":
         return "o" if ".attn." in f".{name}" else "down"
     return roles.get(leaf, leaf)

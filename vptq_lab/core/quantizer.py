@@ -22,22 +22,34 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import Iterator
 
 import torch
 
-from .config import VPTQConfig, layer_plan
-from .hessian_ops import act_order, column_loop, condition_hessian, inverse_cholesky_upper, proxy_loss
-from .kmeans import augment_centroids, nearest_augmented, weighted_kmeans
-from .packing import index_bits, merge_codes, pack_codes
-from .qweight import QuantizedWeight, dequantize
+from vptq_lab.core.config import VPTQConfig, layer_plan
+from vptq_lab.core.hessian_ops import act_order, column_loop, condition_hessian, inverse_cholesky_upper, proxy_loss
+from vptq_lab.core.kmeans import augment_centroids, nearest_augmented, weighted_kmeans
+from vptq_lab.core.packing import as_int16_bits, index_bits, merge_codes, pack_codes
+from vptq_lab.core.qweight import QuantizedWeight, dequantize
 
 __all__ = [
-    "Prepared", "Part", "Pass", "VPTQTrace",
-    "vptq_quantize", "vq_no_feedback", "quantize_with_trace",
-    "prepare_layer", "normalise_columns", "column_order", "init_codebooks", "quantize_columns",
-    "add_residual_codebooks", "pack_layer", "to_vectors", "from_vectors",
+    "Prepared",
+    "Part",
+    "Pass",
+    "VPTQTrace",
+    "vptq_quantize",
+    "vq_no_feedback",
+    "quantize_with_trace",
+    "prepare_layer",
+    "normalise_columns",
+    "column_order",
+    "init_codebooks",
+    "quantize_columns",
+    "add_residual_codebooks",
+    "pack_layer",
+    "to_vectors",
+    "from_vectors",
 ]
 
 
@@ -168,8 +180,7 @@ def _part_bounds(prep: Prepared, config: VPTQConfig) -> list[tuple[int, int, int
     return bounds
 
 
-def _fit_codebook(W: torch.Tensor, diag: torch.Tensor, v: int, k: int, seed: int,
-                  config: VPTQConfig) -> torch.Tensor:
+def _fit_codebook(W: torch.Tensor, diag: torch.Tensor, v: int, k: int, seed: int, config: VPTQConfig) -> torch.Tensor:
     """Weighted k-means over the vectors of W [out, S] (weight = H_jj of the column). -> C [k, v] fp16-valued fp32."""
     X = to_vectors(W, v)  # [S * R, v]
     w = diag.float().repeat_interleave(X.shape[0] // W.shape[1])  # [S * R]: column s's weight, R times
@@ -247,21 +258,15 @@ def add_residual_codebooks(prep: Prepared, parts: list[Part], first: Pass, confi
             out.append(p)
             continue
         seed = config.seed + 1000 + i
-        C_res = _fit_codebook(first.residual[:, p.start:p.stop], diag[p.start:p.stop], p.v, config.k2, seed, config)
+        C_res = _fit_codebook(first.residual[:, p.start : p.stop], diag[p.start : p.stop], p.v, config.k2, seed, config)
         out.append(replace(p, C_res=C_res))
     return out
 
 
 # Step 5: pack ---------------------------------------------------------------------
-def _as_int16(x: torch.Tensor) -> torch.Tensor:
-    """uint16 values stored in int16 (the official convention)."""
-    x = x.to(torch.int64)
-    return torch.where(x >= 1 << 15, x - (1 << 16), x).to(torch.int16)
-
-
 def _group_codes(codes: list[torch.Tensor], prep: Prepared) -> torch.Tensor:
     """Per-column codes [R] of the groups -> [G, R, S]."""
-    cols = torch.stack(codes[prep.outlier_size:], 1)  # [R, G * S]
+    cols = torch.stack(codes[prep.outlier_size :], 1)  # [R, G * S]
     return cols.reshape(cols.shape[0], prep.group_num, prep.group_size).permute(1, 0, 2)  # [R, G, S] -> [G, R, S]
 
 
@@ -277,18 +282,25 @@ def pack_layer(prep: Prepared, parts: list[Part], final: Pass, config: VPTQConfi
     if prep.outlier_size:
         o = parts[0]
         oidx = torch.stack(final.codes[: prep.outlier_size], 1).unsqueeze(0)  # [1, R0, O]
-        outlier = dict(outlier_centroids=o.C.half().reshape(1, -1), outlier_indices=_as_int16(oidx))
+        outlier = dict(outlier_centroids=o.C.half().reshape(1, -1), outlier_indices=as_int16_bits(oidx))
     return QuantizedWeight(
-        out_features=out_f, in_features=in_f, vector_len=config.v, num_centroids=config.k1,
-        num_res_centroids=config.k2, group_num=prep.group_num, group_size=prep.group_size,
+        out_features=out_f,
+        in_features=in_f,
+        vector_len=config.v,
+        num_centroids=config.k1,
+        num_res_centroids=config.k2,
+        group_num=prep.group_num,
+        group_size=prep.group_size,
         outlier_size=prep.outlier_size,
         outlier_vector_len=config.vector_lens[0] if prep.outlier_size else 0,
         outlier_num_centroids=config.num_centroids[0] if prep.outlier_size else 0,
         centroids=torch.stack([p.C.half().reshape(-1) for p in groups]),  # [G, k1 * v]
         indices=pack_codes(merged, b1 + index_bits(config.k2)),  # [G, R, words]
         res_centroids=torch.stack([p.C_res.half().reshape(-1) for p in groups]) if config.k2 else None,
-        perm=_as_int16(prep.perm) if prep.perm is not None else None,
-        weight_scale=prep.scale, weight_bias=prep.bias, **outlier,
+        perm=as_int16_bits(prep.perm) if prep.perm is not None else None,
+        weight_scale=prep.scale,
+        weight_bias=prep.bias,
+        **outlier,
     )
 
 
@@ -316,13 +328,14 @@ def _utilisation(codes: list[torch.Tensor | None], parts: list[Part], residual: 
         C = p.C_res if residual else p.C
         if C is None:
             continue
-        cols = [c for c in codes[p.start:p.stop] if c is not None]
+        cols = [c for c in codes[p.start : p.stop] if c is not None]
         used.append(torch.cat(cols).unique().numel() / C.shape[0] if cols else 0.0)
     return used
 
 
-def quantize_with_trace(W: torch.Tensor, H: torch.Tensor, config: VPTQConfig,
-                        feedback: bool = True) -> tuple[QuantizedWeight, VPTQTrace]:
+def quantize_with_trace(
+    W: torch.Tensor, H: torch.Tensor, config: VPTQConfig, feedback: bool = True
+) -> tuple[QuantizedWeight, VPTQTrace]:
     """:func:`vptq_quantize` that also returns the intermediate results (:class:`VPTQTrace`)."""
     seconds: dict[str, float] = {}
     with _timed(seconds, "prepare"):
@@ -342,14 +355,22 @@ def quantize_with_trace(W: torch.Tensor, H: torch.Tensor, config: VPTQConfig,
             final = quantize_columns(prep, parts, config.blocksize, feedback)
     with _timed(seconds, "pack"):
         qw = pack_layer(prep, parts, final, config)
-    trace = VPTQTrace(prep, parts, to_original(kmeans_only.Q, prep), to_original(first.Q, prep),
-                      to_original(final.Q, prep))
+    trace = VPTQTrace(
+        prep, parts, to_original(kmeans_only.Q, prep), to_original(first.Q, prep), to_original(final.Q, prep)
+    )
     qw.info.update(_info(W, H, qw, trace, final, feedback, seconds))
     return qw, trace
 
 
-def _info(W: torch.Tensor, H: torch.Tensor, qw: QuantizedWeight, trace: VPTQTrace, final: Pass,
-          feedback: bool, seconds: dict[str, float]) -> dict:
+def _info(
+    W: torch.Tensor,
+    H: torch.Tensor,
+    qw: QuantizedWeight,
+    trace: VPTQTrace,
+    final: Pass,
+    feedback: bool,
+    seconds: dict[str, float],
+) -> dict:
     parts, prep = trace.parts, trace.prepared
     groups = parts[1:] if prep.outlier_size else parts
     info = {

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import VPTQConfig
-from .hessian_ops import proxy_loss
-from .quantizer import VPTQTrace, quantize_columns, quantize_with_trace
-from .qweight import QuantizedWeight
+from vptq_lab.core.config import VPTQConfig
+from vptq_lab.core.hessian_ops import proxy_loss
+from vptq_lab.core.quantizer import VPTQTrace, quantize_columns, quantize_with_trace
+from vptq_lab.core.qweight import QuantizedWeight
 
 __all__ = ["ColumnTrace", "column_trace"]
 
@@ -73,13 +73,17 @@ class ColumnTrace:
         """One row per working column: its original index, errors and the proxy loss after it."""
         import pandas as pd
 
-        return pd.DataFrame({
-            "column": range(self.in_features), "original_column": self.order.tolist(),
-            "outlier": [j < self.outlier_size for j in range(self.in_features)],
-            "error_feedback": self.error_feedback.tolist(), "error_no_feedback": self.error_no_feedback.tolist(),
-            "proxy_loss_feedback": self.proxy_loss_feedback[1:].tolist(),
-            "proxy_loss_no_feedback": self.proxy_loss_no_feedback[1:].tolist(),
-        })
+        return pd.DataFrame(
+            {
+                "column": range(self.in_features),
+                "original_column": self.order.tolist(),
+                "outlier": [j < self.outlier_size for j in range(self.in_features)],
+                "error_feedback": self.error_feedback.tolist(),
+                "error_no_feedback": self.error_no_feedback.tolist(),
+                "proxy_loss_feedback": self.proxy_loss_feedback[1:].tolist(),
+                "proxy_loss_no_feedback": self.proxy_loss_no_feedback[1:].tolist(),
+            }
+        )
 
 
 def _working_hessian(H: torch.Tensor, trace: VPTQTrace) -> torch.Tensor:
@@ -112,11 +116,18 @@ def column_trace(W: torch.Tensor, H: torch.Tensor, config: VPTQConfig) -> Column
     Ud, Ed, D0 = prep.U.double(), E.double(), (prep.W - plain.Q).double()
     n = prep.W.shape[1]
     return ColumnTrace(
-        qweight=qw, trace=trace, order=prep.perm if prep.perm is not None else torch.arange(n),
-        outlier_size=prep.outlier_size, W=prep.W, Q=final.Q, Q_no_feedback=plain.Q, E=E, U=prep.U, H=Hw,
+        qweight=qw,
+        trace=trace,
+        order=prep.perm if prep.perm is not None else torch.arange(n),
+        outlier_size=prep.outlier_size,
+        W=prep.W,
+        Q=final.Q,
+        Q_no_feedback=plain.Q,
+        E=E,
+        U=prep.U,
+        H=Hw,
         error_feedback=(final.residual.double() ** 2).sum(0) * torch.diag(Hw) / denom,
-        error_no_feedback=(D0 ** 2).sum(0) * torch.diag(Hw) / denom,
+        error_no_feedback=(D0**2).sum(0) * torch.diag(Hw) / denom,
         proxy_loss_feedback=_prefix_loss(Ed.T @ Ed, Ud @ Hw @ Ud.T, denom),
         proxy_loss_no_feedback=_prefix_loss(D0.T @ D0, Hw, denom),
     )
-

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-__all__ = ["packed_words", "pack_codes", "unpack_codes", "merge_codes", "split_codes", "index_bits"]
+__all__ = ["packed_words", "pack_codes", "unpack_codes", "merge_codes", "split_codes", "index_bits", "as_int16_bits"]
 
 
 def index_bits(num_centroids: int) -> int:
@@ -60,8 +60,7 @@ def unpack_codes(words: torch.Tensor, bits: int, num_codes: int) -> torch.Tensor
     *lead, nwords = words.shape
     if nwords != packed_words(num_codes, bits):
         raise ValueError(
-            f"{nwords} words cannot hold {num_codes} codes of {bits} bits "
-            f"(expected {packed_words(num_codes, bits)})"
+            f"{nwords} words cannot hold {num_codes} codes of {bits} bits (expected {packed_words(num_codes, bits)})"
         )
     w = words.to(torch.int64) & 0xFFFFFFFF  # [..., W]
     stream = (w.unsqueeze(-1) >> torch.arange(32, device=words.device)) & 1  # [..., W, 32]
@@ -84,3 +83,10 @@ def split_codes(merged: torch.Tensor, b1: int, b2: int) -> tuple[torch.Tensor, t
     if b2 == 0:
         return idx, None
     return idx, (merged >> b1) & ((1 << b2) - 1)
+
+
+def as_int16_bits(values: torch.Tensor) -> torch.Tensor:
+    """Integers in [0, 65536) -> int16 holding the same uint16 bit pattern (the official outlier-index and perm
+    convention: torch has no uint16 arithmetic, so 40000 is stored as 40000 - 65536)."""
+    values = values.to(torch.int64)
+    return torch.where(values >= 1 << 15, values - (1 << 16), values).to(torch.int16)
