@@ -5,7 +5,7 @@
 
 A minimal hand-written decoder (embedding, 32 blocks of RoPE attention with a
 static KV cache and a SwiGLU MLP, fp16 lm_head) generates greedily from a
-1-token prompt, as in the VPTQ paper's table (VPTQ_NOTES.md section 5). Every
+1-token prompt, as in the VPTQ paper's table (docs/algorithm.md, Published numbers). Every
 block linear is ``vq_linear`` on a random ``QuantizedWeight`` (speed does not
 depend on the codes), or ``F.linear`` on a dense fp16 weight for the baseline.
 Each model runs eagerly and, on GPU, as one CUDA graph per decode step.

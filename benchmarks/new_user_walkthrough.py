@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from vptq_lab.testing import CHROMIUM, CHROMIUM_ARGS, jupyterlab
+from lab_harness import CHROMIUM, CHROMIUM_ARGS, jupyterlab  # beside this script
 
 HERE = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from vptq_lab.core.bits import model_bits
-from vptq_lab.core.config import preset
+from vptq_lab.core.config import VPTQConfig, preset
 from vptq_lab.core.quantizer import vptq_quantize
 from vptq_lab.io.data import calibration_windows, load_wikitext2
 from vptq_lab.io.models import load_model
@@ -37,12 +37,40 @@ def block_hessians(
     return {name: found[name] for name in layers}
 
 
+# The fields that decide the codebooks and the bits. The presets also fix calibration (nsamples, seqlen), which
+# this search sets itself, so comparing whole configs never matched a preset.
+QUANTIZER_FIELDS = (
+    "vector_lens",
+    "num_centroids",
+    "num_res_centroids",
+    "npercent",
+    "group_num",
+    "enable_norm",
+    "enable_perm",
+)
+
+
+def is_preset(config: VPTQConfig, target: int) -> bool:
+    """Whether ``config`` quantizes as the current ``target``-bit preset does."""
+    return all(getattr(config, f) == getattr(preset(target), f) for f in QUANTIZER_FIELDS)
+
+
 def candidates(target: int, top: int) -> list:
     table = suggest(SMOLLM2_135M_SHAPES, target, max_rows=top)
     configs = list(table["config"])
-    if preset(target) not in configs:
+    if not any(is_preset(c, target) for c in configs):
         configs.append(preset(target))
     return configs
+
+
+def reflag(path: str) -> pd.DataFrame:
+    """Mark the rows of a results file that match today's presets (after a preset change, without rerunning)."""
+    table = pd.read_csv(path)
+    table["is_current_preset"] = [
+        is_preset(VPTQConfig.from_json(c), int(t)) for c, t in zip(table["config"], table["target"])
+    ]
+    table.to_csv(path, index=False)
+    return table
 
 
 def main() -> None:
@@ -53,7 +81,11 @@ def main() -> None:
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--block", type=int, default=10)
     parser.add_argument("--out", default="benchmarks/results/preset_search.csv")
+    parser.add_argument("--reflag", action="store_true", help="only re-mark --out's rows that match today's presets")
     args = parser.parse_args()
+    if args.reflag:
+        print(reflag(args.out)[["target", "v", "k1", "k2", "npercent", "group_num", "is_current_preset"]])
+        return
     layers = block_hessians(args.block, args.nsamples, args.seqlen)
     rows = []
     for target in map(int, args.targets.split(",")):
@@ -68,7 +100,7 @@ def main() -> None:
                     "k2": config.k2,
                     "npercent": config.npercent,
                     "group_num": config.group_num,
-                    "is_current_preset": config == preset(target),
+                    "is_current_preset": is_preset(config, target),
                     "bits": round(model_bits(config, SMOLLM2_135M_SHAPES).bits_per_weight, 4),
                     "proxy_loss_rel_mean": round(sum(losses.values()) / len(losses), 6),
                     **{f"loss_{n.split('.')[-1]}": round(v, 6) for n, v in losses.items()},

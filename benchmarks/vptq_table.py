@@ -21,7 +21,7 @@ import torch
 from _bench import markdown_table
 
 from vptq_lab.core.config import preset
-from vptq_lab.lab.compare import CompareSettings, compare
+from vptq_lab.lab.compare import CompareSettings, compare, current_rows
 
 RESULTS = Path("benchmarks/results")
 
@@ -73,13 +73,22 @@ def label(row: pd.Series) -> str:
 
 
 def write_table(cache: Path) -> pd.DataFrame:
-    rows = [json.loads(line)["row"] for line in cache.read_text().splitlines() if line.strip()]
+    rows = list(current_rows(cache).values())  # stale rows (other code) never reach the table
     table = pd.DataFrame(rows)
     table.insert(0, "row", [label(r) for _, r in table.iterrows()])
     table["machine"] = f"{platform.machine()} CPU, {torch.get_num_threads()} torch thread(s) per run"
     table = table.sort_values(["target_bits", "row"])
     table.to_csv(RESULTS / "vptq_table.csv", index=False)
-    cols = ["row", "bits", "perplexity", "proxy_loss_rel_mean", "quant_seconds", "eval_seconds", "peak_rss_gib"]
+    cols = [
+        "row",
+        "bits",
+        "perplexity",
+        "proxy_loss_rel_mean",
+        "quant_seconds",
+        "eval_seconds",
+        "peak_rss_gib",
+        "commit",
+    ]
     (RESULTS / "vptq_table.md").write_text(markdown_table(table[cols]))
     return table
 

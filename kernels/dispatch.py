@@ -1,6 +1,6 @@
 """`vq_linear`: one entry point for every VQ matmul backend.
 
-Backends (all take ``(x, QuantizedWeight)``, style rule 6):
+Backends (all take ``(x, QuantizedWeight)``, one contract for every backend):
 
 - ``"reference"``: :func:`~.reference.vq_linear_ref`, unpacks on every call.
 - ``"torch"``: dequantize once with the reference, cache the dense weight, then

@@ -1,4 +1,4 @@
-"""Bit accounting: the paper's numbers (VPTQ_NOTES.md §3) and the stored file's real size."""
+"""Bit accounting: the paper's numbers (docs/algorithm.md, Bit accounting) and the stored file's real size."""
 
 from __future__ import annotations
 

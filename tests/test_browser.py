@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from vptq_lab.testing import CHROMIUM, CHROMIUM_ARGS, jupyterlab
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # the launcher is not in the package
+from lab_harness import CHROMIUM, CHROMIUM_ARGS, jupyterlab  # noqa: E402
 
 pytestmark = pytest.mark.browser
 

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -89,3 +90,55 @@ def test_committed_cache_keys_still_match_the_presets():
         assert _row_key("default", "vptq", preset(bits), settings) in keys, bits
     tuned = _row_key("default", "vptq", preset(2).replace(finetune=True, finetune_batch=1), settings)
     assert '"finetune_batch": 1' in tuned and tuned in keys  # the fine-tuning row (vptq_table --rows vptq2-finetune)
+
+
+def test_cached_rows_from_other_code_are_stale_and_recomputed(tmp_path, caplog):
+    import json
+
+    from vptq_lab.lab import compare as cmp
+
+    settings = cmp.CompareSettings(windows=1, seqlen=16)
+    key = cmp._row_key("m", "vptq", cmp._config_for("vptq", 2, None), settings)
+    old = json.loads(key) | {"results_version": cmp.RESULTS_VERSION - 1}
+    cache = tmp_path / "c.jsonl"
+    cache.write_text(
+        json.dumps({"key": key, "row": {"perplexity": 1.0}})
+        + "\n"
+        + json.dumps({"key": json.dumps(old, sort_keys=True), "row": {"perplexity": 2.0}})
+        + "\n"
+    )
+    with caplog.at_level("WARNING"):
+        rows = cmp.current_rows(cache)
+    assert list(rows) == [key]  # the old-code row is not reused: compare() computes it again
+    assert "1 cached row(s) came from other code" in caplog.text
+
+
+def test_committed_caches_are_current_and_record_their_commit():
+
+    from vptq_lab.lab.compare import current_rows
+
+    for name in ("compare.cache.jsonl", "vptq_table.cache.jsonl"):
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / name
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        rows = current_rows(path)
+        assert len(rows) == len(lines)  # no stale row left behind a README number
+        assert all(len(r["commit"]) >= 7 for r in rows.values())
+
+
+def test_preset_search_flags_exactly_todays_presets():
+    import json
+
+    import pandas as pd
+
+    from vptq_lab import preset
+
+    table = pd.read_csv(Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "preset_search.csv")
+    flagged = table[table.is_current_preset]
+    assert sorted(flagged.target) == [2, 3, 4]
+    for _, row in flagged.iterrows():
+        cfg, now = json.loads(row.config), preset(int(row.target))
+        assert (tuple(cfg["vector_lens"]), tuple(cfg["num_centroids"]), cfg["group_num"]) == (
+            now.vector_lens,
+            now.num_centroids,
+            now.group_num,
+        )

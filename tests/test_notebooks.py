@@ -61,7 +61,7 @@ def _code(prefix: str) -> str:
     return "\n".join(_source(c) for c in _cells(path) if c["cell_type"] == "code")
 
 
-# Every concept of VPTQ_NOTES.md sections 2 (the pieces) and 3 (bit accounting), with the notebook and the code
+# Every concept of docs/algorithm.md sections 2 (the pieces) and 3 (bit accounting), with the notebook and the code
 # that computes it there. A notebook edit that drops one of these cells fails here.
 CONCEPTS = {
     "2.1 Hessians from forward hooks, float64, divided by the token count": (
@@ -104,18 +104,15 @@ CONCEPTS = {
 
 
 @pytest.mark.parametrize("concept", list(CONCEPTS))
-def test_every_vptq_notes_concept_is_computed_in_a_notebook(concept):
+def test_every_algorithm_concept_is_computed_in_a_notebook(concept):
     prefix, patterns = CONCEPTS[concept]
     code = _code(prefix)
     missing = [p for p in patterns if not re.search(p, code)]
     assert not missing, f"notebook {prefix} no longer computes {concept!r}: {missing}"
 
 
-def test_the_concept_list_covers_every_numbered_piece_of_vptq_notes_section_2():
-    notes = Path(__file__).resolve().parents[2] / "shared" / "docs" / "VPTQ_NOTES.md"
-    if not notes.is_file():
-        pytest.skip(f"{notes} is not beside this checkout")
-    text = notes.read_text(encoding="utf-8")
+def test_the_concept_list_covers_every_numbered_piece_of_the_algorithm_doc():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "algorithm.md").read_text(encoding="utf-8")
     section = text[text.index("## 2.") : text.index("## 3.")]
     pieces = {f"2.{n}" for n in re.findall(r"^(\d+)\. \*\*", section, flags=re.M)}
     assert len(pieces) >= 10

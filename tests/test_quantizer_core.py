@@ -256,7 +256,7 @@ def test_pack_unpack_round_trip_every_width(b1: int, b2: int, S: int, rows: int,
 
 
 def _naive_dequantize(qw: QuantizedWeight) -> torch.Tensor:
-    """VPTQ_NOTES §4, written as plain loops (independent of qweight.gather_columns)."""
+    """docs/algorithm.md section 4, written as plain loops (independent of qweight.gather_columns)."""
     idx, res = qw.codes()
     v, out = qw.vector_len, qw.out_features
     body = torch.zeros(qw.num_rows * v, qw.group_num * qw.group_size)

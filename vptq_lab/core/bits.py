@@ -1,4 +1,4 @@
-"""Exact bit accounting for VPTQ layers (VPTQ_NOTES.md §3).
+"""Exact bit accounting for VPTQ layers (docs/algorithm.md, section 3).
 
 Two modes:
 

@@ -1,6 +1,6 @@
 """VPTQ for one linear: ``vptq_quantize(W, H, config) -> QuantizedWeight``.
 
-The steps (VPTQ_NOTES.md §2), each a function you can call alone:
+The steps (docs/algorithm.md, section 2), each a function you can call alone:
 
 1. :func:`prepare_layer`: per-column normalisation, dead columns, damping,
    act-order, ``U = chol(H^-1)^T``. Everything after works in this

@@ -1,6 +1,6 @@
 """`QuantizedWeight`: one linear's VPTQ weight, in the official checkpoint layout.
 
-The tensors are exactly those of an official VPTQ layer (VPTQ_NOTES.md §4), so
+The tensors are exactly those of an official VPTQ layer (docs/algorithm.md, section 4), so
 saving is a plain mapping. :func:`dequantize` is the pure-torch reference that
 every kernel is checked against.
 
@@ -107,7 +107,7 @@ def gather_columns(codebook: torch.Tensor, codes: torch.Tensor, v: int, out_feat
 
 
 def dequantize(qw: QuantizedWeight) -> torch.Tensor:
-    """Reference dequantization (VPTQ_NOTES.md §4): returns fp32 W [out, in]."""
+    """Reference dequantization (docs/algorithm.md, section 4): returns fp32 W [out, in]."""
     idx, res_idx = qw.codes()  # [G, R, S] each
     w = gather_columns(qw.centroids, idx, qw.vector_len, qw.out_features)  # [out, G*S]
     if res_idx is not None:

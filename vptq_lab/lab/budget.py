@@ -2,7 +2,7 @@
 
 ``suggest(shapes, target_bits)`` searches a grid of VPTQ configs and returns a
 ranked DataFrame of those whose *total* bits per weight (indices, codebooks,
-outlier codebooks, perm, scale/bias: ``bits.py``'s paper accounting, VPTQ_NOTES
+outlier codebooks, perm, scale/bias: ``bits.py``'s paper accounting, docs/algorithm.md
 §3) lie in ``[target - tolerance, target]``. It answers the official repo's
 "which parameters give N bits" (#126, #119), and it shows why small models need
 small codebooks: on a hidden-576 model a per-linear k=4096 codebook alone costs

@@ -10,6 +10,7 @@ interrupted run) never redoes them.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -22,7 +23,9 @@ import pandas as pd
 
 from vptq_lab.errors import VPTQLabError
 
-__all__ = ["compare", "CompareSettings", "peak_rss"]
+log = logging.getLogger(__name__)
+
+__all__ = ["compare", "CompareSettings", "peak_rss", "current_rows", "code_commit", "RESULTS_VERSION"]
 
 COLUMNS = [
     "model",
@@ -40,6 +43,7 @@ COLUMNS = [
     "propagation",
     "config",
     "note",
+    "commit",
 ]
 
 
@@ -86,24 +90,53 @@ def peak_rss(interval: float = 0.05) -> Iterator[dict[str, float]]:
         result["peak_gib"] = round(max(result["peak_gib"], proc.memory_info().rss / 2**30), 3)
 
 
+# Bump when a change to the quantizers, calibration or evaluation changes what a row measures: every cached row
+# made under another number is then stale and computed again (the README's tables come from these caches).
+RESULTS_VERSION = 1
+
 # Config fields added after caches were first written: left out of a row's key while they hold their
 # default, so rows cached before the field existed are still found.
 _KEY_OMIT_AT_DEFAULT = {"finetune_batch": 0}
 
 
+def _versions() -> dict[str, int]:
+    from vptq_lab.io.checkpoint import FORMAT_VERSION
+
+    return {"results_version": RESULTS_VERSION, "format_version": FORMAT_VERSION}
+
+
 def _row_key(model: str, method: str, config: Any, settings: CompareSettings) -> str:
+    """What a cached row measured: model, method, config, windows and calibration, plus the versions of the code
+    that computed it and of the checkpoint format."""
     cfg = {k: v for k, v in config.to_dict().items() if k not in _KEY_OMIT_AT_DEFAULT or v != _KEY_OMIT_AT_DEFAULT[k]}
-    return json.dumps({"model": model, "method": method, "config": cfg, **settings.key()}, sort_keys=True)
+    key = {"model": model, "method": method, "config": cfg, **settings.key(), **_versions()}
+    return json.dumps(key, sort_keys=True)
 
 
-def _load_cache(path: Path | None) -> dict[str, dict[str, Any]]:
-    if path is None or not path.is_file():
+def current_rows(path: str | Path | None) -> dict[str, dict[str, Any]]:
+    """The rows of a JSON-lines cache that this code would compute the same way (key -> row).
+
+    Rows made under another results or format version are stale: they are left out (so they are computed again)
+    and counted in one warning.
+    """
+    if path is None or not Path(path).is_file():
         return {}
-    rows = {}
-    for line in path.read_text().splitlines():
+    rows, stale, versions = {}, 0, _versions()
+    for line in Path(path).read_text().splitlines():
         if line.strip():
             entry = json.loads(line)
-            rows[entry["key"]] = entry["row"]
+            key = json.loads(entry["key"])
+            if any(key.get(name) != value for name, value in versions.items()):
+                stale += 1
+            else:
+                rows[entry["key"]] = entry["row"]
+    if stale:
+        log.warning(
+            "%s: %d cached row(s) came from other code (%s differ) and will be computed again",
+            path,
+            stale,
+            " or ".join(versions),
+        )
     return rows
 
 
@@ -114,6 +147,30 @@ def _append_cache(path: Path | None, key: str, row: dict[str, Any]) -> None:
     with path.open("a") as fh:  # one whole line per completed row: a crash loses at most the row in flight
         fh.write(json.dumps({"key": key, "row": row}) + "\n")
         fh.flush()
+
+
+def code_commit() -> str:
+    """The git commit this code runs from ("+dirty" with uncommitted changes to tracked files), else the version."""
+    import subprocess
+
+    import vptq_lab
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        git = ["git", "-C", str(root)]
+        commit = subprocess.run(
+            [*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [*git, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return f"vptq_lab {vptq_lab.__version__} (not a git checkout)"
+    return commit + ("+dirty" if dirty else "")
 
 
 def _config_for(method: str, bits: int, config: Any | None):
@@ -170,6 +227,7 @@ def _run_row(
             progress=progress,
         )
     row.update(perplexity=round(rec.perplexity, 4), eval_seconds=rec.seconds, peak_rss_gib=memory["peak_gib"])
+    row.update(commit=code_commit(), results_version=RESULTS_VERSION)
     if not rec.comparable:
         row["note"] = (row["note"] + "; " if row["note"] else "") + "stand-in corpus, not WikiText-2"
     return row
@@ -192,7 +250,7 @@ def compare(
     Returns a DataFrame with :data:`COLUMNS`.
     """
     cache_path = Path(cache) if cache is not None else None
-    done = _load_cache(cache_path)
+    done = current_rows(cache_path)
     plan = ([("fp", 16, None)] if include_fp else []) + [
         (m, b, _config_for(m, b, (configs or {}).get((m, b)))) for m in methods for b in budgets
     ]

@@ -1,0 +1,211 @@
+"""The package's shape: layers that import only downwards, no import cycles, no reach-ins, one public API."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+import vptq_lab
+
+REPO = Path(__file__).resolve().parents[1]
+# Lower ranks never import higher ones. kernels/ installs as vptq_lab.kernels.
+RANKS = {"errors": 0, "files": 0, "core": 1, "kernels": 2, "model": 3, "io": 4, "lab": 5, "cli": 6, "testing": 6}
+
+
+def _sources() -> dict[str, Path]:
+    """Dotted module name -> file, for the package and the kernels."""
+    out = {}
+    for root, package in ((REPO / "vptq_lab", "vptq_lab"), (REPO / "kernels", "vptq_lab.kernels")):
+        for path in root.rglob("*.py"):
+            parts = list(path.relative_to(root).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join([package, *parts])] = path
+    return out
+
+
+MODULES = _sources()
+
+
+def _imports(name: str, path: Path) -> list[tuple[str, list[str], int]]:
+    """(imported module, names taken from it, line) for every import in the file, lazy ones included."""
+    is_package = path.name == "__init__.py"
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, [], node.lineno) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = name.split(".") if is_package else name.split(".")[:-1]
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            names = [alias.name for alias in node.names]
+            submodules = [n for n in names if f"{base}.{n}" in MODULES]
+            found += [(f"{base}.{n}", [], node.lineno) for n in submodules]
+            found.append((base, [n for n in names if n not in submodules], node.lineno))
+    return [(mod, names, line) for mod, names, line in found if mod.startswith("vptq_lab")]
+
+
+def _where(path: Path) -> str:
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+def _owner(module: str) -> str:
+    """The module that holds ``module``'s code: ``vptq_lab.lab.plots`` as is, a package's name as itself."""
+    while module not in MODULES and "." in module:
+        module = module.rpartition(".")[0]
+    return module
+
+
+def _rank(module: str) -> int | None:
+    parts = module.split(".")
+    return RANKS.get(parts[1]) if len(parts) > 1 else None
+
+
+def test_every_module_has_a_layer():
+    unranked = [m for m in MODULES if m != "vptq_lab" and _rank(m) is None]
+    assert unranked == [], f"add these to RANKS (and the layer list in vptq_lab/__init__.py): {unranked}"
+
+
+def test_layers_import_only_downwards():
+    # core is the pure algorithm: it must not reach model surgery, files, evaluation or the workbench.
+    upward = []
+    for name, path in MODULES.items():
+        rank = _rank(name)
+        for mod, _, line in _imports(name, path):
+            target = _rank(mod)
+            if rank is not None and target is not None and target > rank:
+                upward.append(f"{_where(path)}:{line} imports {mod}")
+    assert upward == []
+
+
+def test_core_imports_only_torch_pandas_and_the_standard_library():
+    allowed_third_party = {"torch", "pandas"}  # pandas only for the DataFrame views of results
+    bad = []
+    for name, path in MODULES.items():
+        if not name.startswith("vptq_lab.core"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and not getattr(node, "level", 0):
+                roots = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+                for root in (r.split(".")[0] for r in roots):
+                    if root not in allowed_third_party and root != "vptq_lab" and not _is_stdlib(root):
+                        bad.append(f"{_where(path)}:{node.lineno} imports {root}")
+    assert bad == []
+
+
+def _is_stdlib(name: str) -> bool:
+    import sys
+
+    return name in sys.stdlib_module_names or name == "__future__"
+
+
+def test_no_import_cycles():
+    graph = {
+        name: {_owner(mod) for mod, _, _ in _imports(name, path) if _owner(mod) != name}
+        for name, path in MODULES.items()
+    }
+    graph = {n: {d for d in deps if d in MODULES and d != "vptq_lab"} for n, deps in graph.items()}
+    cycles, state = [], {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = "open"
+        for dep in sorted(graph.get(node, ())):
+            if state.get(dep) == "open":
+                cycles.append(" -> ".join(stack[stack.index(dep) :] + [dep]))
+            elif dep not in state:
+                visit(dep, stack + [dep])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    assert cycles == []
+
+
+def test_no_module_takes_another_modules_private_names():
+    reach_ins = [
+        f"{_where(path)}:{line} takes {mod}.{n}"
+        for name, path in MODULES.items()
+        for mod, names, line in _imports(name, path)
+        for n in names
+        if n.startswith("_") and _owner(mod) != name
+    ]
+    assert reach_ins == []
+
+
+def test_the_checks_above_can_fail(tmp_path, monkeypatch):
+    # A core module importing the model layer, a cycle and a private import are all caught.
+    bad = tmp_path / "bad.py"
+    bad.write_text("from vptq_lab.model.calibrate import _first_output\nimport vptq_lab.core.config\n")
+    monkeypatch.setitem(MODULES, "vptq_lab.core.bad", bad)
+    with pytest.raises(AssertionError, match="imports vptq_lab.model.calibrate"):
+        test_layers_import_only_downwards()
+    with pytest.raises(AssertionError, match="takes vptq_lab.model.calibrate._first_output"):
+        test_no_module_takes_another_modules_private_names()
+    for me, other in (("a", "b"), ("b", "a")):
+        (tmp_path / f"{me}.py").write_text(f"import vptq_lab.core.fake_{other}\n")
+        monkeypatch.setitem(MODULES, f"vptq_lab.core.fake_{me}", tmp_path / f"{me}.py")
+    with pytest.raises(AssertionError, match="vptq_lab.core.fake_a -> vptq_lab.core.fake_b -> vptq_lab.core.fake_a"):
+        test_no_import_cycles()
+
+
+# The public API ------------------------------------------------------------------------------------------
+
+ISSUE_API = [
+    "quantize_",
+    "VPTQConfig",
+    "preset",
+    "vptq_quantize",
+    "dequantize",
+    "save_quantized",
+    "load_quantized",
+    "load_model",
+    "perplexity",
+    "load_wikitext2",
+    "calibration_windows",
+    "compare",
+    "suggest",
+]
+
+
+def test_public_api_at_the_root():
+    assert set(ISSUE_API) <= set(vptq_lab.__all__)
+    assert sorted(vptq_lab.__all__) == sorted(vptq_lab._API)
+    for name in vptq_lab.__all__:
+        value = getattr(vptq_lab, name)
+        home = importlib.import_module(vptq_lab._API[name])
+        assert value is getattr(home, name), name
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        vptq_lab.nope  # noqa: B018
+
+
+def test_importing_the_package_loads_no_heavy_module():
+    import subprocess
+    import sys
+
+    code = "import sys, vptq_lab; print(sorted(m for m in ('torch', 'transformers', 'pandas') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_notebooks_and_readme_use_the_root_api():
+    import json
+
+    root_names = set(vptq_lab.__all__)
+    for nb in sorted((REPO / "notebooks").glob("*.ipynb")):
+        code = "\n".join("".join(c["source"]) for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code")
+        for node in ast.walk(ast.parse(_strip_magics(code))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("vptq_lab."):
+                deep = sorted(a.name for a in node.names if a.name in root_names)
+                assert deep == [], f"{nb.name}: import {deep} from vptq_lab, not {node.module}"
+    readme = (REPO / "README.md").read_text()
+    assert "from vptq_lab import " in readme
+
+
+def _strip_magics(code: str) -> str:
+    return "\n".join(line for line in code.splitlines() if not line.lstrip().startswith(("%", "!")))
