@@ -248,7 +248,7 @@ def test_K5_nan_hessian_names_the_cause():
 
 
 def test_K6_calibration_of_floats_is_refused():
-    with pytest.raises(VPTQLabError, match="integer token ids .*build it with vptq_lab.io.data.calibration_windows"):
+    with pytest.raises(VPTQLabError, match="integer token ids .*build it with vptq_lab.calibration_windows"):
         quantize_(tiny_model("llama"), TINY, [[1, 2, 3]], progress=False)
 
 

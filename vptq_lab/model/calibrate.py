@@ -425,7 +425,7 @@ def _check_calibration(calibration: torch.Tensor) -> None:
         raise VPTQLabError(
             f"calibration must be integer token ids [nsamples, seqlen], got {shape} "
             f"{getattr(calibration, 'dtype', type(calibration).__name__)}; "
-            "build it with vptq_lab.io.data.calibration_windows"
+            "build it with vptq_lab.calibration_windows"
         )
     if calibration.numel() == 0:
         raise VPTQLabError(f"calibration is empty {tuple(calibration.shape)}: give at least one window of tokens")
