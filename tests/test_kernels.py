@@ -49,6 +49,9 @@ CASES = {
     "everything": (45, 70, dict(v=12, k1=2048, k2=64, outlier_size=6, v0=2, k0=64, group_num=4, perm=True, norm=True)),
     "fp32_codebook": (37, 50, dict(v=8, k1=64, k2=16, perm=True, norm=True, codebook_dtype=torch.float32)),
     "bf16_codebook": (37, 50, dict(v=4, k1=64, k2=16, outlier_size=2, codebook_dtype=torch.bfloat16)),
+    # past one tile in every direction for every autotune config: S = 300 columns > BLOCK_S (at most 256),
+    # R = 21 vector rows > BLOCK_R (at least 2)
+    "wide": (41, 306, dict(v=2, k1=16, k2=16, outlier_size=6, v0=2, k0=16, perm=True, norm=True)),
 }
 FP32_TOL = dict(rtol=1e-5, atol=1e-5)  # fp32 accumulation in a different order than the reference
 
@@ -185,3 +188,37 @@ def test_missing_triton_says_how_to_install(monkeypatch):
 def test_importing_the_package_does_not_import_triton():
     code = "import sys, vptq_lab.kernels; assert 'triton' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _each_config(kernel):
+    """Run the body once per autotune config of ``kernel``, that config alone (the interpreter uses only the
+    first otherwise)."""
+    configs = list(kernel.configs)
+    try:
+        for config in configs:
+            kernel.configs = [config]
+            kernel.cache.clear()
+            yield config
+    finally:
+        kernel.configs = configs
+        kernel.cache.clear()
+
+
+@pytest.mark.parametrize("case", ["wide", "everything"])
+def test_every_autotune_config_matches_the_reference(case):
+    from vptq_lab.kernels import dequant as dequant_mod
+    from vptq_lab.kernels import gemm as gemm_mod
+    from vptq_lab.kernels import gemv as gemv_mod
+
+    qw = make(case)
+    assert qw.group_size > 256 or case != "wide"  # the S > BLOCK_S case, for every config
+    W = dequant_ref(qw)
+    for config in _each_config(dequant_mod._dequant_kernel):
+        torch.testing.assert_close(dequant(qw), W, **FP32_TOL, msg=f"dequant {config}")
+    x1, x5 = tokens(qw, 1), tokens(qw, 5)
+    for config in _each_config(gemv_mod._vq_gemv_kernel):
+        got = vq_gemv(x1, qw, out_bias(qw))
+        torch.testing.assert_close(got, vq_linear_ref(x1, qw, out_bias(qw)), **FP32_TOL, msg=f"gemv {config}")
+    for config in _each_config(gemm_mod._vq_gemm_kernel):
+        got = vq_gemm(x5, qw, out_bias(qw), method="fused")
+        torch.testing.assert_close(got, vq_linear_ref(x5, qw, out_bias(qw)), **FP32_TOL, msg=f"gemm {config}")
