@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -94,3 +95,59 @@ def markdown_table(df) -> str:
     cells = [[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row] for row in df.itertuples(index=False)]
     lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells]) + "\n"
+
+
+def checkpoint_mb(method: str, config_json: str, model_name: str = "default") -> float | None:
+    """Size of the model.safetensors that `save_quantized` writes for ``model_name`` quantized by ``method`` with
+    this config, in MiB; None for the scalar baselines (no packed format). Exact without quantizing: the size
+    depends only on the tensors' shapes and dtypes, so random codes of the official shapes stand in.
+    """
+    from vptq_lab import VPTQConfig, load_model
+    from vptq_lab.core.config import layer_plan
+    from vptq_lab.io.checkpoint import checkpoint_bytes
+    from vptq_lab.kernels.testing import random_qweight
+    from vptq_lab.model.arch import arch_for, get_blocks, get_module, linear_weight, set_module
+    from vptq_lab.model.layers import QuantizedLinear
+
+    if method not in ("vq", "vptq", "fp"):
+        return None
+    model, _ = load_model(model_name)
+    if method == "fp":  # every tensor in 16 bits, the tied lm_head once
+        from safetensors.torch import save
+
+        state = {k: v.half() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+        return round(len(save(state, metadata={"format": "pt"})) / 2**20, 2)
+    config = VPTQConfig.from_json(config_json)
+    spec = arch_for(model)
+    for block in get_blocks(model, spec):
+        for name in (n for stage in spec.stages for n in stage):
+            linear = get_module(block, name)
+            out_f, in_f = linear_weight(linear, spec.transposed).shape
+            outliers, groups, _ = layer_plan(config, in_f)
+            qw = random_qweight(
+                out_f,
+                in_f,
+                v=config.v,
+                k1=config.k1,
+                k2=config.k2,
+                outlier_size=outliers,
+                v0=config.vector_lens[0] if outliers else None,
+                k0=config.num_centroids[0] if outliers else None,
+                group_num=groups,
+                perm=config.enable_perm or outliers > 0,
+                norm=config.enable_norm,
+            )
+            set_module(block, name, QuantizedLinear(qw, getattr(linear, "bias", None)))
+    return round(checkpoint_bytes(model) / 2**20, 2)
+
+
+def with_file_mb(table: Any) -> Any:
+    """``table`` (rows of a compare cache) with ``file_mb`` filled where a row predates that column."""
+    if "file_mb" not in table:
+        table["file_mb"] = float("nan")
+    table["file_mb"] = table["file_mb"].astype(float)
+    missing = table["file_mb"].isna()
+    sizes = {key: checkpoint_mb(*key) for key in set(zip(table.method[missing], table.config[missing]))}
+    filled = [sizes[key] for key in zip(table.method[missing], table.config[missing])]
+    table.loc[missing, "file_mb"] = [float("nan") if s is None else s for s in filled]
+    return table

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from _bench import markdown_table
+from _bench import markdown_table, with_file_mb
 
 from vptq_lab.core.bits import model_bits
 from vptq_lab.core.config import VPTQConfig
@@ -68,6 +68,7 @@ def main() -> None:
 
 
 def write(table: pd.DataFrame, windows: int) -> None:
+    table = with_file_mb(table)
     table["machine"] = f"{platform.machine()} CPU, {torch.get_num_threads()} torch thread(s) per run"
     table.to_csv(RESULTS / "compare.csv", index=False)
 
@@ -81,6 +82,7 @@ def write(table: pd.DataFrame, windows: int) -> None:
         "variant",
         "target_bits",
         "bits",
+        "file_mb",
         "perplexity",
         "proxy_loss_rel_mean",
         "quant_seconds",

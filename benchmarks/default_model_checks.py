@@ -93,7 +93,8 @@ def cmd_reload(work: Path) -> None:
     nll_mem = window_nll(model, window)
     with torch.no_grad():
         logits_mem = model(window).logits
-    folder = save_quantized(model, tokenizer, work / "C", report=report.to_dict())
+    # float32: this check is about an exact copy (the 16-bit default is measured by benchmarks/storage_dtype.py)
+    folder = save_quantized(model, tokenizer, work / "C", report=report.to_dict(), dtype=torch.float32)
     del model
     reloaded, tok2 = load_model(str(folder))
     from_disk = perplexity(reloaded, tok2, test, max_windows=EVAL_WINDOWS, progress=False)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from _bench import markdown_table
+from _bench import markdown_table, with_file_mb
 
 from vptq_lab.core.config import preset
 from vptq_lab.lab.compare import CompareSettings, compare, current_rows
@@ -74,7 +74,7 @@ def label(row: pd.Series) -> str:
 
 def write_table(cache: Path) -> pd.DataFrame:
     rows = list(current_rows(cache).values())  # stale rows (other code) never reach the table
-    table = pd.DataFrame(rows)
+    table = with_file_mb(pd.DataFrame(rows))
     table.insert(0, "row", [label(r) for _, r in table.iterrows()])
     table["machine"] = f"{platform.machine()} CPU, {torch.get_num_threads()} torch thread(s) per run"
     table = table.sort_values(["target_bits", "row"])
@@ -82,6 +82,7 @@ def write_table(cache: Path) -> pd.DataFrame:
     cols = [
         "row",
         "bits",
+        "file_mb",
         "perplexity",
         "proxy_loss_rel_mean",
         "quant_seconds",

@@ -59,7 +59,7 @@ def test_every_family_quantizes_and_round_trips(family, tmp_path):
     assert torch.isfinite(out).all()
     rel = float((out - ref).pow(2).mean() / ref.pow(2).mean())
     assert rel < 0.05, f"{family}: quantized logits drifted by {rel:.3f}"
-    save_quantized(model, None, tmp_path / "q", report.to_dict())
+    save_quantized(model, None, tmp_path / "q", report.to_dict(), dtype=torch.float32)  # bit-exact copy
     loaded, _ = load_quantized(tmp_path / "q")
     with torch.no_grad():
         assert torch.equal(loaded(ids).logits, out)

@@ -47,7 +47,7 @@ def _load_with_official_layers(folder, official_vptq):
     layer_cls, make_quant_linear = official_vptq
     raw = json.loads((folder / "config.json").read_text())
     quant = raw.pop("quantization_config")
-    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**raw))
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**raw), dtype=torch.float32)
     make_quant_linear(model, quant["config_for_layers"], quant["shared_layer_config"], target_layer=layer_cls)
     result = model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
     assert result.unexpected_keys == [] and result.missing_keys == ["lm_head.weight"]  # tied to the embeddings

@@ -696,3 +696,34 @@ def test_every_case_is_in_the_troubleshooting_table():
     assert cases - rows == set(), f"add rows to {DOC.name}"
     assert {i for i in rows if not i.startswith("R")} - cases == set(), "rows without a test here"
     assert len(cases) >= 30
+
+
+# Non-quantized tensors are stored in 16 bits, as official checkpoints store them ---------------------------
+
+
+def test_non_quantized_tensors_are_stored_in_16_bits(tmp_path):
+    from safetensors import safe_open
+
+    from vptq_lab.testing import tiny_llama
+
+    model = tiny_llama(vocab_size=384, hidden=64, layers=2)
+    calib = torch.randint(0, 384, (4, 32), generator=torch.Generator().manual_seed(0))
+    quantize_(model, TINY.replace(nsamples=4, seqlen=32), calib, progress=False)
+    small = save_quantized(model, None, tmp_path / "fp16")
+    exact = save_quantized(model, None, tmp_path / "fp32", dtype=torch.float32)
+    with safe_open(str(small / "model.safetensors"), "pt") as f:
+        assert f.get_tensor("model.embed_tokens.weight").dtype == torch.float16
+        assert f.get_tensor("model.norm.weight").dtype == torch.float16
+        assert f.get_tensor("model.layers.0.self_attn.q_proj.centroids.weight").dtype == torch.float16
+        assert f.get_tensor("model.layers.0.self_attn.q_proj.indices").dtype == torch.int32  # format untouched
+    assert json.loads((small / "config.json").read_text())["dtype"] == "float16"
+    size = {p.name: (p / "model.safetensors").stat().st_size for p in (small, exact)}
+    assert size["fp16"] < 0.75 * size["fp32"]  # the embedding dominates a tiny model too
+    ids = torch.randint(0, 384, (2, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = model(ids).logits
+        rounded = load_quantized(small)[0](ids).logits
+        copied = load_quantized(exact)[0](ids).logits
+    assert torch.equal(copied, ref)  # dtype=float32: a bit-exact copy
+    assert next(load_quantized(small)[0].parameters()).dtype == torch.float32  # computed in fp32 after loading
+    torch.testing.assert_close(rounded, ref, rtol=0, atol=1e-2)  # fp16 rounding of embeddings and norms only

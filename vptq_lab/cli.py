@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from vptq_lab.errors import VPTQLabError
+from vptq_lab.io.data import GET_WIKITEXT2
 from vptq_lab.io.models import DEFAULT_NAMES
 
 __all__ = ["main", "build_parser"]
@@ -376,12 +377,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"before": before, "after": after, "quantize": summary}))
         return 0
-    print(f"\nWikiText-2 test, seqlen 2048, first {before['windows']} windows")
+    text = "WikiText-2" if before["comparable"] else before["dataset"]
+    print(f"\n{text} test split, seqlen 2048, first {before['windows']} windows")
     print(f"{'model':<40}{'bits/weight':>12}{'perplexity':>12}")
     for name, (bits, rec) in rows.items():
         print(f"{name:<40}{bits:>12.3f}{rec['perplexity']:>12.3f}")
     print(f"quantized in {summary['seconds']:.0f} s; saved to {args.out}")
     print(f"note: {before['note']}")
+    if "warning" in before:  # the stand-in corpus: say so beside the numbers, not only in the log above them
+        print(f"warning: {before['warning']}; {GET_WIKITEXT2}")
     return 0
 
 

@@ -27,36 +27,101 @@ from vptq_lab.files import safe_member, sha256_file
 from vptq_lab.model.arch import set_module
 from vptq_lab.model.layers import QuantizedLinear, module_tensors
 
-__all__ = ["save_quantized", "load_quantized", "FORMAT_VERSION", "read_manifest", "compare_checkpoints"]
+__all__ = [
+    "save_quantized",
+    "load_quantized",
+    "storage_dtype",
+    "FORMAT_VERSION",
+    "read_manifest",
+    "compare_checkpoints",
+]
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 
 
-def _state_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]]]:
-    """All tensors to store (official names for quantized layers) and ``config_for_layers``."""
+_FORMAT_KEYS = (
+    "centroids.weight",
+    "res_centroids.weight",
+    "outlier_centroids.weight",
+    "indices",
+    "outlier_indices",
+    "perm",
+    "weight_scale",
+    "weight_bias",
+)
+
+
+def storage_dtype(model: nn.Module, dtype: torch.dtype | None = None) -> torch.dtype:
+    """The dtype the non-quantized tensors (embeddings, norms, biases, lm_head) are saved in.
+
+    ``dtype`` when given; else the model's own 16-bit dtype (``config.dtype``, what its source checkpoint
+    held); else float16, as official VPTQ checkpoints store them. Computation stays fp32 after loading.
+    """
+    if dtype is not None:
+        return dtype
+    own = getattr(model.config, "dtype", None) or getattr(model.config, "torch_dtype", None)
+    own = getattr(torch, own, None) if isinstance(own, str) else own
+    return own if own in (torch.float16, torch.bfloat16) else torch.float16
+
+
+def _state_tensors(model: nn.Module, dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]]]:
+    """All tensors to store (official names for quantized layers) and ``config_for_layers``.
+
+    The quantized layers' format tensors keep their own dtypes; every other floating tensor is cast to ``dtype``.
+    """
     tensors, configs = module_tensors(model)
     if getattr(model.config, "tie_word_embeddings", False):
         tensors.pop("lm_head.weight", None)
-    return {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, configs
+    formatted = {f"{layer}.{key}" for layer in configs for key in _FORMAT_KEYS}
+    out = {}
+    for name, tensor in tensors.items():
+        tensor = tensor.detach().contiguous().cpu()
+        if name not in formatted and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        out[name] = tensor
+    return out, configs
+
+
+def checkpoint_bytes(model: nn.Module, dtype: torch.dtype | None = None) -> int:
+    """The exact size of the ``model.safetensors`` that :func:`save_quantized` writes for ``model`` (serialized in
+    memory, nothing written)."""
+    from safetensors.torch import save
+
+    tensors, configs = _state_tensors(model, storage_dtype(model, dtype))
+    if not configs:
+        raise VPTQLabError("the model has no quantized layers: run quantize_ first")
+    return len(save(tensors, metadata={"format": "pt"}))
 
 
 def save_quantized(
-    model: nn.Module, tokenizer, folder: str | Path, report: dict[str, Any] | None = None, overwrite: bool = False
+    model: nn.Module,
+    tokenizer,
+    folder: str | Path,
+    report: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> Path:
-    """Write ``model`` (with QuantizedLinear layers) as an official-layout VPTQ folder; returns it."""
+    """Write ``model`` (with QuantizedLinear layers) as an official-layout VPTQ folder; returns it.
+
+    The non-quantized tensors (embeddings, norms, biases) are stored in :func:`storage_dtype`: 16 bits, as official
+    checkpoints do. A model computed in fp32 whose weights are not 16-bit exact (the default model, dequantized from
+    its GGUF) then reloads with those tensors rounded; ``dtype=torch.float32`` keeps a bit-exact copy.
+    """
     from safetensors.torch import save_file
 
     folder = Path(folder)
     if folder.exists() and not overwrite:
         raise VPTQLabError(f"{folder} already exists: choose another --out folder or pass overwrite=True")
-    tensors, configs = _state_tensors(model)
+    dtype = storage_dtype(model, dtype)
+    tensors, configs = _state_tensors(model, dtype)
     if not configs:
         raise VPTQLabError("the model has no quantized layers: run quantize_ first")
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
         config = model.config.to_dict()
+        config["dtype"] = str(dtype).removeprefix("torch.")  # what the stored tensors are
         config["quantization_config"] = {
             "quant_method": "vptq",
             "config_for_layers": configs,
@@ -174,7 +239,7 @@ def load_quantized(folder: str | Path, device: str | torch.device = "cpu", verif
         raise VPTQLabError(f"cannot read {folder / WEIGHTS} ({exc}): the file is truncated or corrupt") from exc
     try:
         config = AutoConfig.for_model(**raw)
-        model = AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # compute in fp32
     except (ValueError, KeyError, TypeError) as exc:
         raise VPTQLabError(
             f"{folder}/config.json does not describe a model transformers can build "

@@ -32,6 +32,7 @@ COLUMNS = [
     "method",
     "target_bits",
     "bits",
+    "file_mb",
     "perplexity",
     "proxy_loss_rel_mean",
     "quant_seconds",
@@ -184,6 +185,7 @@ def _config_for(method: str, bits: int, config: Any | None):
 def _run_row(
     model_name: str, method: str, bits: int, config: Any, settings: CompareSettings, progress: bool
 ) -> dict[str, Any]:
+    from vptq_lab.io.checkpoint import checkpoint_bytes
     from vptq_lab.io.data import calibration_windows, load_wikitext2
     from vptq_lab.io.models import BASELINE_NOTE, DEFAULT_NAMES, load_model
     from vptq_lab.lab.eval import perplexity
@@ -207,6 +209,8 @@ def _run_row(
                 tokenizer, load_wikitext2("validation", settings.data_dir), nsamples, calib_len, settings.seed
             )
             report = quantize_(model, config, calib, method=method, progress=progress)
+            if method in ("vq", "vptq"):  # the scalar baselines have no packed file format
+                row["file_mb"] = round(checkpoint_bytes(model) / 2**20, 2)
             df = report.to_dataframe()
             row.update(
                 bits=round(report.total_bits_per_weight(), 4),
