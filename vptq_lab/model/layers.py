@@ -61,15 +61,23 @@ class QuantizedLinear(nn.Module):
 
     # Layer-wise fine-tuning ----------------------------------------------------
     _CODEBOOKS = ("centroids", "res_centroids", "outlier_centroids")
+    _COLUMN_NORM = ("weight_scale", "weight_bias")
 
-    def trainable_centroids(self) -> list[nn.Parameter]:
-        """Start fine-tuning: fp32 codebook parameters that the forward pass differentiates through."""
+    def trainable_centroids(self, column_norm: bool = False) -> list[nn.Parameter]:
+        """Start fine-tuning: fp32 codebook parameters that the forward pass differentiates through.
+
+        ``column_norm``: also ``weight_scale`` and ``weight_bias`` (when the layer has them, ``enable_norm``).
+        """
+        names = self._CODEBOOKS + (self._COLUMN_NORM if column_norm else ())
         self.__dict__["_trainable"] = {
-            name: nn.Parameter(getattr(self, name).float().clone())
-            for name in self._CODEBOOKS
-            if getattr(self, name) is not None
+            name: nn.Parameter(getattr(self, name).float().clone()) for name in names if getattr(self, name) is not None
         }
         return list(self._trainable.values())
+
+    @property
+    def trainable(self) -> dict[str, nn.Parameter]:
+        """The parameters of the fine-tuning in progress (name -> fp32 parameter), empty outside one."""
+        return dict(self._trainable or {})
 
     def _trainable_view(self) -> QuantizedWeight:
         return replace(self.qweight, **self._trainable)

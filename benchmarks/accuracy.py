@@ -1,0 +1,168 @@
+"""2-bit recipes on the default model: presets, layer-wise and end-to-end fine-tuning, on the same test windows.
+
+Every row is quantized (and fine-tuned) from the same default model and evaluated on the first ``--windows``
+WikiText-2 test windows of 2048 tokens. Rows already measured by ``benchmarks/vptq_table.py`` (the presets and
+layer-wise fine-tuning) are taken from its cache; the others are computed here and cached in
+``benchmarks/results/accuracy.cache.jsonl`` (one JSON line each, keyed like the compare caches), so an
+interrupted run resumes at the next row. Writes ``benchmarks/results/accuracy.csv`` and ``accuracy.md``.
+
+    OMP_NUM_THREADS=1 python benchmarks/accuracy.py --rows vptq2-e2e
+
+Distillation trains on validation windows and selects on held-out validation windows (the last 2 windows of 512
+tokens of the validation split), never on the test split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from _bench import RESULTS, markdown_table
+
+from vptq_lab import calibration_windows, load_model, load_wikitext2, perplexity, preset, quantize_
+from vptq_lab.io.checkpoint import FORMAT_VERSION
+from vptq_lab.io.data import tokenize
+from vptq_lab.lab.compare import RESULTS_VERSION, code_commit, current_rows, peak_rss
+from vptq_lab.model.finetune import DistillConfig, distill_, split_heldout
+
+CACHE = RESULTS / "accuracy.cache.jsonl"
+COLUMNS = [
+    "budget",
+    "recipe",
+    "bits_per_weight",
+    "perplexity",
+    "windows",
+    "fp_perplexity",
+    "quantize_seconds",
+    "peak_rss_gb",
+    "best",
+    "commit",
+    "details",
+]
+DISTILL = DistillConfig(steps=80, lr=2e-4, batch=1, eval_every=20, patience=3)
+DISTILL_DATA = {"seqlen": 512, "train": 256, "heldout": 2}
+
+# name -> (budget, recipe, layer-wise fine-tuning, end-to-end distillation)
+PLAN = {
+    "vptq2-e2e": (2, "2-bit preset + end-to-end distillation", False, True),
+    "vptq2-lw-e2e": (2, "2-bit preset + layer-wise + end-to-end", True, True),
+}
+
+
+def _key(name: str, windows: int) -> str:
+    key = {
+        "row": name,
+        "windows": windows,
+        "distill": DISTILL.to_dict(),
+        "distill_data": DISTILL_DATA,
+        "results_version": RESULTS_VERSION,
+        "format_version": FORMAT_VERSION,
+    }
+    return json.dumps(key, sort_keys=True)
+
+
+def run_row(name: str, windows: int) -> dict:
+    budget, recipe, layerwise, e2e = PLAN[name]
+    commit = code_commit()  # the code that runs, read before the long work
+    config = preset(budget).replace(finetune=layerwise, finetune_batch=1)
+    student, tokenizer = load_model("default")
+    valid = load_wikitext2("validation")
+    with peak_rss() as memory:
+        start = time.perf_counter()
+        calib = calibration_windows(tokenizer, valid, config.nsamples, config.seqlen, config.seed)
+        # block checkpoints: a rerun after a crash (in distillation, say) resumes instead of quantizing again
+        ckpt = Path("artifacts") / "accuracy-checkpoints" / name
+        report = quantize_(student, config, calib, checkpoint_dir=ckpt, resume=ckpt.exists())
+        details = {"quantize_s": round(time.perf_counter() - start, 1)}
+        if e2e:
+            teacher, _ = load_model("default")
+            train, held = split_heldout(
+                tokenize(tokenizer, valid),
+                DISTILL_DATA["seqlen"],
+                DISTILL_DATA["train"],
+                DISTILL_DATA["heldout"],
+                seed=config.seed,
+            )
+            distilled = distill_(student, teacher, train, held, DISTILL)
+            del teacher
+            details["distill"] = distilled.to_dict()
+        seconds = round(time.perf_counter() - start, 1)
+        rec = perplexity(student, tokenizer, max_windows=windows)
+    return {
+        "budget": budget,
+        "recipe": recipe,
+        "bits_per_weight": round(report.total_bits_per_weight(), 4),
+        "perplexity": round(rec.perplexity, 4),
+        "windows": rec.windows,
+        "quantize_seconds": seconds,
+        "peak_rss_gb": round(memory["peak_gib"] * 2**30 / 1e9, 3),
+        "commit": commit,
+        "threads": torch.get_num_threads(),
+        "comparable": rec.comparable,
+        "details": json.dumps(details),
+    }
+
+
+def table_rows() -> list[dict]:
+    """This script's cached rows, plus the preset and layer-wise rows of vptq_table's cache."""
+    rows = [r for r in current_rows(CACHE).values()]
+    for r in current_rows(RESULTS / "vptq_table.cache.jsonl").values():
+        if r["method"] == "fp":
+            continue
+        cfg = json.loads(r["config"])
+        if cfg["propagation"] != "quantized":
+            continue
+        recipe = f"{r['target_bits']}-bit preset" + (" + layer-wise" if cfg["finetune"] else "")
+        rows.append(
+            {
+                "budget": r["target_bits"],
+                "recipe": recipe,
+                "bits_per_weight": r["bits"],
+                "perplexity": r["perplexity"],
+                "windows": r["windows"],
+                "quantize_seconds": r["quant_seconds"],
+                "peak_rss_gb": round(r["peak_rss_gib"] * 2**30 / 1e9, 3),
+                "commit": r["commit"],
+                "details": "benchmarks/results/vptq_table.cache.jsonl",
+            }
+        )
+    return rows
+
+
+def write(windows: int) -> pd.DataFrame:
+    fp = next(r for r in current_rows(RESULTS / "vptq_table.cache.jsonl").values() if r["method"] == "fp")
+    table = pd.DataFrame(table_rows())
+    table = table[table.windows == windows].copy()
+    table["fp_perplexity"] = fp["perplexity"]
+    within = table.bits_per_weight <= table.budget
+    best = table[within].groupby("budget").perplexity.idxmin()
+    table["best"] = table.index.isin(best.values)
+    table = table.sort_values(["budget", "perplexity"])[COLUMNS]
+    table.to_csv(RESULTS / "accuracy.csv", index=False)
+    (RESULTS / "accuracy.md").write_text(markdown_table(table.drop(columns=["details"])))
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default="vptq2-e2e", help=f"comma-separated, of {', '.join(PLAN)}; none: table only")
+    parser.add_argument("--windows", type=int, default=32)
+    args = parser.parse_args()
+    done = current_rows(CACHE)
+    for name in [] if args.rows == "none" else args.rows.split(","):
+        key = _key(name, args.windows)
+        if key in done:
+            continue
+        row = run_row(name, args.windows)
+        with CACHE.open("a") as fh:
+            fh.write(json.dumps({"key": key, "row": row}) + "\n")
+        print(row, flush=True)
+    print(write(args.windows).drop(columns=["details"]).to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""End-to-end distillation on a tiny model: it lowers the held-out KL, never touches an index, and resumes."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from vptq_lab import VPTQConfig, load_quantized, quantize_, save_quantized
+from vptq_lab.errors import VPTQLabError
+from vptq_lab.model.finetune import DistillConfig, _kl, distill_, split_heldout
+from vptq_lab.model.layers import QuantizedLinear
+from vptq_lab.testing import tiny_llama
+
+CFG = VPTQConfig(vector_lens=(-1, 4), num_centroids=(-1, 8), kmeans_iters=3, nsamples=8, seqlen=32)
+# A random tiny teacher does not model its text, so select by held-out KL to the teacher, not perplexity.
+DISTILL = DistillConfig(steps=12, lr=1e-3, batch=4, eval_every=4, patience=10, select="kl")
+
+
+@pytest.fixture(scope="module")
+def pair():
+    teacher = tiny_llama(vocab_size=128, hidden=32, layers=2, seed=3)
+    student = copy.deepcopy(teacher)
+    stream = torch.randint(0, 128, (1, 8192), generator=torch.Generator().manual_seed(0))
+    train, held = split_heldout(stream, 32, train=64, heldout=4)
+    quantize_(student, CFG, train[:8], progress=False)
+    return teacher, student, train, held
+
+
+def _indices(model):
+    return {n: m.indices.clone() for n, m in model.named_modules() if isinstance(m, QuantizedLinear)}
+
+
+def _codebooks(model):
+    return {n: m.centroids.clone() for n, m in model.named_modules() if isinstance(m, QuantizedLinear)}
+
+
+def test_split_heldout_is_disjoint():
+    stream = torch.arange(1000)[None]
+    train, held = split_heldout(stream, 10, train=20, heldout=3)
+    assert held.shape == (3, 10) and torch.equal(held.reshape(-1), torch.arange(970, 1000))
+    assert int(train.max()) < 970  # no training window reaches into the held-out text
+    with pytest.raises(VPTQLabError, match="too few"):
+        split_heldout(torch.arange(30)[None], 10, train=2, heldout=3)
+
+
+def test_distillation_lowers_heldout_kl_and_keeps_every_index(pair):
+    teacher, student0, train, held = pair
+    student = copy.deepcopy(student0)
+    before_kl = float(_kl(student, teacher, held, 1.0).detach())
+    indices = _indices(student)
+    report = distill_(student, teacher, train, held, DISTILL, progress=False)
+    after_kl = float(_kl(student, teacher, held, 1.0).detach())
+    assert after_kl < before_kl, (before_kl, after_kl)
+    assert report.best["kl"] < report.initial["kl"] and report.best["step"] > 0
+    assert [h["step"] for h in report.history] == [4, 8, 12]
+    after = _indices(student)
+    assert all(torch.equal(indices[n], after[n]) for n in indices)  # the format and the bits are unchanged
+    changed = [n for n, c in _codebooks(student).items() if not torch.equal(c, _codebooks(student0)[n])]
+    assert changed  # the codebooks did train
+    assert all(not p.requires_grad for p in student.parameters())  # training is over: nothing left trainable
+
+
+def test_distillation_is_deterministic_and_resumes_bit_identically(pair, tmp_path, monkeypatch):
+    teacher, student0, train, held = pair
+    ref = copy.deepcopy(student0)
+    ref_report = distill_(ref, teacher, train, held, DISTILL, progress=False)
+
+    killed = copy.deepcopy(student0)
+    import vptq_lab.model.finetune as ft
+
+    real_kl, calls = ft._kl, {"n": 0}
+
+    def dies_at_step_7(*args, **kwargs):  # a kill between two checkpoints (after the one at step 4)
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt
+        return real_kl(*args, **kwargs)
+
+    monkeypatch.setattr(ft, "_kl", dies_at_step_7)
+    with pytest.raises(KeyboardInterrupt):
+        distill_(killed, teacher, train, held, DISTILL, progress=False, checkpoint_dir=tmp_path / "ck")
+    monkeypatch.setattr(ft, "_kl", real_kl)
+    with pytest.raises(VPTQLabError, match="pass resume=True"):
+        distill_(copy.deepcopy(student0), teacher, train, held, DISTILL, progress=False, checkpoint_dir=tmp_path / "ck")
+    resumed = copy.deepcopy(student0)
+    report = distill_(
+        resumed, teacher, train, held, DISTILL, progress=False, checkpoint_dir=tmp_path / "ck", resume=True
+    )
+    assert report.history == ref_report.history
+    a, b = _codebooks(ref), _codebooks(resumed)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    norms = [n for n, _ in ref.named_parameters() if "norm" in n]
+    assert all(torch.equal(ref.get_parameter(n), resumed.get_parameter(n)) for n in norms)
+
+
+def test_distilled_checkpoint_reloads_with_the_same_logits(pair, tmp_path):
+    teacher, student0, train, held = pair
+    student = copy.deepcopy(student0)
+    distill_(student, teacher, train, held, DistillConfig(steps=4, lr=1e-3, eval_every=2, select="kl"), progress=False)
+    folder = save_quantized(student, None, tmp_path / "q", dtype=torch.float32)
+    with torch.no_grad():
+        assert torch.equal(load_quantized(folder)[0](held).logits, student(held).logits)
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="steps=0 must be an int >= 1"):
+        DistillConfig(steps=0)
+    with pytest.raises(ValueError, match="lr=-1"):
+        DistillConfig(lr=-1)
+    with pytest.raises(ValueError, match="unknown DistillConfig keys .*'step': did you mean 'steps'"):
+        DistillConfig.from_dict({"step": 3})
+    teacher = tiny_llama(vocab_size=128, hidden=32, layers=2)
+    ids = torch.randint(0, 128, (2, 16))
+    with pytest.raises(VPTQLabError, match="no quantized layers"):
+        distill_(copy.deepcopy(teacher), teacher, ids, ids, progress=False)
+    with pytest.raises(VPTQLabError, match="integer token ids"):
+        distill_(teacher, teacher, ids.float(), ids, progress=False)
