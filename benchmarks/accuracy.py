@@ -27,7 +27,7 @@ from vptq_lab import calibration_windows, load_model, load_wikitext2, perplexity
 from vptq_lab.io.checkpoint import FORMAT_VERSION
 from vptq_lab.io.data import tokenize
 from vptq_lab.lab.compare import RESULTS_VERSION, code_commit, current_rows, peak_rss
-from vptq_lab.model.finetune import DistillConfig, distill_, split_heldout
+from vptq_lab.model.finetune import DISTILL_WINDOWS, DistillConfig, distill_, split_heldout
 
 CACHE = RESULTS / "accuracy.cache.jsonl"
 COLUMNS = [
@@ -44,7 +44,7 @@ COLUMNS = [
     "details",
 ]
 DISTILL = DistillConfig(steps=80, lr=2e-4, batch=1, eval_every=20, patience=3)
-DISTILL_DATA = {"seqlen": 512, "train": 256, "heldout": 2}
+DISTILL_DATA = DISTILL_WINDOWS  # what `vptq-lab quantize --finetune e2e` uses
 
 # name -> (budget, recipe, layer-wise fine-tuning, end-to-end distillation)
 PLAN = {

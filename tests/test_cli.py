@@ -118,3 +118,91 @@ def test_out_on_a_read_only_filesystem_fails_before_any_work(tmp_path, monkeypat
     monkeypatch.setattr(tempfile, "mkdtemp", read_only)
     assert main(["quantize", "--out", str(tmp_path / "model")]) == 2
     assert "is not writable (Read-only file system)" in _one_error_line(capsys)
+
+
+# End-to-end distillation from the command line -------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_quantize_with_e2e_then_finetune_again(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("VPTQ_LAB_DATA", raising=False)  # the offline stand-in text: enough tokens, no data needed
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(
+        json.dumps({"vector_lens": [-1, 4], "num_centroids": [-1, 16], "kmeans_iters": 2, "nsamples": 4, "seqlen": 64})
+    )
+    out = tmp_path / "q"
+    argv = [
+        "quantize",
+        "--model",
+        str(tiny_model_dir),
+        "--config",
+        str(cfg),
+        "--out",
+        str(out),
+        "--finetune",
+        "e2e",
+        "--distill-steps",
+        "3",
+        "--checkpoint-dir",
+        str(tmp_path / "ck"),
+        "--no-progress",
+        "--json",
+    ]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["distill"]["steps_run"] == 3 and not (tmp_path / "ck").exists()  # checkpoints cleaned up
+    report = json.loads((out / "report.json").read_text())
+    assert report["distill"]["config"]["steps"] == 3 and len(report["distill"]["history"]) == 1
+
+    again = tmp_path / "q2"
+    argv = [
+        "finetune",
+        "--model",
+        str(out),
+        "--teacher",
+        str(tiny_model_dir),
+        "--out",
+        str(again),
+        "--distill-steps",
+        "2",
+        "--no-progress",
+        "--json",
+    ]
+    assert main(argv) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["steps_run"] == 2 and (again / "model.safetensors").is_file()
+    assert json.loads((again / "config.json").read_text())["quantization_config"]["config_for_layers"]
+
+
+@pytest.mark.slow
+def test_finetune_refuses_a_teacher_of_another_shape(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    from vptq_lab.testing import save_tiny_model, tiny_llama, tiny_tokenizer
+
+    monkeypatch.delenv("VPTQ_LAB_DATA", raising=False)
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(
+        json.dumps({"vector_lens": [-1, 4], "num_centroids": [-1, 16], "kmeans_iters": 2, "nsamples": 4, "seqlen": 64})
+    )
+    assert (
+        main(
+            [
+                "quantize",
+                "--model",
+                str(tiny_model_dir),
+                "--config",
+                str(cfg),
+                "--out",
+                str(tmp_path / "q"),
+                "--no-progress",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    tok = tiny_tokenizer()
+    other = save_tiny_model(tmp_path / "other", tiny_llama(vocab_size=len(tok), hidden=32), tok)
+    assert (
+        main(["finetune", "--model", str(tmp_path / "q"), "--teacher", str(other), "--out", str(tmp_path / "o")]) == 2
+    )
+    assert "is not the model the checkpoint came from (hidden_size 32 != 64)" in _one_error_line(capsys)

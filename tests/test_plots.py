@@ -267,3 +267,20 @@ def test_kernel_throughput():
 def test_plots_never_touch_pyplot():
     source = open(plots.__file__).read()
     assert "matplotlib.pyplot" not in source and "import pyplot" not in source and "plt." not in source
+
+
+def test_distillation_curve_marks_the_kept_step():
+    report = {
+        "initial": {"ppl": 30.0, "kl": 0.5},
+        "best": {"step": 20, "ppl": 25.0, "kl": 0.3},
+        "history": [
+            {"step": 10, "train_kl": 0.4, "heldout_ppl": 27.0, "heldout_kl": 0.35},
+            {"step": 20, "train_kl": 0.3, "heldout_ppl": 25.0, "heldout_kl": 0.3},
+            {"step": 30, "train_kl": 0.25, "heldout_ppl": 25.5, "heldout_kl": 0.31},
+        ],
+    }
+    fig = plots.distillation_curve(report)
+    ax, kl = fig.axes
+    assert list(ax.lines[0].get_xdata()) == [0, 10, 20, 30] and list(ax.lines[0].get_ydata()) == [30, 27, 25, 25.5]
+    assert list(ax.lines[1].get_xdata()) == [20, 20]  # the kept state
+    assert list(kl.lines[0].get_ydata()) == [0.4, 0.3, 0.25]

@@ -21,6 +21,14 @@ DATA_DIR_HELP = (
 )
 
 
+FINETUNE_CHOICES = ("none", "layer", "e2e", "layer+e2e")
+
+
+def _add_distill_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--distill-steps", type=_positive_int, default=None, help="Adam steps at most (default 200)")
+    p.add_argument("--distill-lr", type=float, default=None, help="learning rate (default 1e-4)")
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -72,7 +80,27 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep --checkpoint-dir after success (by default its files are deleted once --out is saved)",
     )
+    p.add_argument(
+        "--finetune",
+        choices=FINETUNE_CHOICES,
+        default="none",
+        help="layer: layer-wise fine-tuning after each block; e2e: end-to-end distillation from the unquantized "
+        "model afterwards; layer+e2e: both (default none)",
+    )
+    _add_distill_args(p)
     p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("finetune", help="end-to-end distillation of a saved quantized model (indices unchanged)")
+    p.add_argument("--model", required=True, help="a quantized checkpoint folder (vptq-lab quantize --out)")
+    p.add_argument("--teacher", default="default", help="the unquantized model it came from (default: 'default')")
+    p.add_argument("--out", required=True, help="output folder (must not exist)")
+    p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP + "; training and selection use the validation split")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--checkpoint-dir", default=None, help="commit progress here so a killed run can be resumed")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --checkpoint-dir")
+    _add_distill_args(p)
+    p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("bits", help="exact bits per weight of a config, overhead included")
     p.add_argument("--bits", type=int, choices=(2, 3, 4), default=2, help="preset (default 2)")
@@ -220,7 +248,9 @@ def _quantize(
     checkpoint_dir: str | None = None,
     resume: bool = False,
     keep_checkpoints: bool = False,
+    distill: dict | None = None,
 ) -> dict:
+    """Quantize, then (``distill``: DistillConfig fields) distil end to end from the unquantized model, and save."""
     from vptq_lab.io.checkpoint import save_quantized
     from vptq_lab.io.data import calibration_windows, load_wikitext2
     from vptq_lab.io.models import load_model
@@ -232,14 +262,22 @@ def _quantize(
         tokenizer, load_wikitext2("validation", data_dir), config.nsamples, config.seqlen, config.seed
     )
     report = quantize_(model, config, calib, progress=progress, checkpoint_dir=checkpoint_dir, resume=resume)
-    save_quantized(model, tokenizer, out, report.to_dict())
+    saved = report.to_dict()
+    extra = {}
+    if distill is not None:
+        sub = None if checkpoint_dir is None else str(Path(checkpoint_dir) / "distill")
+        result = _distill(model, tokenizer, model_name, data_dir, distill, progress, sub, resume)
+        saved["distill"] = extra["distill"] = result
+    save_quantized(model, tokenizer, out, saved)
     cleanup = {}
-    if checkpoint_dir is not None:  # the model is saved whole: the block checkpoints have done their job
+    if checkpoint_dir is not None:  # the model is saved whole: the checkpoints have done their job
+        from vptq_lab.model.finetune import remove_distill_checkpoint
         from vptq_lab.model.resume import remove_checkpoints
 
         cleanup = {"checkpoint_dir": checkpoint_dir, "checkpoint_dir_kept": keep_checkpoints}
         if not keep_checkpoints:
-            cleanup["checkpoint_mb_freed"] = round(remove_checkpoints(checkpoint_dir) / 2**20, 1)
+            freed = remove_distill_checkpoint(Path(checkpoint_dir) / "distill") + remove_checkpoints(checkpoint_dir)
+            cleanup["checkpoint_mb_freed"] = round(freed / 2**20, 1)
     return {
         "model": model_name,
         "out": out,
@@ -250,25 +288,117 @@ def _quantize(
         "propagation": report.propagation,
         "calibration": f"{config.nsamples} x {config.seqlen} tokens of WikiText-2 validation",
         "seconds": report.seconds,
+        **extra,
         **cleanup,
     }
 
 
+def _distill(
+    student,
+    tokenizer,
+    teacher_name: str,
+    data_dir,
+    settings: dict,
+    progress: bool,
+    checkpoint_dir: str | None,
+    resume: bool,
+) -> dict:
+    """End-to-end distillation on WikiText-2 validation windows, selected on held-out validation windows."""
+    from vptq_lab.io.data import load_wikitext2, tokenize
+    from vptq_lab.io.models import load_model
+    from vptq_lab.model.finetune import DISTILL_WINDOWS, DistillConfig, distill_, split_heldout
+
+    teacher, _ = load_model(teacher_name)
+    for key in ("vocab_size", "hidden_size", "num_hidden_layers"):
+        if getattr(teacher.config, key, None) != getattr(student.config, key, None):
+            raise VPTQLabError(
+                f"--teacher {teacher_name} is not the model the checkpoint came from ({key} "
+                f"{getattr(teacher.config, key, None)} != {getattr(student.config, key, None)}): "
+                "pass the unquantized model as --teacher"
+            )
+    ids = tokenize(tokenizer, load_wikitext2("validation", data_dir))
+    train, held = split_heldout(ids, **DISTILL_WINDOWS)
+    config = DistillConfig(**settings)
+    if checkpoint_dir is not None and resume and not Path(checkpoint_dir).exists():
+        resume = False  # the quantization was resumed; its distillation had not started
+    report = distill_(
+        student, teacher, train, held, config, progress=progress, checkpoint_dir=checkpoint_dir, resume=resume
+    )
+    return report.to_dict()
+
+
+def _distill_settings(args: argparse.Namespace) -> dict:
+    settings = {}
+    if args.distill_steps is not None:
+        settings["steps"] = args.distill_steps
+    if args.distill_lr is not None:
+        if not args.distill_lr > 0:
+            raise VPTQLabError(f"--distill-lr {args.distill_lr} must be > 0 (try 1e-4)")
+        settings["lr"] = args.distill_lr
+    return settings
+
+
 def cmd_quantize(args: argparse.Namespace) -> int:
     _check_out(args.out, args.checkpoint_dir, args.resume)
+    config = _load_config(args)
+    if "layer" in args.finetune:
+        config = config.replace(finetune=True)
+    distill = _distill_settings(args) if "e2e" in args.finetune else None
     _print_record(
         _quantize(
             args.model,
-            _load_config(args),
+            config,
             args.out,
             args.data_dir,
             not args.no_progress,
             args.checkpoint_dir,
             args.resume,
             args.keep_checkpoints,
+            distill,
         ),
         args.json,
     )
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from vptq_lab.io.checkpoint import load_quantized, save_quantized
+
+    _check_out(args.out, args.checkpoint_dir, args.resume)
+    if args.resume and args.checkpoint_dir is None:
+        raise VPTQLabError("--resume needs --checkpoint-dir (the folder the interrupted run wrote)")
+    folder = Path(args.model)
+    if not (folder / "config.json").is_file():
+        raise VPTQLabError(
+            f"--model {folder} is not a quantized checkpoint folder: pass what `vptq-lab quantize --out` wrote"
+        )
+    student, tokenizer = load_quantized(folder)
+    if tokenizer is None:
+        raise VPTQLabError(f"{folder} has no tokenizer: re-save it with its tokenizer")
+    report = json.loads((folder / "report.json").read_text()) if (folder / "report.json").is_file() else {}
+    result = _distill(
+        student,
+        tokenizer,
+        args.teacher,
+        args.data_dir,
+        _distill_settings(args),
+        not args.no_progress,
+        args.checkpoint_dir,
+        args.resume,
+    )
+    report["distill"] = result
+    save_quantized(student, tokenizer, args.out, report)
+    if args.checkpoint_dir is not None:
+        from vptq_lab.model.finetune import remove_distill_checkpoint
+
+        remove_distill_checkpoint(args.checkpoint_dir)
+    summary = {
+        "model": args.model,
+        "teacher": args.teacher,
+        "out": args.out,
+        **{k: result[k] for k in ("initial", "best", "final", "steps_run", "stopped_early", "seconds")},
+    }
+    _print_record(summary, args.json)
     return 0
 
 

@@ -25,6 +25,7 @@ from vptq_lab.core.qweight import QuantizedWeight
 
 __all__ = [
     "to_png",
+    "distillation_curve",
     "weight_histogram",
     "hessian_diagonal",
     "outlier_heatmap",
@@ -519,4 +520,26 @@ def kernel_results(data: Mapping[str, Any], bits: str | None = None, ax: Axes | 
     fig = kernel_throughput(long, value="us", ax=ax)
     fig_ax = ax or fig.axes[0]
     fig_ax.set_title(f"{device}: {bits} ({meta.get('dtype', 'dtype not recorded')})")
+    return fig
+
+
+def distillation_curve(report: Any, ax: Axes | None = None) -> Figure:
+    """End-to-end distillation: training KL and held-out perplexity against steps, the kept state marked.
+
+    ``report``: a :class:`~vptq_lab.model.finetune.DistillReport` or its ``to_dict()`` (e.g. from report.json).
+    """
+    data = report if isinstance(report, Mapping) else report.to_dict()
+    history = pd.DataFrame(data["history"])  # step, train_kl, heldout_ppl, heldout_kl
+    fig, ax = _fig_ax(ax)
+    steps = [0, *history.step]
+    ax.plot(steps, [data["initial"]["ppl"], *history.heldout_ppl], "o-", color="C0", label="held-out perplexity")
+    ax.axvline(data["best"]["step"], color="C2", ls=":", label=f"kept: step {data['best']['step']}")
+    ax.set_xlabel("Adam step")
+    ax.set_ylabel("held-out perplexity", color="C0")
+    kl = ax.twinx()
+    kl.plot(history.step, history.train_kl, "s--", color="C1", label="training KL (mean since last point)")
+    kl.set_ylabel("KL(teacher || student) per token", color="C1")
+    lines = ax.get_legend_handles_labels()[0] + kl.get_legend_handles_labels()[0]
+    ax.legend(lines, [line.get_label() for line in lines], fontsize=8, loc="upper right")
+    ax.set_title("end-to-end distillation (indices fixed)")
     return fig

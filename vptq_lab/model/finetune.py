@@ -37,12 +37,22 @@ from vptq_lab.errors import VPTQLabError
 from vptq_lab.files import atomic_write_bytes
 from vptq_lab.model.layers import QuantizedLinear
 
-__all__ = ["DistillConfig", "DistillReport", "distill_", "trainable_parameters", "split_heldout"]
+__all__ = [
+    "DistillConfig",
+    "DistillReport",
+    "distill_",
+    "trainable_parameters",
+    "split_heldout",
+    "DISTILL_WINDOWS",
+    "remove_distill_checkpoint",
+]
 
 log = logging.getLogger(__name__)
 STATE = "distill-state.json"
 TENSORS = "distill-tensors.safetensors"
 STATE_VERSION = 1
+# The windows the CLI trains and selects on, from WikiText-2 validation (split_heldout's arguments).
+DISTILL_WINDOWS = {"seqlen": 512, "train": 256, "heldout": 2}
 
 
 @dataclass(frozen=True)
@@ -345,3 +355,16 @@ def _open(folder: Path, config, names, params, optimizer, gen, resume: bool) -> 
     state["best_tensors"] = {n: tensors[f"best.{n}"].clone() for n in names}
     log.info("resumed distillation from %s at step %d", folder, state["step"])
     return state
+
+
+def remove_distill_checkpoint(folder: str | Path) -> int:
+    """Delete a finished distillation's checkpoint files (only ours), then the folder if it is left empty."""
+    folder, freed = Path(folder), 0
+    for name in (TENSORS, STATE):  # the state file last: an interrupted cleanup stays readable
+        path = folder / name
+        if path.is_file():
+            freed += path.stat().st_size
+            path.unlink()
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+    return freed
