@@ -459,7 +459,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_bits(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from vptq_lab.core.bits import bits_per_weight
+    from vptq_lab.core.bits import bits_per_weight, size_weighted_mean
 
     config = _load_config(args)
     shapes = _named_shapes(args.model)
@@ -468,10 +468,9 @@ def cmd_bits(args: argparse.Namespace) -> int:
         for name, s in shapes.items()
     ]
     table = pd.DataFrame(rows)
-    weights = (table["out"] * table["in"]).sum()
     total = {
         "layer": "TOTAL",
-        "bits_per_weight": float((table["bits_per_weight"] * table["out"] * table["in"]).sum() / weights),
+        "bits_per_weight": size_weighted_mean((r["bits_per_weight"], (r["out"], r["in"])) for r in rows),
     }
     if args.json:
         print(json.dumps({"config": config.to_dict(), "layers": rows, "total": total}))

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from vptq_lab.core.bits import bits_per_weight
+from vptq_lab.core.bits import bits_per_weight, size_weighted_mean
 from vptq_lab.core.config import VPTQConfig, layer_plan
 from vptq_lab.core.methods import METHODS, dequantized
 from vptq_lab.core.qweight import QuantizedWeight
@@ -116,8 +116,7 @@ class QuantizationReport:
 
     def total_bits_per_weight(self, stored: bool = False) -> float:
         key = "stored_bits_per_weight" if stored else "bits_per_weight"
-        weights = sum(r.out_features * r.in_features for r in self.records)
-        return sum(getattr(r, key) * r.out_features * r.in_features for r in self.records) / max(weights, 1)
+        return size_weighted_mean((getattr(r, key), (r.out_features, r.in_features)) for r in self.records)
 
 
 # Block inputs ------------------------------------------------------------------------------------------
