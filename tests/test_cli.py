@@ -123,13 +123,18 @@ def test_out_on_a_read_only_filesystem_fails_before_any_work(tmp_path, monkeypat
 # End-to-end distillation from the command line -------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_quantize_with_e2e_then_finetune_again(tiny_model_dir, tmp_path, capsys, monkeypatch):
-    monkeypatch.delenv("VPTQ_LAB_DATA", raising=False)  # the offline stand-in text: enough tokens, no data needed
-    cfg = tmp_path / "cfg.json"
+def _tiny_config_file(folder):
+    cfg = folder / "cfg.json"
     cfg.write_text(
         json.dumps({"vector_lens": [-1, 4], "num_centroids": [-1, 16], "kmeans_iters": 2, "nsamples": 4, "seqlen": 64})
     )
+    return cfg
+
+
+@pytest.mark.slow
+def test_quantize_with_e2e_then_finetune_again(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("VPTQ_LAB_DATA", raising=False)  # the offline stand-in text: enough tokens, no data needed
+    cfg = _tiny_config_file(tmp_path)
     out = tmp_path / "q"
     argv = [
         "quantize",
@@ -179,10 +184,7 @@ def test_finetune_refuses_a_teacher_of_another_shape(tiny_model_dir, tmp_path, c
     from vptq_lab.testing import save_tiny_model, tiny_llama, tiny_tokenizer
 
     monkeypatch.delenv("VPTQ_LAB_DATA", raising=False)
-    cfg = tmp_path / "cfg.json"
-    cfg.write_text(
-        json.dumps({"vector_lens": [-1, 4], "num_centroids": [-1, 16], "kmeans_iters": 2, "nsamples": 4, "seqlen": 64})
-    )
+    cfg = _tiny_config_file(tmp_path)
     assert (
         main(
             [

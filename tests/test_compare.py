@@ -142,3 +142,28 @@ def test_preset_search_flags_exactly_todays_presets():
             now.num_centroids,
             now.group_num,
         )
+
+
+def test_accuracy_table_marks_the_best_recipe_within_each_budget():
+    import pandas as pd
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "accuracy.csv"
+    table = pd.read_csv(path)
+    expected = [
+        "budget",
+        "recipe",
+        "bits_per_weight",
+        "perplexity",
+        "windows",
+        "fp_perplexity",
+        "quantize_seconds",
+        "peak_rss_gb",
+        "best",
+    ]
+    assert list(table.columns[: len(expected)]) == expected
+    assert (table.windows == 32).all() and table.fp_perplexity.nunique() == 1  # the same windows for every row
+    for budget, rows in table.groupby("budget"):
+        within = rows[rows.bits_per_weight <= budget]
+        (best,) = rows[rows.best].index  # exactly one recommended recipe per budget
+        assert best == within.perplexity.idxmin(), f"{budget}-bit: best is not the lowest perplexity within budget"
+    assert {"2-bit preset", "2-bit preset + end-to-end distillation"} <= set(table.recipe)

@@ -182,6 +182,15 @@ def test_bit_budget_comparator_live_bits_and_nearest_measurement():
     assert "invalid config" in c.summary.value and c.model_breakdown is None
 
 
+def test_bit_budget_comparator_refuses_a_misspelt_config_key():
+    # Before, the widget's own parser dropped unknown keys silently and compared the row as a default config.
+    bad = pd.DataFrame(
+        {"method": ["vptq"], "config": [json.dumps({"num_centroid": [-1, 256]})], "bits": [2.0], "perplexity": [30.0]}
+    )
+    with pytest.raises(ValueError, match="'num_centroid': did you mean 'num_centroids'"):
+        widgets.BitBudgetComparator({"a": (64, 64)}, bad)
+
+
 def test_bit_budget_comparator_without_measurements():
     c = widgets.BitBudgetComparator({"a": (64, 64)})
     assert c.measured.value == "no measured config yet" and c.nearest is None

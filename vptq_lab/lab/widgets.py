@@ -476,14 +476,13 @@ def build_layer_error_browser(df, max_rows: int = 60) -> ipw.VBox:
 
 # Bit budget comparator -------------------------------------------------------------------------------------
 def _as_config(value: Any) -> VPTQConfig | None:
+    """A results row's config (a VPTQConfig, a dict or its JSON) through the one config parser, which refuses
+    unknown keys with a hint; None for a row without one (the unquantized row's empty config)."""
     if isinstance(value, VPTQConfig):
         return value
-    try:
-        data = json.loads(value) if isinstance(value, str) else dict(value)
-        known = {k: data[k] for k in VPTQConfig.__dataclass_fields__ if k in data}
-        return VPTQConfig(**known)
-    except (TypeError, ValueError):
+    if value is None or value in ("", "{}", {}) or (isinstance(value, float) and math.isnan(value)):
         return None
+    return VPTQConfig.from_dict(json.loads(value) if isinstance(value, str) else dict(value))
 
 
 _COMPARED = ("vector_lens", "num_centroids", "num_res_centroids", "npercent", "group_num", "enable_norm", "enable_perm")
