@@ -45,9 +45,10 @@ lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-# JupyterLab on the tutorials, with the same data resolution as `make demo`.
+# JupyterLab on the tutorials, with the same data resolution as `make demo` (--allow-root only where make runs as
+# root, as in containers).
 lab: venv
-	$(PY) -m jupyter lab notebooks
+	$(PY) -m jupyter lab notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 clean-venv:
 	rm -rf $(VENV)
