@@ -23,7 +23,11 @@ __all__ = ["JsonConfig", "VPTQConfig", "preset", "layer_plan", "PRESETS", "MAX_I
 
 MAX_INDEX_BITS = 16  # one index (main, residual or outlier) is at most 16 bits: k <= 65536
 _PAIR_FIELDS = ("vector_lens", "num_centroids", "num_res_centroids")
-_CHOICES = {"kmeans_init": ("kmeans++", "random"), "propagation": ("quantized", "full_precision")}
+_CHOICES = {
+    "kmeans_init": ("kmeans++", "random"),
+    "propagation": ("quantized", "full_precision"),
+    "codebook_scope": ("per-linear", "per-block"),
+}
 
 
 class JsonConfig:
@@ -88,6 +92,9 @@ class VPTQConfig(JsonConfig):
     finetune_steps: int = 100
     finetune_lr: float = 1e-4
     finetune_batch: int = 0  # calibration sequences per Adam step; 0: a whole capture batch (quantize_'s batch_size)
+    # "per-block": the linears of a decoder block share their main and outlier codebooks (one weighted k-means over
+    # all their vectors); each layer still stores its own copy, so the official format loads it unchanged.
+    codebook_scope: str = "per-linear"
 
     def __post_init__(self) -> None:
         for name in _PAIR_FIELDS:  # JSON gives lists: store tuples so equality and hashing work
@@ -192,6 +199,11 @@ def _check_ranges(cfg: VPTQConfig) -> None:
         raise ValueError(f"finetune_lr={cfg.finetune_lr} must be > 0 (try 1e-4)")
     if cfg.seed < 0:
         raise ValueError(f"seed={cfg.seed} must be >= 0")
+    if cfg.codebook_scope != "per-linear" and cfg.k2:
+        raise ValueError(
+            f"codebook_scope={cfg.codebook_scope!r} shares the main and outlier codebooks, but a residual codebook "
+            "is trained per linear: set num_res_centroids=(-1, -1), or codebook_scope='per-linear'"
+        )
     if cfg.finetune_batch < 0:
         raise ValueError(
             f"finetune_batch={cfg.finetune_batch} must be >= 0 (0: a whole capture batch; "

@@ -46,7 +46,9 @@ def dequantized(result: Any) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """One method: its config class, ``quantize(W, H, config)``, ``bits(config, (out, in))`` and presets."""
+    """One method: its config class, ``quantize(W, H, config)``, ``bits(config, (out, in))`` and presets.
+
+    The vector methods' ``quantize`` also takes ``codebooks=`` (fixed, e.g. shared, codebooks)."""
 
     name: str
     config_cls: type
@@ -102,7 +104,7 @@ METHODS: dict[str, MethodSpec] = {
     "vq": MethodSpec(
         "vq",
         VPTQConfig,
-        lambda W, H, c: vq_no_feedback(W, _require_h("vq", H), c),
+        lambda W, H, c, **kw: vq_no_feedback(W, _require_h("vq", H), c, **kw),
         _vptq_bits,
         VQ_PRESETS,
         "weighted k-means VQ, nearest centroid, no feedback",
@@ -110,7 +112,7 @@ METHODS: dict[str, MethodSpec] = {
     "vptq": MethodSpec(
         "vptq",
         VPTQConfig,
-        lambda W, H, c: vptq_quantize(W, _require_h("vptq", H), c),
+        lambda W, H, c, **kw: vptq_quantize(W, _require_h("vptq", H), c, **kw),
         _vptq_bits,
         _VPTQ_PRESETS,
         "VQ + second-order column loop (VPTQ)",

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -40,6 +40,7 @@ __all__ = [
     "VPTQTrace",
     "vptq_quantize",
     "vq_no_feedback",
+    "shared_codebooks",
     "quantize_with_trace",
     "prepare_layer",
     "normalise_columns",
@@ -188,14 +189,57 @@ def _fit_codebook(W: torch.Tensor, diag: torch.Tensor, v: int, k: int, seed: int
     return C.half().float()  # round now: the loop must use the stored values
 
 
-def init_codebooks(prep: Prepared, config: VPTQConfig) -> list[Part]:
-    """Weighted k-means codebook per part (no residual yet)."""
+def init_codebooks(prep: Prepared, config: VPTQConfig, codebooks: Sequence[torch.Tensor] | None = None) -> list[Part]:
+    """Weighted k-means codebook per part (no residual yet); ``codebooks`` [k, v] per part: use these instead
+    (shared codebooks, :func:`shared_codebooks`)."""
     diag = torch.diag(prep.H)  # [in]
+    bounds = _part_bounds(prep, config)
+    if codebooks is not None and [tuple(C.shape) for C in codebooks] != [(k, v) for _, _, v, k in bounds]:
+        raise ValueError(
+            f"codebooks of shapes {[tuple(C.shape) for C in codebooks]} do not fit this layer's parts "
+            f"{[(k, v) for _, _, v, k in bounds]} (one [k, v] codebook per part, the outlier part first)"
+        )
     parts = []
-    for i, (start, stop, v, k) in enumerate(_part_bounds(prep, config)):
-        C = _fit_codebook(prep.W[:, start:stop], diag[start:stop], v, k, config.seed + i, config)
+    for i, (start, stop, v, k) in enumerate(bounds):
+        if codebooks is not None:
+            C = codebooks[i].float()
+        else:
+            C = _fit_codebook(prep.W[:, start:stop], diag[start:stop], v, k, config.seed + i, config)
         parts.append(Part(start, stop, v, C))
     return parts
+
+
+def shared_codebooks(layers: Sequence[tuple[torch.Tensor, torch.Tensor]], config: VPTQConfig) -> list[torch.Tensor]:
+    """One codebook per part for several linears: a weighted k-means over the union of their vectors.
+
+    ``layers``: ``(W [out, in], H [in, in])`` pairs, prepared as :func:`vptq_quantize` prepares them (normalisation,
+    damping, act-order). A vector's weight is its column's ``H_jj`` divided by the mean of its layer's diag H, so each
+    linear counts by its size, not by the scale of its inputs. Returns ``[k, v]`` per part (the outlier part first),
+    rounded to fp16 values, for ``vptq_quantize(..., codebooks=...)``.
+    """
+    preps = [prepare_layer(W, H, config, feedback=False) for W, H in layers]
+    bounds = [_part_bounds(prep, config) for prep in preps]
+    if len({len(b) for b in bounds}) != 1:
+        raise ValueError("these layers split into different numbers of parts (outliers, groups): they cannot share")
+    codebooks = []
+    for i in range(len(bounds[0])):
+        vectors, weights = [], []
+        for prep, b in zip(preps, bounds):
+            start, stop, v, k = b[i]
+            diag = torch.diag(prep.H)[start:stop]  # [S]
+            X = to_vectors(prep.W[:, start:stop], v)  # [S * R, v]
+            weights.append((diag / diag.mean()).float().repeat_interleave(X.shape[0] // (stop - start)))  # [S * R]
+            vectors.append(X)
+        C, _ = weighted_kmeans(
+            torch.cat(vectors),
+            k,
+            torch.cat(weights),
+            seed=config.seed + i,
+            iters=config.kmeans_iters,
+            init=config.kmeans_init,
+        )
+        codebooks.append(C.half().float())  # round now: the loops must use the stored values
+    return codebooks
 
 
 # Step 3: the column loop ---------------------------------------------------------
@@ -334,14 +378,18 @@ def _utilisation(codes: list[torch.Tensor | None], parts: list[Part], residual: 
 
 
 def quantize_with_trace(
-    W: torch.Tensor, H: torch.Tensor, config: VPTQConfig, feedback: bool = True
+    W: torch.Tensor,
+    H: torch.Tensor,
+    config: VPTQConfig,
+    feedback: bool = True,
+    codebooks: Sequence[torch.Tensor] | None = None,
 ) -> tuple[QuantizedWeight, VPTQTrace]:
     """:func:`vptq_quantize` that also returns the intermediate results (:class:`VPTQTrace`)."""
     seconds: dict[str, float] = {}
     with _timed(seconds, "prepare"):
         prep = prepare_layer(W, H, config, feedback)
     with _timed(seconds, "kmeans"):
-        parts = init_codebooks(prep, config)
+        parts = init_codebooks(prep, config, codebooks)
     with _timed(seconds, "kmeans_only_assign"):
         kmeans_only = quantize_columns(prep, parts, feedback=False)
     first = kmeans_only
@@ -394,17 +442,26 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else 0.0
 
 
-def vptq_quantize(W: torch.Tensor, H: torch.Tensor, config: VPTQConfig, feedback: bool = True) -> QuantizedWeight:
+def vptq_quantize(
+    W: torch.Tensor,
+    H: torch.Tensor,
+    config: VPTQConfig,
+    feedback: bool = True,
+    codebooks: Sequence[torch.Tensor] | None = None,
+) -> QuantizedWeight:
     """Quantize one linear with VPTQ. W [out, in], H [in, in] -> :class:`QuantizedWeight`.
 
     Pure: W and H are not modified; nothing is printed. ``qw.info`` holds the
     relative proxy losses (final, first pass, k-means only), codebook
     utilisation and seconds per step. ``feedback=False`` is plain weighted
-    k-means VQ (no second-order column loop) with the same v and k.
+    k-means VQ (no second-order column loop) with the same v and k. ``codebooks``: fixed codebooks (one
+    ``[k, v]`` per part, e.g. :func:`shared_codebooks`) in place of this layer's own k-means.
     """
-    return quantize_with_trace(W, H, config, feedback)[0]
+    return quantize_with_trace(W, H, config, feedback, codebooks)[0]
 
 
-def vq_no_feedback(W: torch.Tensor, H: torch.Tensor, config: VPTQConfig) -> QuantizedWeight:
+def vq_no_feedback(
+    W: torch.Tensor, H: torch.Tensor, config: VPTQConfig, codebooks: Sequence[torch.Tensor] | None = None
+) -> QuantizedWeight:
     """Baseline: weighted k-means VQ with nearest assignment, no second-order feedback."""
-    return vptq_quantize(W, H, config, feedback=False)
+    return vptq_quantize(W, H, config, feedback=False, codebooks=codebooks)

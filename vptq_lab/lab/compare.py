@@ -97,7 +97,7 @@ RESULTS_VERSION = 1
 
 # Config fields added after caches were first written: left out of a row's key while they hold their
 # default, so rows cached before the field existed are still found.
-_KEY_OMIT_AT_DEFAULT = {"finetune_batch": 0}
+_KEY_OMIT_AT_DEFAULT = {"finetune_batch": 0, "codebook_scope": "per-linear"}
 
 
 def _versions() -> dict[str, int]:

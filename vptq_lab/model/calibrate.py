@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from vptq_lab.core.bits import bits_per_weight, size_weighted_mean
 from vptq_lab.core.config import VPTQConfig, layer_plan
 from vptq_lab.core.methods import METHODS, dequantized
+from vptq_lab.core.quantizer import shared_codebooks
 from vptq_lab.core.qweight import QuantizedWeight
 from vptq_lab.errors import VPTQLabError
 from vptq_lab.model.arch import ArchSpec, arch_for, get_blocks, get_module, linear_role, linear_weight, set_module
@@ -224,6 +225,8 @@ class _BlockContext:
     report: QuantizationReport
     keep: Callable[[str], bool]
     method: str = "vptq"
+    codebooks: list[torch.Tensor] | None = None  # the block's shared codebooks (codebook_scope "per-block")
+    block_weights: int = 0  # weights of all the block's linears: how a shared codebook's bits are split
 
     @property
     def propagation(self) -> str:
@@ -245,8 +248,9 @@ def _quantize_linear(block: nn.Module, name: str, H: torch.Tensor, tokens: int, 
             "overflowed): load the model in float32, or check the calibration token ids"
         )
     start = time.perf_counter()
+    shared = {"codebooks": ctx.codebooks} if ctx.codebooks is not None else {}
     try:
-        result = METHODS[ctx.method].quantize(W, H.float(), ctx.config)
+        result = METHODS[ctx.method].quantize(W, H.float(), ctx.config, **shared)
     except VPTQLabError:
         raise
     except ValueError as exc:  # the quantizer's own checks: give them the layer's name
@@ -278,6 +282,10 @@ def _record(name: str, ctx: _BlockContext, shape: torch.Size, result: Any, token
     info = result.info
     util = info.get("codebook_utilisation")
     bits = METHODS[ctx.method].bits(ctx.config, tuple(shape))
+    if ctx.codebooks is not None:  # each shared codebook counted once, split among the block's linears by size
+        b = bits_per_weight(ctx.config, tuple(shape), mode="paper")
+        codebook = b.codebook_bits + b.outlier_codebook_bits
+        bits = (b.total_bits - codebook + codebook * b.num_weights / ctx.block_weights) / b.num_weights
     stored = (
         bits_per_weight(ctx.config, tuple(shape), mode="stored").bits_per_weight
         if isinstance(result, QuantizedWeight)
@@ -308,6 +316,8 @@ def _quantize_block(block: nn.Module, inputs: Captured, ctx: _BlockContext) -> N
     if not stages:
         log.info("%s is already quantized; skipped", ctx.prefix)
         return
+    if getattr(ctx.config, "codebook_scope", "per-linear") == "per-block":
+        _share_codebooks(block, stages, inputs, ctx)
     if ctx.propagation == "full_precision":
         hessians = _stage_hessians(block, stages, inputs)  # all from the unquantized block
         for stage in stages:
@@ -318,6 +328,19 @@ def _quantize_block(block: nn.Module, inputs: Captured, ctx: _BlockContext) -> N
         H, tokens = _stage_hessians(block, [stage], inputs)[stage[0]]
         for name in stage:
             _quantize_linear(block, name, H, tokens, ctx)
+
+
+def _share_codebooks(block: nn.Module, stages: list[tuple[str, ...]], inputs: Captured, ctx: _BlockContext) -> None:
+    """Fit the block's shared codebooks on all its linears (Hessians from the block as it is now), before any of
+    them is quantized; the stages then quantize against them (with fresh Hessians in quantized propagation)."""
+    hessians = _stage_hessians(block, stages, inputs)
+    layers = [
+        (linear_weight(get_module(block, name), ctx.spec.transposed), hessians[stage[0]][0].float())
+        for stage in stages
+        for name in stage
+    ]
+    ctx.codebooks = shared_codebooks(layers, ctx.config)
+    ctx.block_weights = sum(W.numel() for W, _ in layers)
 
 
 # Layer-wise fine-tuning (paper §4) ------------------------------------------------------------------------
