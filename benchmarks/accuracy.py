@@ -46,10 +46,13 @@ COLUMNS = [
 DISTILL = DistillConfig(steps=80, lr=2e-4, batch=1, eval_every=20, patience=3)
 DISTILL_DATA = DISTILL_WINDOWS  # what `vptq-lab quantize --finetune e2e` uses
 
-# name -> (budget, recipe, layer-wise fine-tuning, end-to-end distillation)
+# name -> (budget, recipe, layer-wise fine-tuning, end-to-end distillation, changes to the budget's preset)
+SHARED_2BIT = {"vector_lens": (-1, 6), "num_centroids": (-1, 2048), "group_num": 1, "codebook_scope": "per-block"}
 PLAN = {
-    "vptq2-e2e": (2, "2-bit preset + end-to-end distillation", False, True),
-    "vptq2-lw-e2e": (2, "2-bit preset + layer-wise + end-to-end", True, True),
+    "vptq2-e2e": (2, "2-bit preset + end-to-end distillation", False, True, {}),
+    "vptq2-lw-e2e": (2, "2-bit preset + layer-wise + end-to-end", True, True, {}),
+    "vptq2-shared": (2, "2-bit, one v6/k2048 codebook per block", False, False, SHARED_2BIT),
+    "vptq2-shared-e2e": (2, "2-bit, one v6/k2048 codebook per block + end-to-end", False, True, SHARED_2BIT),
 }
 
 
@@ -62,13 +65,15 @@ def _key(name: str, windows: int) -> str:
         "results_version": RESULTS_VERSION,
         "format_version": FORMAT_VERSION,
     }
+    if PLAN[name][4]:  # rows keyed before the preset changes existed keep their keys
+        key["changes"] = {k: list(v) if isinstance(v, tuple) else v for k, v in PLAN[name][4].items()}
     return json.dumps(key, sort_keys=True)
 
 
 def run_row(name: str, windows: int) -> dict:
-    budget, recipe, layerwise, e2e = PLAN[name]
+    budget, recipe, layerwise, e2e, changes = PLAN[name]
     commit = code_commit()  # the code that runs, read before the long work
-    config = preset(budget).replace(finetune=layerwise, finetune_batch=1)
+    config = preset(budget).replace(finetune=layerwise, finetune_batch=1, **changes)
     student, tokenizer = load_model("default")
     valid = load_wikitext2("validation")
     with peak_rss() as memory:
@@ -91,6 +96,7 @@ def run_row(name: str, windows: int) -> dict:
             del teacher
             details["distill"] = distilled.to_dict()
         seconds = round(time.perf_counter() - start, 1)
+        details["stored_bits_per_weight"] = round(report.total_bits_per_weight(stored=True), 4)
         rec = perplexity(student, tokenizer, max_windows=windows)
     return {
         "budget": budget,
