@@ -43,7 +43,7 @@ COLUMNS = [
     "commit",
     "details",
 ]
-DISTILL = DistillConfig(steps=80, lr=2e-4, batch=1, eval_every=20, patience=3)
+DISTILL = DistillConfig(steps=80, lr=2e-4, batch=1, eval_every=20, patience=3)  # DistillConfig()'s defaults
 DISTILL_DATA = DISTILL_WINDOWS  # what `vptq-lab quantize --finetune e2e` uses
 
 # name -> (budget, recipe, layer-wise fine-tuning, end-to-end distillation, changes to the budget's preset)

@@ -25,8 +25,8 @@ FINETUNE_CHOICES = ("none", "layer", "e2e", "layer+e2e")
 
 
 def _add_distill_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--distill-steps", type=_positive_int, default=None, help="Adam steps at most (default 200)")
-    p.add_argument("--distill-lr", type=float, default=None, help="learning rate (default 1e-4)")
+    p.add_argument("--distill-steps", type=_positive_int, default=None, help="Adam steps at most (default 80)")
+    p.add_argument("--distill-lr", type=float, default=None, help="learning rate (default 2e-4)")
 
 
 def _positive_int(text: str) -> int:
@@ -333,7 +333,7 @@ def _distill_settings(args: argparse.Namespace) -> dict:
         settings["steps"] = args.distill_steps
     if args.distill_lr is not None:
         if not args.distill_lr > 0:
-            raise VPTQLabError(f"--distill-lr {args.distill_lr} must be > 0 (try 1e-4)")
+            raise VPTQLabError(f"--distill-lr {args.distill_lr} must be > 0 (try 2e-4)")
         settings["lr"] = args.distill_lr
     return settings
 
