@@ -38,11 +38,13 @@ def test_a_residual_codebook_cannot_be_shared():
         SHARED.replace(num_res_centroids=(-1, 16))
 
 
-def test_whole_model_per_block_sharing_round_trips_and_counts_its_bits(tmp_path):
+@pytest.mark.parametrize("propagation", ["quantized", "full_precision"])
+def test_whole_model_per_block_sharing_round_trips_and_counts_its_bits(propagation, tmp_path):
     model = tiny_llama(vocab_size=128, hidden=64, layers=2, seed=1)
     shapes = shapes_of(model)
     calib = torch.randint(0, 128, (4, 32), generator=torch.Generator().manual_seed(0))
-    report = quantize_(model, SHARED, calib, progress=False)
+    report = quantize_(model, SHARED.replace(propagation=propagation), calib, progress=False)
+    assert report.propagation == propagation
     blocks = model.model.layers
     books = [[m.centroids for m in b.modules() if isinstance(m, QuantizedLinear)] for b in blocks]
     assert all(torch.equal(c, books[i][0]) for i in range(2) for c in books[i])  # one codebook per block

@@ -316,10 +316,13 @@ def _quantize_block(block: nn.Module, inputs: Captured, ctx: _BlockContext) -> N
     if not stages:
         log.info("%s is already quantized; skipped", ctx.prefix)
         return
-    if getattr(ctx.config, "codebook_scope", "per-linear") == "per-block":
-        _share_codebooks(block, stages, inputs, ctx)
+    shared = getattr(ctx.config, "codebook_scope", "per-linear") == "per-block"
+    # Every stage's Hessian from the block as it is now: full-precision propagation quantizes with them, and shared
+    # codebooks are fitted on them; one pass serves both.
+    hessians = _stage_hessians(block, stages, inputs) if shared or ctx.propagation == "full_precision" else None
+    if shared:
+        _share_codebooks(block, stages, hessians, ctx)
     if ctx.propagation == "full_precision":
-        hessians = _stage_hessians(block, stages, inputs)  # all from the unquantized block
         for stage in stages:
             for name in stage:
                 _quantize_linear(block, name, *hessians[stage[0]], ctx)
@@ -330,10 +333,12 @@ def _quantize_block(block: nn.Module, inputs: Captured, ctx: _BlockContext) -> N
             _quantize_linear(block, name, H, tokens, ctx)
 
 
-def _share_codebooks(block: nn.Module, stages: list[tuple[str, ...]], inputs: Captured, ctx: _BlockContext) -> None:
-    """Fit the block's shared codebooks on all its linears (Hessians from the block as it is now), before any of
-    them is quantized; the stages then quantize against them (with fresh Hessians in quantized propagation)."""
-    hessians = _stage_hessians(block, stages, inputs)
+def _share_codebooks(
+    block: nn.Module, stages: list[tuple[str, ...]], hessians: dict[str, tuple], ctx: _BlockContext
+) -> None:
+    """Fit the block's shared codebooks on all its linears (``hessians``: per stage, from the block as it is now),
+    before any of them is quantized; the stages then quantize against them (with fresh Hessians in quantized
+    propagation)."""
     layers = [
         (linear_weight(get_module(block, name), ctx.spec.transposed), hessians[stage[0]][0].float())
         for stage in stages
