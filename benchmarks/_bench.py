@@ -97,27 +97,14 @@ def markdown_table(df) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells]) + "\n"
 
 
-def checkpoint_mb(method: str, config_json: str, model_name: str = "default") -> float | None:
-    """Size of the model.safetensors that `save_quantized` writes for ``model_name`` quantized by ``method`` with
-    this config, in MiB; None for the scalar baselines (no packed format). Exact without quantizing: the size
-    depends only on the tensors' shapes and dtypes, so random codes of the official shapes stand in.
-    """
-    from vptq_lab import VPTQConfig, load_model
+def random_quantize_(model: Any, config: Any, seed: int = 0) -> Any:
+    """Replace every decoder linear of ``model`` (in place) by a QuantizedLinear with random codes in the shapes
+    ``config`` gives it: what speed and file-size figures need, since neither depends on the values."""
     from vptq_lab.core.config import layer_plan
-    from vptq_lab.io.checkpoint import checkpoint_bytes
     from vptq_lab.kernels.testing import random_qweight
     from vptq_lab.model.arch import arch_for, get_blocks, get_module, linear_weight, set_module
     from vptq_lab.model.layers import QuantizedLinear
 
-    if method not in ("vq", "vptq", "fp"):
-        return None
-    model, _ = load_model(model_name)
-    if method == "fp":  # every tensor in 16 bits, the tied lm_head once
-        from safetensors.torch import save
-
-        state = {k: v.half() for k, v in model.state_dict().items() if k != "lm_head.weight"}
-        return round(len(save(state, metadata={"format": "pt"})) / 2**20, 2)
-    config = VPTQConfig.from_json(config_json)
     spec = arch_for(model)
     for block in get_blocks(model, spec):
         for name in (n for stage in spec.stages for n in stage):
@@ -136,9 +123,29 @@ def checkpoint_mb(method: str, config_json: str, model_name: str = "default") ->
                 group_num=groups,
                 perm=config.enable_perm or outliers > 0,
                 norm=config.enable_norm,
+                seed=seed,
             )
             set_module(block, name, QuantizedLinear(qw, getattr(linear, "bias", None)))
-    return round(checkpoint_bytes(model) / 2**20, 2)
+    return model
+
+
+def checkpoint_mb(method: str, config_json: str, model_name: str = "default") -> float | None:
+    """Size of the model.safetensors that `save_quantized` writes for ``model_name`` quantized by ``method`` with
+    this config, in MiB; None for the scalar baselines (no packed format). Exact without quantizing: the size
+    depends only on the tensors' shapes and dtypes, so random codes of the official shapes stand in.
+    """
+    from vptq_lab import VPTQConfig, load_model
+    from vptq_lab.io.checkpoint import checkpoint_bytes
+
+    if method not in ("vq", "vptq", "fp"):
+        return None
+    model, _ = load_model(model_name)
+    if method == "fp":  # every tensor in 16 bits, the tied lm_head once
+        from safetensors.torch import save
+
+        state = {k: v.half() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+        return round(len(save(state, metadata={"format": "pt"})) / 2**20, 2)
+    return round(checkpoint_bytes(random_quantize_(model, VPTQConfig.from_json(config_json))) / 2**20, 2)
 
 
 def with_file_mb(table: Any) -> Any:

@@ -85,13 +85,7 @@ def run_row(name: str, windows: int) -> dict:
         details = {"quantize_s": round(time.perf_counter() - start, 1)}
         if e2e:
             teacher, _ = load_model("default")
-            train, held = split_heldout(
-                tokenize(tokenizer, valid),
-                DISTILL_DATA["seqlen"],
-                DISTILL_DATA["train"],
-                DISTILL_DATA["heldout"],
-                seed=config.seed,
-            )
+            train, held = split_heldout(tokenize(tokenizer, valid), **DISTILL_DATA, seed=config.seed)
             distilled = distill_(student, teacher, train, held, DISTILL)
             del teacher
             details["distill"] = distilled.to_dict()

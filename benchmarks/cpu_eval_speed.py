@@ -16,25 +16,17 @@ import platform
 import time
 
 import torch
+from _bench import random_quantize_
 
+from vptq_lab.core.config import preset
 from vptq_lab.io.data import load_wikitext2, tokenize
 from vptq_lab.io.models import load_model
-from vptq_lab.kernels.testing import random_qweight
 from vptq_lab.lab.eval import window_nll
-from vptq_lab.model.arch import arch_for, get_blocks, get_module, set_module
-from vptq_lab.model.layers import QuantizedLinear
 
 
 def quantized_copy(seed: int = 0):
-    """The default model with random 2-bit-shaped VPTQ weights in every decoder linear."""
-    model, _ = load_model("default")
-    spec = arch_for(model)
-    for block in get_blocks(model, spec):
-        for name in (n for stage in spec.stages for n in stage):
-            linear = get_module(block, name)
-            qw = random_qweight(linear.out_features, linear.in_features, v=5, k1=512, group_num=2, perm=True, seed=seed)
-            set_module(block, name, QuantizedLinear(qw, linear.bias))
-    return model.eval()
+    """The default model with random 2-bit-preset-shaped VPTQ weights (v5, k512, 2 groups) in every decoder linear."""
+    return random_quantize_(load_model("default")[0], preset(2), seed).eval()
 
 
 def main() -> None:

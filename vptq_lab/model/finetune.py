@@ -19,6 +19,7 @@ fine-tuning (docs/algorithm.md, Published numbers).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -295,8 +296,6 @@ def _commit(folder: Path, config, names, params, optimizer, gen, state) -> None:
                 tensors[f"adam.{key}.{n}"] = torch.as_tensor(adam[i][key]).detach()
     tensors["sampler"] = gen.get_state()
     data = save({k: v.contiguous().cpu() for k, v in tensors.items()})
-    import hashlib
-
     atomic_write_bytes(folder / TENSORS, data)
     meta = {k: v for k, v in state.items() if k != "best_tensors"}
     record = {
@@ -320,8 +319,6 @@ def _open(folder: Path, config, names, params, optimizer, gen, resume: bool) -> 
             f"checkpoint dir {folder} already holds a distillation run: pass resume=True "
             "(--resume) to continue it, or choose an empty --checkpoint-dir"
         )
-    import hashlib
-
     from safetensors.torch import load
 
     try:
