@@ -24,9 +24,8 @@ import torch
 from _bench import RESULTS, markdown_table
 
 from vptq_lab import calibration_windows, load_model, load_wikitext2, perplexity, preset, quantize_
-from vptq_lab.io.checkpoint import FORMAT_VERSION
 from vptq_lab.io.data import tokenize
-from vptq_lab.lab.compare import RESULTS_VERSION, code_commit, current_rows, peak_rss
+from vptq_lab.lab.compare import cache_versions, code_commit, current_rows, peak_rss
 from vptq_lab.model.finetune import DISTILL_WINDOWS, DistillConfig, distill_, split_heldout
 
 CACHE = RESULTS / "accuracy.cache.jsonl"
@@ -62,8 +61,7 @@ def _key(name: str, windows: int) -> str:
         "windows": windows,
         "distill": DISTILL.to_dict(),
         "distill_data": DISTILL_DATA,
-        "results_version": RESULTS_VERSION,
-        "format_version": FORMAT_VERSION,
+        **cache_versions(),
     }
     if PLAN[name][4]:  # rows keyed before the preset changes existed keep their keys
         key["changes"] = {k: list(v) if isinstance(v, tuple) else v for k, v in PLAN[name][4].items()}

@@ -25,7 +25,7 @@ from vptq_lab.errors import VPTQLabError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["compare", "CompareSettings", "peak_rss", "current_rows", "code_commit", "RESULTS_VERSION"]
+__all__ = ["compare", "CompareSettings", "peak_rss", "current_rows", "cache_versions", "code_commit", "RESULTS_VERSION"]
 
 COLUMNS = [
     "model",
@@ -100,7 +100,8 @@ RESULTS_VERSION = 1
 _KEY_OMIT_AT_DEFAULT = {"finetune_batch": 0, "codebook_scope": "per-linear"}
 
 
-def _versions() -> dict[str, int]:
+def cache_versions() -> dict[str, int]:
+    """What every cached row's key carries besides what it measured: the results and checkpoint format versions."""
     from vptq_lab.io.checkpoint import FORMAT_VERSION
 
     return {"results_version": RESULTS_VERSION, "format_version": FORMAT_VERSION}
@@ -110,7 +111,7 @@ def _row_key(model: str, method: str, config: Any, settings: CompareSettings) ->
     """What a cached row measured: model, method, config, windows and calibration, plus the versions of the code
     that computed it and of the checkpoint format."""
     cfg = {k: v for k, v in config.to_dict().items() if k not in _KEY_OMIT_AT_DEFAULT or v != _KEY_OMIT_AT_DEFAULT[k]}
-    key = {"model": model, "method": method, "config": cfg, **settings.key(), **_versions()}
+    key = {"model": model, "method": method, "config": cfg, **settings.key(), **cache_versions()}
     return json.dumps(key, sort_keys=True)
 
 
@@ -122,7 +123,7 @@ def current_rows(path: str | Path | None) -> dict[str, dict[str, Any]]:
     """
     if path is None or not Path(path).is_file():
         return {}
-    rows, stale, versions = {}, 0, _versions()
+    rows, stale, versions = {}, 0, cache_versions()
     for line in Path(path).read_text().splitlines():
         if line.strip():
             entry = json.loads(line)
