@@ -93,7 +93,7 @@ def kmeans_plusplus(X: torch.Tensor, k: int, weights: torch.Tensor, gen: torch.G
     m = min(n, max(_PP_SAMPLE_PER_CENTROID * k, _PP_MIN_SAMPLE))
     if m < n:
         probs = weights.double() / weights.sum() + 1e-9 / n  # floor: zero weights stay sampleable
-        sub = torch.multinomial(probs, m, replacement=False, generator=gen)  # [m]
+        sub = torch.multinomial(probs.cpu(), m, replacement=False, generator=gen).to(X.device)  # [m]
         X, weights = X[sub], torch.ones(m, dtype=weights.dtype, device=X.device)
     u = torch.rand(k, generator=gen, dtype=torch.float64)  # [k] one uniform per draw
     chosen = [_pick(weights, float(u[0]))]
@@ -150,11 +150,11 @@ def weighted_kmeans(
     """
     w = _check_inputs(X, k, weights)
     X = X.float()
-    gen = torch.Generator(device=X.device).manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)  # on the CPU whatever X's device: the same draws on a GPU
     if init == "kmeans++":
         C = kmeans_plusplus(X, k, w, gen)
     elif init == "random":
-        C = X[torch.randperm(X.shape[0], generator=gen)[:k]].clone()  # [k, d]
+        C = X[torch.randperm(X.shape[0], generator=gen)[:k].to(X.device)].clone()  # [k, d]
     else:
         raise ValueError(f"init={init!r} must be 'kmeans++' or 'random'")
     labels, d2 = _assign(X, C, chunk)

@@ -46,6 +46,8 @@ __all__ = [
     "normalise_columns",
     "column_order",
     "init_codebooks",
+    "fit_part_codebook",
+    "part_shapes",
     "quantize_columns",
     "add_residual_codebooks",
     "pack_layer",
@@ -147,7 +149,7 @@ def column_order(H: torch.Tensor, enable_perm: bool, outlier_size: int) -> torch
     if outlier_size == 0:
         return None
     front = torch.sort(order[:outlier_size]).values  # [O]
-    rest = torch.ones(H.shape[0], dtype=torch.bool)
+    rest = torch.ones(H.shape[0], dtype=torch.bool, device=H.device)
     rest[front] = False
     return torch.cat([front, rest.nonzero().flatten()])
 
@@ -207,6 +209,21 @@ def init_codebooks(prep: Prepared, config: VPTQConfig, codebooks: Sequence[torch
             C = _fit_codebook(prep.W[:, start:stop], diag[start:stop], v, k, config.seed + i, config)
         parts.append(Part(start, stop, v, C))
     return parts
+
+
+def fit_part_codebook(prep: Prepared, config: VPTQConfig, i: int) -> torch.Tensor:
+    """The k-means codebook [k, v] of part ``i`` alone (what :func:`init_codebooks` fits for it), so the parts of
+    several linears can be fitted by different processes; pass them back through ``codebooks=``."""
+    start, stop, v, k = _part_bounds(prep, config)[i]
+    diag = torch.diag(prep.H)[start:stop]  # [S]
+    return _fit_codebook(prep.W[:, start:stop], diag, v, k, config.seed + i, config)
+
+
+def part_shapes(config: VPTQConfig, in_features: int) -> list[tuple[int, int, int]]:
+    """``(columns, v, k)`` per codebook part of a linear with ``in_features`` inputs, the outlier part first."""
+    outlier, groups, size = layer_plan(config, in_features)
+    head = [(outlier, config.vector_lens[0], config.num_centroids[0])] if outlier else []
+    return head + [(size, config.v, config.k1)] * groups
 
 
 def shared_codebooks(layers: Sequence[tuple[torch.Tensor, torch.Tensor]], config: VPTQConfig) -> list[torch.Tensor]:

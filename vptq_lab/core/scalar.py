@@ -232,7 +232,7 @@ def rtn_quantize(W: torch.Tensor, config: RTNConfig, H: torch.Tensor | None = No
     """
     _check_weight(W, H)
     scales, zeros = _group_grids(W.float(), config)  # [out, n_groups] each
-    g_idx = torch.arange(W.shape[1]) // (config.group_size or W.shape[1])  # [in]
+    g_idx = torch.arange(W.shape[1], device=W.device) // (config.group_size or W.shape[1])  # [in]
     codes, Wq = _round(W.float(), scales[:, g_idx], zeros[:, g_idx], config.bits)  # [out, in] each
     return ScalarQuantized(
         Wq, codes, scales, zeros, g_idx, None, config, scalar_bits(config, tuple(W.shape)), _info(W, Wq, H)
@@ -264,13 +264,13 @@ class _ColumnRounder:
         self.col_group = col_group  # int64 [in]: group of each working column
         n_out, n_in = W0.shape
         n_groups = int(col_group.max()) + 1
-        self.scales = torch.ones(n_out, n_groups, dtype=torch.float16)
-        self.zeros = torch.zeros(n_out, n_groups, dtype=torch.float16)
+        self.scales = torch.ones(n_out, n_groups, dtype=torch.float16, device=W0.device)
+        self.zeros = torch.zeros(n_out, n_groups, dtype=torch.float16, device=W0.device)
         if fixed is not None:
             self.scales, self.zeros = fixed
         self.dynamic = fixed is None
         self.E = torch.zeros_like(W0)  # [out, in]
-        self.codes = torch.zeros(n_out, n_in, dtype=torch.uint8)
+        self.codes = torch.zeros(n_out, n_in, dtype=torch.uint8, device=W0.device)
 
     def _fit_group(self, j0: int) -> None:
         g = int(self.col_group[j0])
@@ -299,11 +299,11 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig) -> Scala
     _check_weight(W, H)
     Hc, Wc, dead = condition_hessian(H, W.float(), config.percdamp)
     n_in = W.shape[1]
-    perm = act_order(Hc) if config.act_order else torch.arange(n_in)  # [in]
+    perm = act_order(Hc) if config.act_order else torch.arange(n_in, device=W.device)  # [in]
     size = config.group_size or n_in
     static = config.group_size is None or config.static_groups
-    orig_group = torch.arange(n_in) // size  # [in]: group of each original column (static)
-    col_group = orig_group[perm] if static else torch.arange(n_in) // size  # [in], working order
+    orig_group = torch.arange(n_in, device=W.device) // size  # [in]: group of each original column (static)
+    col_group = orig_group[perm] if static else torch.arange(n_in, device=W.device) // size  # [in], working order
     Ww, Hw = Wc[:, perm], Hc[perm][:, perm]  # [out, in], [in, in]
     U = inverse_cholesky_upper(Hw)  # [in, in]
     rounder = _ColumnRounder(Ww, U, config, col_group, _group_grids(Wc, config) if static else None)
