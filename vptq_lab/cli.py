@@ -29,6 +29,21 @@ def _add_distill_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--distill-lr", type=float, default=None, help="learning rate (default 2e-4)")
 
 
+def _add_device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="where the work runs: cpu or cuda (the model stays in CPU memory; each block moves there while it "
+        "is quantized). Under torchrun each rank takes GPU LOCAL_RANK",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_positive_int,
+        default=600,
+        help="under torchrun: seconds a rank waits for the others before failing (default 600)",
+    )
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -88,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         "model afterwards; layer+e2e: both (default none)",
     )
     _add_distill_args(p)
+    _add_device_args(p)
     p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("finetune", help="end-to-end distillation of a saved quantized model (indices unchanged)")
@@ -100,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-dir", default=None, help="commit progress here so a killed run can be resumed")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --checkpoint-dir")
     _add_distill_args(p)
+    _add_device_args(p)
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("bits", help="exact bits per weight of a config, overhead included")
@@ -135,7 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _print_record(record: dict, as_json: bool) -> None:
+def _print_record(record: dict, as_json: bool, show: bool = True) -> None:
+    if not show:  # the other ranks of a torchrun job: rank 0 speaks for the job
+        return
     if as_json:
         print(json.dumps(record))
         return
@@ -249,8 +268,10 @@ def _quantize(
     resume: bool = False,
     keep_checkpoints: bool = False,
     distill: dict | None = None,
+    device: str = "cpu",
 ) -> dict:
-    """Quantize, then (``distill``: DistillConfig fields) distil end to end from the unquantized model, and save."""
+    """Quantize, then (``distill``: DistillConfig fields) distil end to end from the unquantized model, and save.
+    Under torchrun every rank works and rank 0 alone saves."""
     from vptq_lab.io.checkpoint import save_quantized
     from vptq_lab.io.data import calibration_windows, load_wikitext2
     from vptq_lab.io.models import load_model
@@ -261,16 +282,22 @@ def _quantize(
     calib = calibration_windows(
         tokenizer, load_wikitext2("validation", data_dir), config.nsamples, config.seqlen, config.seed
     )
-    report = quantize_(model, config, calib, progress=progress, checkpoint_dir=checkpoint_dir, resume=resume)
+    report = quantize_(
+        model, config, calib, progress=progress, checkpoint_dir=checkpoint_dir, resume=resume, device=device
+    )
     saved = report.to_dict()
     extra = {}
     if distill is not None:
         sub = None if checkpoint_dir is None else str(Path(checkpoint_dir) / "distill")
-        result = _distill(model, tokenizer, model_name, data_dir, distill, progress, sub, resume)
+        result = _distill(model, tokenizer, model_name, data_dir, distill, progress, sub, resume, device)
         saved["distill"] = extra["distill"] = result
-    save_quantized(model, tokenizer, out, saved)
+    world = _world()
+    if world.distributed:
+        extra["ranks"] = world.size
+    if world.main:
+        save_quantized(model, tokenizer, out, saved)
     cleanup = {}
-    if checkpoint_dir is not None:  # the model is saved whole: the checkpoints have done their job
+    if checkpoint_dir is not None and world.main:  # the model is saved whole: the checkpoints have done their job
         from vptq_lab.model.finetune import remove_distill_checkpoint
         from vptq_lab.model.resume import remove_checkpoints
 
@@ -302,6 +329,7 @@ def _distill(
     progress: bool,
     checkpoint_dir: str | None,
     resume: bool,
+    device: str = "cpu",
 ) -> dict:
     """End-to-end distillation on WikiText-2 validation windows, selected on held-out validation windows."""
     from vptq_lab.io.data import load_wikitext2, tokenize
@@ -322,9 +350,30 @@ def _distill(
     if checkpoint_dir is not None and resume and not Path(checkpoint_dir).exists():
         resume = False  # the quantization was resumed; its distillation had not started
     report = distill_(
-        student, teacher, train, held, config, progress=progress, checkpoint_dir=checkpoint_dir, resume=resume
+        student,
+        teacher,
+        train,
+        held,
+        config,
+        progress=progress,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        device=device,
     )
     return report.to_dict()
+
+
+def _world():
+    from vptq_lab.model.distributed import current_world
+
+    return current_world()
+
+
+def _start_ranks(args: argparse.Namespace) -> None:
+    """Under torchrun: join the process group (gloo on CPU, NCCL on CUDA). Alone: only check --device."""
+    from vptq_lab.model.distributed import init_distributed
+
+    init_distributed(args.device, args.timeout)
 
 
 def _distill_settings(args: argparse.Namespace) -> dict:
@@ -340,6 +389,7 @@ def _distill_settings(args: argparse.Namespace) -> dict:
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     _check_out(args.out, args.checkpoint_dir, args.resume)
+    _start_ranks(args)
     config = _load_config(args)
     if "layer" in args.finetune:
         config = config.replace(finetune=True)
@@ -355,8 +405,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
             args.resume,
             args.keep_checkpoints,
             distill,
+            args.device,
         ),
         args.json,
+        _world().main,
     )
     return 0
 
@@ -367,6 +419,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     _check_out(args.out, args.checkpoint_dir, args.resume)
     if args.resume and args.checkpoint_dir is None:
         raise VPTQLabError("--resume needs --checkpoint-dir (the folder the interrupted run wrote)")
+    _start_ranks(args)
     folder = Path(args.model)
     if not (folder / "config.json").is_file():
         raise VPTQLabError(
@@ -385,8 +438,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         not args.no_progress,
         args.checkpoint_dir,
         args.resume,
+        args.device,
     )
     report["distill"] = result
+    if not _world().main:
+        return 0
     save_quantized(student, tokenizer, args.out, report)
     if args.checkpoint_dir is not None:
         from vptq_lab.model.finetune import remove_distill_checkpoint
@@ -535,8 +591,56 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except VPTQLabError as exc:
-        print(f"vptq-lab: error: {exc}", file=sys.stderr)
+        print(f"vptq-lab: error:{_rank_tag()} {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if not _in_job():
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        if _lost_contact(exc):  # a peer died or hung: say so in one line; torchrun then stops the job
+            print(
+                f"vptq-lab: error:{_rank_tag()} lost contact with the other ranks ({type(exc).__name__}: {first}): "
+                f"another rank failed, and printed its own error, or did not answer within --timeout "
+                f"{getattr(args, 'timeout', '?')} s; this rank stops too",
+                file=sys.stderr,
+            )
+        else:  # this rank's own failure: the traceback, then one line; the other ranks lose contact and stop
+            import traceback
+
+            traceback.print_exc()
+            print(f"vptq-lab: error:{_rank_tag()} failed with {type(exc).__name__}: {first}", file=sys.stderr)
+        return 1
+    finally:
+        if _in_job():
+            from vptq_lab.model.distributed import close_distributed
+
+            close_distributed()
+
+
+def _in_job() -> bool:
+    if "torch" not in sys.modules:  # nothing imported torch: no job to be in
+        return False
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def _lost_contact(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective that failed because of another rank (its death, or the timeout)."""
+    import torch.distributed as dist
+
+    if isinstance(exc, getattr(dist, "DistError", ())):  # torch >= 2.2: DistBackendError, DistNetworkError, ...
+        return True
+    text = str(exc)
+    return any(s in text for s in ("gloo", "NCCL", "Connection closed", "Connection reset", "Timed out"))
+
+
+def _rank_tag() -> str:
+    if not _in_job():
+        return ""
+    import torch.distributed as dist
+
+    return f" rank {dist.get_rank()} of {dist.get_world_size()}:"
 
 
 if __name__ == "__main__":

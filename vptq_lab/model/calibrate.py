@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from vptq_lab.core.quantizer import shared_codebooks
 from vptq_lab.core.qweight import QuantizedWeight
 from vptq_lab.errors import VPTQLabError
 from vptq_lab.model.arch import ArchSpec, arch_for, get_blocks, get_module, linear_role, linear_weight, set_module
+from vptq_lab.model.distributed import World, assign, check_device, current_world
 from vptq_lab.model.hessian import hessian_hooks
 from vptq_lab.model.layers import QuantizedLinear
 from vptq_lab.model.resume import BlockCheckpoints, run_fingerprint
@@ -150,6 +151,17 @@ def capture_block_inputs(
     return captured
 
 
+def _to(value: Any, device: torch.device) -> Any:
+    """``value`` (tensors, nested in tuples, lists and dicts) on ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _to(v, device) for k, v in value.items()}
+    return value
+
+
 def _first_output(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, (tuple, list)) else out
 
@@ -167,14 +179,33 @@ def _hidden(captured: Captured) -> list[torch.Tensor]:
 # Quantizing one block -----------------------------------------------------------------------------------
 
 
-def _stage_hessians(block: nn.Module, stages: Iterable[tuple[str, ...]], inputs: Captured) -> dict[str, tuple]:
+@dataclass(frozen=True)
+class _Batches:
+    """The calibration batches of a (possibly multi-process) run: how many in all, and which this rank holds."""
+
+    world: World
+    total: int
+    mine: tuple[int, ...]
+    segments: tuple[int, ...]  # leaf counts of this rank's subtrees of the Hessian sum
+
+    @classmethod
+    def of(cls, world: World, num_batches: int) -> _Batches:
+        mine, segments = world.batches(num_batches)
+        return cls(world, num_batches, tuple(mine), tuple(segments))
+
+
+def _stage_hessians(
+    block: nn.Module, stages: Iterable[tuple[str, ...]], inputs: Captured, batches: _Batches | None = None
+) -> dict[str, tuple]:
     """Hessians of the first linear of each stage (shared by the stage), in one pass over the inputs.
 
     The pass stops right after the last of those linears has seen its input: the rest of the
-    block would only be thrown away.
+    block would only be thrown away. ``batches``: in a multi-process run, this rank's share; the sums are
+    reduced over the ranks (:meth:`World.reduce_hessian`).
     """
     firsts = {stage[0]: get_module(block, stage[0]) for stage in stages}
-    with hessian_hooks(firsts) as accs, torch.no_grad():
+    split = batches is not None and batches.world.distributed
+    with hessian_hooks(firsts, batches.segments if split else None) as accs, torch.no_grad():
         stop = list(firsts.values())[-1].register_forward_hook(_raise_stop)
         try:
             for args, kwargs in inputs:
@@ -184,7 +215,13 @@ def _stage_hessians(block: nn.Module, stages: Iterable[tuple[str, ...]], inputs:
                     pass
         finally:
             stop.remove()
-    return {name: (acc.hessian(), acc.tokens) for name, acc in accs.items()}
+    if not split:
+        return {name: (acc.hessian(), acc.tokens) for name, acc in accs.items()}
+    out = {}
+    for name, acc in accs.items():
+        total, tokens = batches.world.reduce_hessian(acc, batches.total)
+        out[name] = (total / max(tokens, 1), tokens)
+    return out
 
 
 def _raise_stop(*_: Any) -> None:
@@ -227,6 +264,11 @@ class _BlockContext:
     method: str = "vptq"
     codebooks: list[torch.Tensor] | None = None  # the block's shared codebooks (codebook_scope "per-block")
     block_weights: int = 0  # weights of all the block's linears: how a shared codebook's bits are split
+    batches: _Batches | None = None  # multi-process runs: this rank's calibration batches
+
+    @property
+    def world(self) -> World:
+        return self.batches.world if self.batches is not None else World()
 
     @property
     def propagation(self) -> str:
@@ -235,10 +277,17 @@ class _BlockContext:
 
 def _quantize_linear(block: nn.Module, name: str, H: torch.Tensor, tokens: int, ctx: _BlockContext) -> None:
     module = get_module(block, name)
-    full = f"{ctx.prefix}.{name}"
     if _is_quantized(module):
-        log.info("%s is already quantized; skipped", full)
+        log.info("%s.%s is already quantized; skipped", ctx.prefix, name)
         return
+    W = _checked_weight(module, name, H, ctx)
+    result, seconds = _run_method(W, H, name, ctx, ctx.codebooks)
+    _install(block, name, W, H, tokens, result, seconds, ctx)
+
+
+def _checked_weight(module: nn.Module, name: str, H: torch.Tensor, ctx: _BlockContext) -> torch.Tensor:
+    """The linear's W [out, in], after the checks that would make its quantization meaningless."""
+    full = f"{ctx.prefix}.{name}"
     W = linear_weight(module, ctx.spec.transposed)  # [out, in]
     if not torch.isfinite(W).all():
         raise VPTQLabError(f"{full} has NaN or inf weights: fix or reload the model before quantizing")
@@ -247,15 +296,30 @@ def _quantize_linear(block: nn.Module, name: str, H: torch.Tensor, tokens: int, 
             f"{full}: its inputs on the calibration data contain NaN or inf (the activations "
             "overflowed): load the model in float32, or check the calibration token ids"
         )
+    return W
+
+
+def _run_method(
+    W: torch.Tensor, H: torch.Tensor, name: str, ctx: _BlockContext, codebooks: list[torch.Tensor] | None
+) -> tuple[Any, float]:
+    """(the method's result for one linear, seconds)."""
     start = time.perf_counter()
-    shared = {"codebooks": ctx.codebooks} if ctx.codebooks is not None else {}
+    shared = {"codebooks": codebooks} if codebooks is not None else {}
     try:
         result = METHODS[ctx.method].quantize(W, H.float(), ctx.config, **shared)
     except VPTQLabError:
         raise
     except ValueError as exc:  # the quantizer's own checks: give them the layer's name
-        raise VPTQLabError(f"{full}: {exc}") from exc
-    seconds = time.perf_counter() - start
+        raise VPTQLabError(f"{ctx.prefix}.{name}: {exc}") from exc
+    return result, time.perf_counter() - start
+
+
+def _install(
+    block: nn.Module, name: str, W: torch.Tensor, H: torch.Tensor, tokens: int, result: Any, seconds: float, ctx
+) -> None:
+    """Swap one linear's result into the block, and record it."""
+    full = f"{ctx.prefix}.{name}"
+    module = get_module(block, name)
     if result.info.get("hessian_all_zero"):
         log.warning(
             "%s saw only zero inputs on the calibration data (all-zero Hessian, damped to identity; its "
@@ -272,6 +336,71 @@ def _quantize_linear(block: nn.Module, name: str, H: torch.Tensor, tokens: int, 
     ctx.report.records.append(_record(full, ctx, W.shape, result, tokens, seconds))
     if ctx.keep(full):
         ctx.report.store[full] = LayerStore(W.clone(), H.clone(), result)
+
+
+# Several processes: the linears of a stage go to owner ranks -------------------------------------------------
+
+
+def _on(result: Any, device: torch.device | str) -> Any:
+    """A method's result with its tensors on ``device`` (to share it between ranks, or to install it)."""
+    if isinstance(result, QuantizedWeight):
+        return result.to(device)
+    moved = {
+        f.name: getattr(result, f.name).to(device) for f in fields(result) if torch.is_tensor(getattr(result, f.name))
+    }
+    return replace(result, **moved)
+
+
+def _linear_cost(shape: tuple[int, int], ctx: _BlockContext) -> float:
+    """Relative cost of one linear's column loop (and, for scalar methods, its whole quantization)."""
+    out, n = shape
+    k = getattr(ctx.config, "k1", 16)
+    return out * n * (2.0 * k + getattr(ctx.config, "blocksize", 128)) * (2 if getattr(ctx.config, "k2", 0) else 1)
+
+
+def _split_codebooks(weights: dict[str, torch.Tensor], H: torch.Tensor, ctx: _BlockContext) -> dict[str, list]:
+    """The per-linear codebooks of a stage, each k-means part fitted by its owner rank and shared: ``{name: [C]}``.
+    Empty when the method fits no per-linear codebooks (scalar methods, shared codebooks)."""
+    from vptq_lab.core.quantizer import fit_part_codebook, part_shapes, prepare_layer
+
+    if ctx.method not in ("vptq", "vq") or ctx.codebooks is not None:
+        return {}
+    jobs = [
+        (name, i, shape) for name, W in weights.items() for i, shape in enumerate(part_shapes(ctx.config, W.shape[1]))
+    ]
+    costs = [cols * -(-weights[name].shape[0] // v) * k for name, _, (cols, v, k) in jobs]  # vectors x centroids
+    owners = assign(costs, ctx.world.size)
+    fitted, preps = {}, {}
+    for job, ((name, i, _), owner) in enumerate(zip(jobs, owners)):
+        if owner == ctx.world.rank:
+            if name not in preps:
+                preps[name] = prepare_layer(weights[name], H.float(), ctx.config, feedback=False)
+            fitted[job] = fit_part_codebook(preps[name], ctx.config, i).cpu()
+    out: dict[str, list] = {name: [] for name in weights}
+    for job, ((name, _, _), owner) in enumerate(zip(jobs, owners)):
+        out[name].append(ctx.world.share(fitted.get(job), owner).to(ctx.world.device))
+    return out
+
+
+def _quantize_stage(block: nn.Module, names: tuple[str, ...], H: torch.Tensor, tokens: int, ctx: _BlockContext) -> None:
+    """Quantize the linears of one stage (they share ``H``). One process: one after another. Several: each
+    codebook part and each linear is computed by its owner rank and shared, in the same order on every rank."""
+    if not ctx.world.distributed:
+        for name in names:
+            _quantize_linear(block, name, H, tokens, ctx)
+        return
+    todo = [n for n in names if not _is_quantized(get_module(block, n))]
+    weights = {n: _checked_weight(get_module(block, n), n, H, ctx) for n in todo}
+    codebooks = _split_codebooks(weights, H, ctx)
+    owners = assign([_linear_cost(tuple(W.shape), ctx) for W in weights.values()], ctx.world.size)
+    done = {}
+    for name, owner in zip(todo, owners):  # first every linear this rank owns, then the exchange: no rank waits
+        if owner == ctx.world.rank:
+            result, seconds = _run_method(weights[name], H, name, ctx, codebooks.get(name, ctx.codebooks))
+            done[name] = (_on(result, "cpu"), seconds)
+    for name, owner in zip(todo, owners):
+        result, seconds = ctx.world.share(done.get(name), owner)
+        _install(block, name, weights[name], H, tokens, _on(result, ctx.world.device), seconds, ctx)
 
 
 def _is_quantized(module: nn.Module) -> bool:
@@ -319,18 +448,17 @@ def _quantize_block(block: nn.Module, inputs: Captured, ctx: _BlockContext) -> N
     shared = getattr(ctx.config, "codebook_scope", "per-linear") == "per-block"
     # Every stage's Hessian from the block as it is now: full-precision propagation quantizes with them, and shared
     # codebooks are fitted on them; one pass serves both.
-    hessians = _stage_hessians(block, stages, inputs) if shared or ctx.propagation == "full_precision" else None
+    need_all = shared or ctx.propagation == "full_precision"
+    hessians = _stage_hessians(block, stages, inputs, ctx.batches) if need_all else None
     if shared:
         _share_codebooks(block, stages, hessians, ctx)
     if ctx.propagation == "full_precision":
         for stage in stages:
-            for name in stage:
-                _quantize_linear(block, name, *hessians[stage[0]], ctx)
+            _quantize_stage(block, stage, *hessians[stage[0]], ctx)
         return
     for stage in stages:  # GPTQ "true sequential": later stages see the quantized earlier ones
-        H, tokens = _stage_hessians(block, [stage], inputs)[stage[0]]
-        for name in stage:
-            _quantize_linear(block, name, H, tokens, ctx)
+        H, tokens = _stage_hessians(block, [stage], inputs, ctx.batches)[stage[0]]
+        _quantize_stage(block, stage, H, tokens, ctx)
 
 
 def _share_codebooks(
@@ -548,6 +676,7 @@ def quantize_(
     batch_size: int = 4,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
+    device: str | torch.device | None = None,
 ) -> QuantizationReport:
     """Quantize every decoder-block linear of ``model`` in place; returns the per-layer report.
 
@@ -561,6 +690,12 @@ def quantize_(
     ``checkpoint_dir``: commit each finished block there (see :mod:`vptq_lab.model.resume`).
     ``resume=True``: ``model`` must be freshly loaded; the completed blocks are re-applied from the
     folder and the run continues with the next block (``keep`` then covers only the new blocks).
+
+    ``device`` ("cpu", "cuda", "cuda:1"; default: where the model is): the model stays where it is, and each
+    decoder block moves to ``device`` only while it is worked on, with the calibration activations; Hessians,
+    k-means and the column loop run there. Under ``torchrun`` (a process group is initialised, see
+    :mod:`vptq_lab.model.distributed`) the ranks split the calibration batches and the linears, every rank ends
+    with the whole quantized model, and rank 0 alone writes ``checkpoint_dir``.
     """
     _check_calibration(calibration)
     _check_method(method, config, checkpoint_dir)
@@ -569,10 +704,23 @@ def quantize_(
     spec = arch_for(model)
     blocks = get_blocks(model, spec)
     preflight(model, spec, config, calibration)
+    home = next(model.parameters()).device
+    world = current_world(check_device(device) if device is not None else home)
+    if world.distributed and getattr(config, "finetune", False):
+        raise VPTQLabError(
+            "layer-wise fine-tuning (finetune=True, --finetune layer) does not run under torchrun yet: "
+            "quantize in one process, or use --finetune e2e, which runs data-parallel"
+        )
+    num_batches = -(-calibration.shape[0] // batch_size)
+    batches = _Batches.of(world, num_batches)
     ckpt = None
     if checkpoint_dir is not None:
         ckpt = BlockCheckpoints.open(
-            checkpoint_dir, run_fingerprint(model, config, calibration, batch_size), len(blocks), resume
+            checkpoint_dir,
+            run_fingerprint(model, config, calibration, batch_size),
+            len(blocks),
+            resume,
+            writer=world.main,
         )
     propagation = getattr(config, "propagation", "quantized")
     finetune = getattr(config, "finetune", False)
@@ -580,15 +728,23 @@ def quantize_(
     start = time.perf_counter()
     was_training = model.training
     model.eval()
-    inputs = capture_block_inputs(model, blocks[0], calibration, batch_size)
+    mine = [calibration[b * batch_size : (b + 1) * batch_size] for b in batches.mine]
+    ids = torch.cat(mine) if mine else calibration[:0]
+    inputs = _to(capture_block_inputs(model, blocks[0], ids, batch_size), world.device)
     first = _resume_from(ckpt, blocks, report) if ckpt is not None else 0
     if first:
-        inputs = ckpt.restore_hidden(inputs)
+        inputs = _to(ckpt.restore_hidden(inputs, batches.mine, num_batches), world.device)
     for i in tqdm(
-        range(first, len(blocks)), desc="quantizing blocks", disable=not progress, initial=first, total=len(blocks)
+        range(first, len(blocks)),
+        desc="quantizing blocks",
+        disable=not progress or not world.main,
+        initial=first,
+        total=len(blocks),
     ):
-        block = blocks[i]
-        ctx = _BlockContext(i, f"{spec.blocks}.{i}", spec, config, report, _keep_predicate(keep), method)
+        block = blocks[i].to(world.device)
+        ctx = _BlockContext(
+            i, f"{spec.blocks}.{i}", spec, config, report, _keep_predicate(keep), method, batches=batches
+        )
         fp_outputs = run_block(block, inputs) if propagation == "full_precision" or finetune else None
         _quantize_block(block, inputs, ctx)
         if finetune:
@@ -604,11 +760,26 @@ def quantize_(
             )
             report.finetune.append({"block": i, **stats})
         inputs = fp_outputs if propagation == "full_precision" else run_block(block, inputs)
+        blocks[i].to(home)
         if ckpt is not None:
-            ckpt.save(i, block, [r.to_dict() for r in report.records], report.finetune, _hidden(inputs))
+            hidden = _all_hidden(world, batches, _hidden(inputs))
+            if world.main:
+                ckpt.save(i, blocks[i], [r.to_dict() for r in report.records], report.finetune, hidden)
     model.train(was_training)
     report.seconds = round(time.perf_counter() - start, 2)
     return report
+
+
+def _all_hidden(world: World, batches: _Batches, hidden: list[torch.Tensor]) -> list[torch.Tensor] | None:
+    """Every batch's hidden states in batch order on rank 0 (None elsewhere), on the CPU."""
+    mine = [h.cpu() for h in hidden]
+    if not world.distributed:
+        return mine
+    shares = world.gather(dict(zip(batches.mine, mine)))
+    if shares is None:
+        return None
+    merged = {b: h for share in shares for b, h in share.items()}
+    return [merged[b] for b in range(batches.total)]
 
 
 def _resume_from(ckpt: BlockCheckpoints, blocks: nn.ModuleList, report: QuantizationReport) -> int:

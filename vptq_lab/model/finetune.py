@@ -12,6 +12,10 @@ The embeddings and ``lm_head`` stay frozen.
 - A run is deterministic for a seed and thread count, and with ``checkpoint_dir`` it can be killed and resumed
   bit-identically: every evaluation commits the trained tensors, Adam's state and the sampler's position (only
   safetensors and JSON, written atomically).
+- ``device=`` runs it there (student and teacher move for the run, and back). Under ``torchrun`` it is
+  data-parallel: each rank takes its own ``batch`` windows per step (the global batch is ``batch`` x ranks), the
+  gradients are averaged over the ranks, the held-out windows are split between them, and rank 0 alone writes
+  the checkpoint. Every rank ends with the same trained model.
 
 The paper's LLaMA-2-13B at 2.02 bits goes 6.29 -> 6.07 with layer-wise and 5.32 with layer-wise plus end-to-end
 fine-tuning (docs/algorithm.md, Published numbers).
@@ -36,6 +40,7 @@ from tqdm.auto import tqdm
 from vptq_lab.core.config import JsonConfig
 from vptq_lab.errors import VPTQLabError
 from vptq_lab.files import atomic_write_bytes
+from vptq_lab.model.distributed import World, check_device, current_world
 from vptq_lab.model.layers import QuantizedLinear
 
 __all__ = [
@@ -162,16 +167,42 @@ def _kl(student: nn.Module, teacher: nn.Module, ids: torch.Tensor, temperature: 
 
 
 @torch.no_grad()
-def _heldout(student: nn.Module, teacher: nn.Module, heldout: torch.Tensor, temperature: float) -> dict[str, float]:
-    """Held-out perplexity of the student and its mean per-token KL to the teacher, one window at a time."""
-    nll = kl = 0.0
-    for window in heldout:  # [seqlen]
+def _heldout(
+    student: nn.Module, teacher: nn.Module, heldout: torch.Tensor, temperature: float, world: World | None = None
+) -> dict[str, float]:
+    """Held-out perplexity of the student and its mean per-token KL to the teacher, one window at a time (under
+    torchrun the windows are split between the ranks and the per-window values summed in window order)."""
+    world = world or World()
+    values = {}
+    for w in range(world.rank, heldout.shape[0], world.size):
+        window = heldout[w]  # [seqlen]
         logits = student(window[None]).logits.float()  # [1, seqlen, vocab]
-        nll += float(F.cross_entropy(logits[0, :-1], window[1:], reduction="mean"))
+        nll = float(F.cross_entropy(logits[0, :-1], window[1:], reduction="mean"))
         target = F.log_softmax(teacher(window[None]).logits.float() / temperature, dim=-1)
         logp = F.log_softmax(logits / temperature, dim=-1)
-        kl += float(F.kl_div(logp[0], target[0], log_target=True, reduction="batchmean"))
+        values[w] = (nll, float(F.kl_div(logp[0], target[0], log_target=True, reduction="batchmean")))
+    merged = {w: v for share in world.all_gather(values) for w, v in share.items()}
+    nll = kl = 0.0
+    for w in range(heldout.shape[0]):
+        nll += merged[w][0]
+        kl += merged[w][1]
     return {"ppl": math.exp(nll / heldout.shape[0]), "kl": kl / heldout.shape[0]}
+
+
+def _average_gradients(params: list[nn.Parameter], world: World) -> None:
+    """Data parallel: every rank's gradients replaced by their mean over the ranks (one flat all-reduce)."""
+    import torch.distributed as dist
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world.size
+    for p, piece in zip(params, flat.split([g.numel() for g in grads])):
+        p.grad = piece.view_as(p).clone()
+
+
+def _mean_loss(loss: float, world: World) -> float:
+    return sum(world.all_gather(loss)) / world.size if world.distributed else loss
 
 
 def distill_(
@@ -184,16 +215,22 @@ def distill_(
     progress: bool = True,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
+    device: str | torch.device | None = None,
 ) -> DistillReport:
     """Train ``student`` (quantized, in place) towards ``teacher`` on ``train_ids`` [n, seqlen]; keep the state
-    with the lowest perplexity on ``heldout_ids`` [m, seqlen] (see the module doc). Returns the report."""
+    with the lowest perplexity on ``heldout_ids`` [m, seqlen] (see the module doc). Returns the report.
+    ``device``: where to train (default: where the student is); both models move there for the run."""
     _check_ids(train_ids, "train_ids")
     _check_ids(heldout_ids, "heldout_ids")
     if resume and checkpoint_dir is None:
         raise VPTQLabError("resume=True needs checkpoint_dir= (the folder a previous run wrote)")
     start = time.perf_counter()
-    student.eval()
-    teacher.eval()
+    home = next(student.parameters()).device
+    teacher_home = next(teacher.parameters()).device
+    world = current_world(check_device(device) if device is not None else home)
+    student.to(world.device).eval()
+    teacher.to(world.device).eval()
+    train_ids, heldout_ids = train_ids.to(world.device), heldout_ids.to(world.device)
     params = trainable_parameters(student, config.train_norms)
     names = sorted(params)
     optimizer = torch.optim.Adam([params[n] for n in names], lr=config.lr)
@@ -202,28 +239,34 @@ def distill_(
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     try:
         if folder is not None:
-            state = _open(folder, config, names, params, optimizer, gen, resume) or state
+            state = _open(folder, config, names, params, optimizer, gen, resume, writer=world.main) or state
         if not state["history"]:
-            state["initial"] = _heldout(student, teacher, heldout_ids, config.temperature)
+            state["initial"] = _heldout(student, teacher, heldout_ids, config.temperature, world)
             state["best"] = {"step": 0, **state["initial"]}
             state["best_tensors"] = {n: params[n].detach().clone() for n in names}
-        bar = tqdm(total=config.steps, initial=state["step"], desc="distilling", disable=not progress)
+        bar = tqdm(total=config.steps, initial=state["step"], desc="distilling", disable=not progress or not world.main)
         running = []
         while state["step"] < config.steps and state["bad_evals"] < config.patience:
-            rows = torch.randint(train_ids.shape[0], (config.batch,), generator=gen)  # [batch]
+            # every rank draws the whole step's windows from the same sampler and takes its own share
+            rows = torch.randint(train_ids.shape[0], (config.batch * world.size,), generator=gen)  # [batch x ranks]
+            rows = rows[world.rank * config.batch : (world.rank + 1) * config.batch].to(world.device)  # [batch]
             with torch.enable_grad():
                 loss = _kl(student, teacher, train_ids[rows], config.temperature)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+            if world.distributed:
+                _average_gradients([params[n] for n in names], world)
             optimizer.step()
-            running.append(float(loss.detach()))
+            running.append(_mean_loss(float(loss.detach()), world))
             state["step"] += 1
             bar.update(1)
             bar.set_postfix(kl=f"{running[-1]:.4f}", best_ppl=f"{state['best']['ppl']:.3f}")
             if state["step"] % config.eval_every == 0 or state["step"] == config.steps:
-                _evaluate(student, teacher, heldout_ids, config, params, names, state, sum(running) / len(running))
+                _evaluate(
+                    student, teacher, heldout_ids, config, params, names, state, sum(running) / len(running), world
+                )
                 running = []
-                if folder is not None:
+                if folder is not None and world.main:
                     _commit(folder, config, names, params, optimizer, gen, state)
         bar.close()
         with torch.no_grad():  # the best state, then the codebooks' own dtype
@@ -231,7 +274,9 @@ def distill_(
                 params[n].copy_(state["best_tensors"][n])
     finally:
         _end_training(student)
-    final = _heldout(student, teacher, heldout_ids, config.temperature)
+    final = _heldout(student, teacher, heldout_ids, config.temperature, world)
+    student.to(home)
+    teacher.to(teacher_home)
     return DistillReport(
         config.to_dict(),
         state["initial"],
@@ -261,8 +306,8 @@ def _new_state() -> dict[str, Any]:
     return {"step": 0, "bad_evals": 0, "history": [], "initial": None, "best": None, "best_tensors": {}}
 
 
-def _evaluate(student, teacher, heldout, config, params, names, state, train_kl: float) -> None:
-    found = _heldout(student, teacher, heldout, config.temperature)
+def _evaluate(student, teacher, heldout, config, params, names, state, train_kl: float, world: World) -> None:
+    found = _heldout(student, teacher, heldout, config.temperature, world)
     state["history"].append(
         {"step": state["step"], "train_kl": train_kl, "heldout_ppl": found["ppl"], "heldout_kl": found["kl"]}
     )
@@ -307,12 +352,16 @@ def _commit(folder: Path, config, names, params, optimizer, gen, state) -> None:
     atomic_write_bytes(folder / STATE, json.dumps(record, indent=1).encode())  # the commit point
 
 
-def _open(folder: Path, config, names, params, optimizer, gen, resume: bool) -> dict[str, Any] | None:
-    """Start a new checkpoint folder, or restore the committed state of an earlier run (``resume``)."""
+def _open(
+    folder: Path, config, names, params, optimizer, gen, resume: bool, writer: bool = True
+) -> dict[str, Any] | None:
+    """Start a new checkpoint folder, or restore the committed state of an earlier run (``resume``).
+    ``writer=False``: another rank writes the folder; this one only reads it."""
     if folder.exists() and not folder.is_dir():
         raise VPTQLabError(f"checkpoint dir {folder} is a file: pass a folder (it is created if missing)")
     if not (folder / STATE).is_file():
-        folder.mkdir(parents=True, exist_ok=True)
+        if writer:
+            folder.mkdir(parents=True, exist_ok=True)
         return None
     if not resume:
         raise VPTQLabError(

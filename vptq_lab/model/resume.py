@@ -131,16 +131,21 @@ class BlockCheckpoints:
         }
 
     @classmethod
-    def open(cls, folder: str | Path, fingerprint: dict, num_blocks: int, resume: bool) -> BlockCheckpoints:
-        """Start a new checkpoint folder, or (``resume=True``) validate and continue an existing one."""
+    def open(
+        cls, folder: str | Path, fingerprint: dict, num_blocks: int, resume: bool, writer: bool = True
+    ) -> BlockCheckpoints:
+        """Start a new checkpoint folder, or (``resume=True``) validate and continue an existing one.
+
+        ``writer=False`` (the other ranks of a multi-process run): read and validate only; rank 0 writes."""
         folder = Path(folder)
         if folder.exists() and not folder.is_dir():
             raise VPTQLabError(f"checkpoint dir {folder} is a file: pass a folder (it is created if missing)")
         path = folder / PROGRESS
         if not path.is_file():
-            if resume:
+            if resume and writer:
                 log.warning("%s holds no progress.json: nothing to resume, starting from block 0", folder)
-            folder.mkdir(parents=True, exist_ok=True)
+            if writer:
+                folder.mkdir(parents=True, exist_ok=True)
             return cls(folder, fingerprint, num_blocks)
         if not resume:
             raise VPTQLabError(
@@ -204,18 +209,25 @@ class BlockCheckpoints:
                 "start again with a new --checkpoint-dir"
             )
 
-    def restore_hidden(self, captured: list[tuple[tuple, dict]]) -> list[tuple[tuple, dict]]:
-        """The fresh model's block-0 inputs, with the hidden states replaced by the saved ones."""
+    def restore_hidden(
+        self, captured: list[tuple[tuple, dict]], batches: list[int] | tuple[int, ...] | None = None, total=None
+    ) -> list[tuple[tuple, dict]]:
+        """The fresh model's block-0 inputs, with the hidden states replaced by the saved ones.
+
+        ``batches``: the global indices of the ``captured`` batches, of ``total`` (a rank of a multi-process run
+        holds only its share; the folder holds every batch, so any number of ranks can resume it)."""
         entry = self.progress["hidden"]
         tensors, metadata = self._load(entry["file"], entry["sha256"])
         dtype = getattr(torch, metadata.get("dtype", "float32"))
-        if len(tensors) != len(captured):
+        batches = list(range(len(captured))) if batches is None else list(batches)
+        total = len(captured) if total is None else total
+        if len(tensors) != total or len(batches) != len(captured):
             raise VPTQLabError(
                 f"{entry['file']} holds {len(tensors)} batches, the calibration gives "
-                f"{len(captured)}; start again with a new --checkpoint-dir"
+                f"{total}; start again with a new --checkpoint-dir"
             )
         out = []
-        for b, (args, kwargs) in enumerate(captured):
+        for b, (args, kwargs) in zip(batches, captured):
             h = tensors[f"hidden.{b}"].to(dtype)  # [batch, seqlen, hidden]
             out.append(((h,) + tuple(args[1:]), kwargs) if args else ((), {**kwargs, "hidden_states": h}))
         return out

@@ -1,0 +1,370 @@
+"""Several processes (torchrun, gloo on 127.0.0.1) and devices, on a tiny model.
+
+- The Hessian sum is a pairwise tree over the calibration batches, so the reduced H of N ranks is bit-identical to
+  the single-process H, whatever the world size.
+- A 2-process run writes the same checkpoint bytes as a 1-process run (also with 3 ranks, full-precision
+  propagation and shared codebooks); a run that loses a rank and restarts (``--max-restarts``) ends identical.
+- A rank that raises, or hangs, makes the whole job exit non-zero within the timeout.
+- End-to-end distillation runs data-parallel; ``--device`` is checked, and a CUDA run is tested where there is one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from vptq_lab.core.config import VPTQConfig
+from vptq_lab.errors import VPTQLabError
+from vptq_lab.io.checkpoint import compare_checkpoints, load_quantized
+from vptq_lab.model.distributed import assign, check_device
+from vptq_lab.model.hessian import HessianAccumulator, PairwiseSum, subtree_layout
+from vptq_lab.testing import save_tiny_model, tiny_llama
+
+REPO = Path(__file__).resolve().parents[1]
+
+# In-process: the pairwise tree ------------------------------------------------------------------------------
+
+
+def _tree(leaves: list[torch.Tensor | None]) -> torch.Tensor | None:
+    """The reference: a balanced binary tree over the leaves padded with empty ones to a power of two."""
+    size = 1 << max(len(leaves) - 1, 0).bit_length()
+    nodes = leaves + [None] * (size - len(leaves))
+    while len(nodes) > 1:
+        pairs = zip(nodes[::2], nodes[1::2])
+        nodes = [a if b is None else b if a is None else a + b for a, b in pairs]
+    return nodes[0]
+
+
+def _leaves(n: int) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(n)
+    # magnitudes over many decades: any change of summation order shows in the low bits
+    return [torch.randn(6, 6, generator=gen, dtype=torch.float64) * 10.0 ** (i % 3) for i in range(n)]
+
+
+@pytest.mark.parametrize("n", range(1, 12))
+def test_pairwise_sum_is_the_padded_tree(n):
+    leaves = _leaves(n)
+    acc = PairwiseSum()
+    for x in leaves:
+        acc.add(x)
+    assert torch.equal(acc.total(), _tree(leaves))
+
+
+def test_summation_order_matters_here():
+    """The leaves above do expose the order: a plain running sum differs from the tree."""
+    leaves = _leaves(7)
+    running = leaves[0].clone()
+    for x in leaves[1:]:
+        running += x
+    assert not torch.equal(running, _tree(leaves))
+
+
+@pytest.mark.parametrize("batches", [1, 2, 3, 5, 8, 9])
+@pytest.mark.parametrize("world", [1, 2, 3, 4, 5])
+def test_any_world_size_folds_to_the_single_process_bits(batches, world):
+    """Each rank accumulates its subtrees (HessianAccumulator with segments); folding them as rank 0 does gives
+    the single-process sum bit for bit, and every batch belongs to exactly one rank."""
+    xs = [torch.randn(7, 4, generator=torch.Generator().manual_seed(b)) * 10.0 ** (b % 4) for b in range(batches)]
+    single = HessianAccumulator(4)
+    for x in xs:
+        single.add(x)
+    layout = subtree_layout(batches, world)
+    owned = sorted(b for start, stop in layout for b in range(start, stop))
+    assert owned == list(range(batches))
+    subtree_sums = []
+    for rank in range(world):
+        mine = [(start, stop) for j, (start, stop) in enumerate(layout) if j % world == rank]
+        acc = HessianAccumulator(4, segments=[stop - start for start, stop in mine])
+        for start, stop in mine:
+            for b in range(start, stop):
+                acc.add(xs[b])
+        assert len(acc.subtrees) == len(mine)
+        subtree_sums.append(iter(acc.subtrees))
+    leaves = (1 << max(batches - 1, 0).bit_length()) // len(layout)
+    total = PairwiseSum()
+    for j in range(len(layout)):
+        total.add(next(subtree_sums[j % world]), leaves)
+    assert torch.equal(total.total(), single.sum)
+
+
+def test_owners_by_cost_are_deterministic_and_balanced():
+    costs = [5.0, 3.0, 3.0, 2.0, 1.0, 1.0]
+    owners = assign(costs, 2)
+    assert owners == assign(costs, 2)
+    loads = [sum(c for c, o in zip(costs, owners) if o == r) for r in range(2)]
+    assert loads == [8.0, 7.0]
+    assert assign(costs, 1) == [0] * 6
+    assert sorted(assign([1.0, 1.0, 1.0], 3)) == [0, 1, 2]
+
+
+def test_a_device_that_is_not_there_is_refused_with_the_fix():
+    with pytest.raises(VPTQLabError, match="cpu or cuda"):
+        check_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(VPTQLabError, match="no CUDA device.*--device cpu"):
+            check_device("cuda")
+
+
+# torchrun ---------------------------------------------------------------------------------------------------
+
+DRIVER = textwrap.dedent('''
+    """`vptq-lab` under torchrun, able to make one rank fail inside block k on the first attempt only."""
+    import os, sys, time
+    import vptq_lab.model.calibrate as cal
+    from vptq_lab.cli import main
+
+    fail_at = int(os.environ.get("VPTQ_TEST_FAIL_AT_BLOCK", "-1"))
+    if fail_at >= 0 and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
+        real = cal._quantize_block
+        mode = os.environ.get("VPTQ_TEST_FAIL_MODE", "raise")
+
+        def failing(block, inputs, ctx):
+            if ctx.index == fail_at and ctx.world.rank == 1:
+                if mode == "raise":
+                    raise RuntimeError("injected failure")
+                if mode == "kill":
+                    os.kill(os.getpid(), 9)
+                time.sleep(3600)  # hang
+            return real(block, inputs, ctx)
+
+        cal._quantize_block = failing
+    sys.exit(main(sys.argv[1:]))
+''')
+
+HESSIANS = textwrap.dedent('''
+    """Quantize with keep=True on every rank; rank 0 saves every linear's H (float64) as the run saw it."""
+    import sys
+    import torch
+    from safetensors.torch import save_file
+    from vptq_lab import load_model, quantize_
+    from vptq_lab.core.config import VPTQConfig
+    from vptq_lab.model.distributed import close_distributed, init_distributed
+
+    world = init_distributed("cpu", 60)
+    model, _ = load_model(sys.argv[1])
+    config = VPTQConfig.from_json(open(sys.argv[2]).read())
+    ids = torch.randint(0, 384, (config.nsamples, config.seqlen), generator=torch.Generator().manual_seed(5))
+    report = quantize_(model, config, ids, keep=True, progress=False)
+    if world.main:
+        save_file({name: s.H.contiguous() for name, s in report.store.items()}, sys.argv[3])
+    close_distributed()
+''')
+
+BASE = VPTQConfig(
+    vector_lens=(-1, 4),
+    num_centroids=(-1, 16),
+    num_res_centroids=(-1, 4),
+    nsamples=16,
+    seqlen=32,
+    kmeans_iters=3,
+    group_num=2,
+)
+CONFIGS = {
+    "quantized": BASE,
+    # 3 batches (an odd tree), outliers, full-precision propagation, one codebook per block
+    "fp-shared": BASE.replace(
+        nsamples=12,
+        propagation="full_precision",
+        codebook_scope="per-block",
+        num_res_centroids=(-1, -1),
+        npercent=5.0,
+        vector_lens=(2, 4),
+        num_centroids=(8, 16),
+        group_num=1,
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    root = tmp_path_factory.mktemp("torchrun")
+    model_dir = save_tiny_model(root / "model", tiny_llama(vocab_size=384, hidden=32, layers=4, seed=2))
+    for name, cfg in CONFIGS.items():
+        (root / f"{name}.json").write_text(cfg.to_json())
+    (root / "driver.py").write_text(DRIVER)
+    (root / "hessians.py").write_text(HESSIANS)
+    env = {k: v for k, v in os.environ.items() if k not in ("VPTQ_LAB_DATA", "WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env.update(
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONPATH=str(REPO),
+    )
+    return root, model_dir, env
+
+
+def _run(job, script: str, *args: str, nproc: int = 1, extra_env=None, launcher=(), timeout=300):
+    """``script`` (in the job folder) alone (nproc 1) or under torchrun; returns (CompletedProcess, seconds)."""
+    root, _, env = job
+    launch = [] if nproc == 1 and not launcher else ["-m", "torch.distributed.run", "--standalone"]
+    if launch:
+        launch += ["--nproc-per-node", str(nproc), *launcher]
+    cmd = [sys.executable, *launch, str(root / script), *args]
+    start = time.monotonic()
+    proc = subprocess.run(cmd, env={**env, **(extra_env or {})}, capture_output=True, text=True, timeout=timeout)
+    return proc, time.monotonic() - start
+
+
+def _quantize(job, config: str, out: Path, *extra: str, nproc: int = 1, **kwargs):
+    root, model_dir, _ = job
+    args = ["quantize", "--model", str(model_dir), "--config", str(root / f"{config}.json"), "--out", str(out)]
+    return _run(job, "driver.py", *args, "--json", "--no-progress", *extra, nproc=nproc, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def single(job):
+    """The 1-process reference checkpoint of each config."""
+    out = {}
+    for name in CONFIGS:
+        proc, _ = _quantize(job, name, job[0] / f"single-{name}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out[name] = job[0] / f"single-{name}"
+    return out
+
+
+def _assert_identical(a: Path, b: Path) -> None:
+    diff = compare_checkpoints(a, b)
+    assert diff["identical"], json.dumps(diff)
+    assert diff["tensors"] > 0
+
+
+@pytest.mark.slow
+def test_reduced_hessians_equal_the_single_process_ones(job):
+    from safetensors.torch import load_file
+
+    root, model_dir, _ = job
+    for n in (1, 2):
+        proc, _ = _run(
+            job, "hessians.py", str(model_dir), str(root / "quantized.json"), str(root / f"H{n}.st"), nproc=n
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = load_file(root / "H1.st"), load_file(root / "H2.st")
+    assert one.keys() == two.keys() and len(one) == 28  # 7 linears x 4 blocks
+    for name in one:
+        assert one[name].dtype == torch.float64 and torch.equal(one[name], two[name]), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config,nproc", [("quantized", 2), ("fp-shared", 2), ("fp-shared", 3)])
+def test_checkpoint_bytes_do_not_depend_on_the_world_size(job, single, config, nproc):
+    out = job[0] / f"{config}-{nproc}"
+    proc, _ = _quantize(job, config, out, nproc=nproc)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert record["ranks"] == nproc and proc.stdout.count('"ranks"') == 1  # rank 0 alone prints (and saves)
+    _assert_identical(single[config], out)
+
+
+@pytest.mark.slow
+def test_a_lost_rank_restarts_and_ends_identical(job, single):
+    root = job[0]
+    out, ck = root / "restarted", root / "ck-restarted"
+    proc, _ = _quantize(
+        job,
+        "quantized",
+        out,
+        "--checkpoint-dir",
+        str(ck),
+        "--resume",
+        nproc=2,
+        launcher=("--max-restarts", "1"),
+        extra_env={"VPTQ_TEST_FAIL_AT_BLOCK": "2", "VPTQ_TEST_FAIL_MODE": "kill"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "lost contact with the other ranks" in proc.stderr  # rank 0's view of the killed rank 1
+    _assert_identical(single["quantized"], out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["raise", "hang"])
+def test_a_failing_rank_stops_the_whole_job_within_the_timeout(job, mode):
+    out = job[0] / f"failed-{mode}"
+    proc, seconds = _quantize(
+        job,
+        "quantized",
+        out,
+        "--timeout",
+        "10",
+        nproc=2,
+        extra_env={"VPTQ_TEST_FAIL_AT_BLOCK": "1", "VPTQ_TEST_FAIL_MODE": mode},
+        timeout=240,
+    )
+    assert proc.returncode != 0
+    assert not out.exists()
+    assert "rank 0 of 2: lost contact with the other ranks" in proc.stderr
+    if mode == "raise":
+        assert "rank 1 of 2: failed with RuntimeError: injected failure" in proc.stderr
+    else:
+        assert "--timeout 10 s" in proc.stderr
+    assert seconds < 120  # startup of two processes + the 10 s timeout, never the hung rank's hour
+
+
+@pytest.mark.slow
+def test_end_to_end_distillation_runs_data_parallel(job, single):
+    out = job[0] / "distilled-2"
+    proc, _ = _quantize(job, "quantized", out, "--finetune", "e2e", "--distill-steps", "4", nproc=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(proc.stdout.strip().splitlines()[-1])
+    distill = record["distill"]
+    assert distill["steps_run"] == 4 and len(distill["history"]) == 1
+    assert distill["best"]["kl"] <= distill["initial"]["kl"]
+    # the codes never move, only codebooks and norms: the indices equal the undistilled 1-process run's
+    a, _ = load_quantized(single["quantized"])
+    b, _ = load_quantized(out)
+    sa, sb = a.state_dict(), b.state_dict()
+    indices = [k for k in sa if k.endswith("indices")]
+    assert indices and all(torch.equal(sa[k], sb[k]) for k in indices)
+    assert any(not torch.equal(sa[k], sb[k]) for k in sa if k.endswith("centroids"))
+
+
+# Devices ----------------------------------------------------------------------------------------------------
+
+
+def test_quantize_on_an_explicit_cpu_device_is_the_default_run():
+    from vptq_lab import quantize_
+
+    ids = torch.randint(0, 384, (8, 32), generator=torch.Generator().manual_seed(1))
+    cfg = BASE.replace(nsamples=8)
+    a, b = (
+        tiny_llama(vocab_size=384, hidden=32, layers=2, seed=3),
+        tiny_llama(vocab_size=384, hidden=32, layers=2, seed=3),
+    )
+    quantize_(a, cfg, ids, progress=False)
+    quantize_(b, cfg, ids, progress=False, device="cpu")
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_whole_pipeline_on_cuda():
+    """Blocks move to the GPU while they are quantized and come back; the result is close to the CPU run's."""
+    from vptq_lab import quantize_
+    from vptq_lab.model.finetune import DistillConfig, distill_
+
+    ids = torch.randint(0, 384, (8, 32), generator=torch.Generator().manual_seed(1))
+    cfg = BASE.replace(nsamples=8, finetune=True, finetune_steps=3)
+    cpu, gpu = (tiny_llama(vocab_size=384, hidden=32, layers=2, seed=3) for _ in range(2))
+    quantize_(cpu, cfg, ids, progress=False)
+    report = quantize_(gpu, cfg, ids, progress=False, device="cuda")
+    assert all(p.device.type == "cpu" for p in gpu.parameters())
+    assert all(b.device.type == "cpu" for b in gpu.buffers())
+    assert len(report.records) == 14
+    with torch.no_grad():
+        lc, lg = cpu(ids).logits, gpu(ids).logits
+    assert torch.isfinite(lg).all()
+    assert (lc - lg).abs().mean() < 0.1 * lc.abs().mean()
+    teacher = tiny_llama(vocab_size=384, hidden=32, layers=2, seed=3)
+    result = distill_(
+        gpu, teacher, ids[:6], ids[6:], DistillConfig(steps=3, eval_every=3), progress=False, device="cuda"
+    )
+    assert result.steps_run == 3 and all(p.device.type == "cpu" for p in gpu.parameters())
