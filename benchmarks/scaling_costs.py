@@ -1,0 +1,85 @@
+"""The measured inputs of docs/scaling.md: what one decoder block of the default model costs at the 2-bit preset.
+
+Quantizes the first ``--blocks`` blocks of the default model (1 process, the threads OMP_NUM_THREADS allows) and
+times each part: block-input capture, the Hessian passes, each linear's steps (prepare, k-means, column loop,
+packing; from ``QuantizedWeight.info["seconds"]``) and the forward pass to the next block. Writes
+``benchmarks/results/scaling_costs.json``.
+
+    OMP_NUM_THREADS=1 python benchmarks/scaling_costs.py --blocks 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import defaultdict
+
+import torch
+from _bench import RESULTS
+
+from vptq_lab import calibration_windows, load_model, load_wikitext2, preset
+from vptq_lab.lab.compare import code_commit
+from vptq_lab.model import calibrate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--blocks", type=int, default=4)
+    parser.add_argument("--beside", default="nothing", help="what else ran on the machine, for the record")
+    args = parser.parse_args()
+    config = preset(2)
+    model, tokenizer = load_model("default")
+    model.model.layers = model.model.layers[: args.blocks]
+    calib = calibration_windows(tokenizer, load_wikitext2("validation"), config.nsamples, config.seqlen, config.seed)
+    spent: dict[str, float] = defaultdict(float)
+
+    def timed(name, fn):
+        def wrapper(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[name] += time.perf_counter() - t0
+
+        return wrapper
+
+    originals = {n: getattr(calibrate, n) for n in ("_stage_hessians", "run_block", "capture_block_inputs")}
+    for name, fn in originals.items():
+        setattr(calibrate, name, timed(name, fn))
+    try:
+        start = time.perf_counter()
+        report = calibrate.quantize_(model, config, calib, keep=True, progress=False)
+        total = time.perf_counter() - start
+    finally:
+        for name, fn in originals.items():
+            setattr(calibrate, name, fn)
+    per_role: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    shapes = {}
+    for name, store in report.store.items():
+        role = name.rsplit(".", 1)[-1]
+        shapes[role] = list(store.W.shape)
+        for step, seconds in store.qweight.info["seconds"].items():
+            per_role[role][step] += seconds / args.blocks
+    linears = sum(r.seconds for r in report.records)
+    result = {
+        "commit": code_commit(),
+        "threads": torch.get_num_threads(),
+        "beside": args.beside,
+        "config": "2-bit preset (v5/k512, 2 groups, 10 k-means iterations), 32 x 512 calibration tokens",
+        "blocks": args.blocks,
+        "seconds_total": round(total, 2),
+        "seconds_per_block": round(total / args.blocks, 3),
+        "seconds_per_block_linears": round(linears / args.blocks, 3),
+        "seconds_per_block_hessian_passes": round(spent["_stage_hessians"] / args.blocks, 3),
+        "seconds_per_block_forward": round(spent["run_block"] / args.blocks, 3),
+        "seconds_capture": round(spent["capture_block_inputs"], 3),
+        "per_linear_seconds": {role: {k: round(v, 3) for k, v in steps.items()} for role, steps in per_role.items()},
+        "shapes": shapes,
+    }
+    (RESULTS / "scaling_costs.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
