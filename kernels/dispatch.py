@@ -11,12 +11,18 @@ Backends (all take ``(x, QuantizedWeight)``, one contract for every backend):
 
 ``VPTQ_LAB_FORCE_REFERENCE=1`` in the environment makes every call use the
 reference, whatever backend was asked for (useful to rule the kernels out).
+``with prefer_backend("torch"):`` makes ``"auto"`` mean that backend inside the block
+(quantization and distillation use it: many tokens per call, where a cached dense
+weight is the fast path on every device).
 """
 
 from __future__ import annotations
 
 import os
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import fields
 
 import torch
@@ -26,7 +32,10 @@ from vptq_lab.core.qweight import QuantizedWeight
 
 from .reference import dequant_ref, vq_linear_ref
 
-__all__ = ["vq_linear", "dense_weight", "clear_dense_cache", "resolve_backend", "BACKENDS", "FORCE_REFERENCE_ENV"]
+__all__ = [
+    "vq_linear", "dense_weight", "clear_dense_cache", "resolve_backend", "prefer_backend", "BACKENDS",
+    "FORCE_REFERENCE_ENV",
+]
 
 BACKENDS = ("auto", "triton", "torch", "reference")
 FORCE_REFERENCE_ENV = "VPTQ_LAB_FORCE_REFERENCE"
@@ -70,6 +79,21 @@ def clear_dense_cache() -> None:
         dense.clear()
 
 
+_PREFERRED: ContextVar[str | None] = ContextVar("vptq_lab_preferred_backend", default=None)
+
+
+@contextmanager
+def prefer_backend(backend: str) -> Iterator[None]:
+    """Inside the block, ``"auto"`` resolves to ``backend`` (the environment override still wins)."""
+    if backend not in BACKENDS or backend == "auto":
+        raise ValueError(f"backend must be one of {BACKENDS[1:]}, got {backend!r}")
+    token = _PREFERRED.set(backend)
+    try:
+        yield
+    finally:
+        _PREFERRED.reset(token)
+
+
 def resolve_backend(x: torch.Tensor, backend: str = "auto") -> str:
     """The backend ``vq_linear`` will use for ``x``: honours the env override, then "auto"."""
     if backend not in BACKENDS:
@@ -77,7 +101,7 @@ def resolve_backend(x: torch.Tensor, backend: str = "auto") -> str:
     if os.environ.get(FORCE_REFERENCE_ENV, "0").strip().lower() in {"1", "true", "on", "yes"}:
         return "reference"
     if backend == "auto":
-        return "triton" if x.is_cuda else "torch"
+        return _PREFERRED.get() or ("triton" if x.is_cuda else "torch")
     return backend
 
 

@@ -330,6 +330,24 @@ def test_end_to_end_distillation_runs_data_parallel(job, single):
 # Devices ----------------------------------------------------------------------------------------------------
 
 
+def test_quantization_prefers_dense_matmuls_only_inside_its_block(monkeypatch):
+    """quantize_ and distill_ run quantized blocks through the cached dense weight (not the Triton kernels, which
+    serve decoding); the preference ends with the block, and the environment override still wins."""
+    from vptq_lab.kernels.dispatch import FORCE_REFERENCE_ENV, prefer_backend, resolve_backend
+
+    x = torch.zeros(2, 4)
+    monkeypatch.delenv(FORCE_REFERENCE_ENV, raising=False)
+    with prefer_backend("reference"):
+        assert resolve_backend(x) == "reference"
+        assert resolve_backend(x, "torch") == "torch"  # an explicit backend is kept
+    assert resolve_backend(x) == "torch"
+    monkeypatch.setenv(FORCE_REFERENCE_ENV, "1")
+    with prefer_backend("torch"):
+        assert resolve_backend(x) == "reference"
+    with pytest.raises(ValueError, match="backend must be one of"), prefer_backend("auto"):
+        pass
+
+
 def test_quantize_on_an_explicit_cpu_device_is_the_default_run():
     from vptq_lab import quantize_
 

@@ -33,6 +33,7 @@ from vptq_lab.core.methods import METHODS, dequantized
 from vptq_lab.core.quantizer import shared_codebooks
 from vptq_lab.core.qweight import QuantizedWeight
 from vptq_lab.errors import VPTQLabError
+from vptq_lab.kernels.dispatch import prefer_backend
 from vptq_lab.model.arch import ArchSpec, arch_for, get_blocks, get_module, linear_role, linear_weight, set_module
 from vptq_lab.model.distributed import World, assign, check_device, current_world
 from vptq_lab.model.hessian import hessian_hooks
@@ -334,8 +335,8 @@ def _install(
             module.weight.copy_(dense.t() if ctx.spec.transposed else dense)
         module.vptq_lab_method = ctx.method
     ctx.report.records.append(_record(full, ctx, W.shape, result, tokens, seconds))
-    if ctx.keep(full):
-        ctx.report.store[full] = LayerStore(W.clone(), H.clone(), result)
+    if ctx.keep(full):  # on the CPU: the store outlives the block's visit to the device
+        ctx.report.store[full] = LayerStore(W.to("cpu", copy=True), H.to("cpu", copy=True), _on(result, "cpu"))
 
 
 # Several processes: the linears of a stage go to owner ranks -------------------------------------------------
@@ -734,37 +735,38 @@ def quantize_(
     first = _resume_from(ckpt, blocks, report) if ckpt is not None else 0
     if first:
         inputs = _to(ckpt.restore_hidden(inputs, batches.mine, num_batches), world.device)
-    for i in tqdm(
-        range(first, len(blocks)),
-        desc="quantizing blocks",
-        disable=not progress or not world.main,
-        initial=first,
-        total=len(blocks),
-    ):
-        block = blocks[i].to(world.device)
-        ctx = _BlockContext(
-            i, f"{spec.blocks}.{i}", spec, config, report, _keep_predicate(keep), method, batches=batches
-        )
-        fp_outputs = run_block(block, inputs) if propagation == "full_precision" or finetune else None
-        _quantize_block(block, inputs, ctx)
-        if finetune:
-            stats = finetune_block(
-                block,
-                inputs,
-                _hidden(fp_outputs),
-                spec,
-                config.finetune_steps,
-                config.finetune_lr,
-                config.seed + i,
-                config.finetune_batch,
+    with prefer_backend("torch"):  # quantized blocks as dense matmuls (cached), on every device
+        for i in tqdm(
+            range(first, len(blocks)),
+            desc="quantizing blocks",
+            disable=not progress or not world.main,
+            initial=first,
+            total=len(blocks),
+        ):
+            block = blocks[i].to(world.device)
+            ctx = _BlockContext(
+                i, f"{spec.blocks}.{i}", spec, config, report, _keep_predicate(keep), method, batches=batches
             )
-            report.finetune.append({"block": i, **stats})
-        inputs = fp_outputs if propagation == "full_precision" else run_block(block, inputs)
-        blocks[i].to(home)
-        if ckpt is not None:
-            hidden = _all_hidden(world, batches, _hidden(inputs))
-            if world.main:
-                ckpt.save(i, blocks[i], [r.to_dict() for r in report.records], report.finetune, hidden)
+            fp_outputs = run_block(block, inputs) if propagation == "full_precision" or finetune else None
+            _quantize_block(block, inputs, ctx)
+            if finetune:
+                stats = finetune_block(
+                    block,
+                    inputs,
+                    _hidden(fp_outputs),
+                    spec,
+                    config.finetune_steps,
+                    config.finetune_lr,
+                    config.seed + i,
+                    config.finetune_batch,
+                )
+                report.finetune.append({"block": i, **stats})
+            inputs = fp_outputs if propagation == "full_precision" else run_block(block, inputs)
+            blocks[i].to(home)
+            if ckpt is not None:
+                hidden = _all_hidden(world, batches, _hidden(inputs))
+                if world.main:
+                    ckpt.save(i, blocks[i], [r.to_dict() for r in report.records], report.finetune, hidden)
     model.train(was_training)
     report.seconds = round(time.perf_counter() - start, 2)
     return report

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from vptq_lab.core.config import JsonConfig
 from vptq_lab.errors import VPTQLabError
 from vptq_lab.files import atomic_write_bytes
+from vptq_lab.kernels.dispatch import prefer_backend
 from vptq_lab.model.distributed import World, check_device, current_world
 from vptq_lab.model.layers import QuantizedLinear
 
@@ -173,6 +174,18 @@ def _heldout(
     """Held-out perplexity of the student and its mean per-token KL to the teacher, one window at a time (under
     torchrun the windows are split between the ranks and the per-window values summed in window order)."""
     world = world or World()
+    with prefer_backend("torch"):  # whole windows: dense matmuls (cached dequantized weights) on every device
+        values = _heldout_values(student, teacher, heldout, temperature, world)
+    merged = {w: v for share in world.all_gather(values) for w, v in share.items()}
+    nll = kl = 0.0
+    for w in range(heldout.shape[0]):
+        nll += merged[w][0]
+        kl += merged[w][1]
+    return {"ppl": math.exp(nll / heldout.shape[0]), "kl": kl / heldout.shape[0]}
+
+
+def _heldout_values(student, teacher, heldout: torch.Tensor, temperature: float, world: World) -> dict:
+    """``{window: (nll, kl)}`` for this rank's share of the held-out windows."""
     values = {}
     for w in range(world.rank, heldout.shape[0], world.size):
         window = heldout[w]  # [seqlen]
@@ -181,12 +194,7 @@ def _heldout(
         target = F.log_softmax(teacher(window[None]).logits.float() / temperature, dim=-1)
         logp = F.log_softmax(logits / temperature, dim=-1)
         values[w] = (nll, float(F.kl_div(logp[0], target[0], log_target=True, reduction="batchmean")))
-    merged = {w: v for share in world.all_gather(values) for w, v in share.items()}
-    nll = kl = 0.0
-    for w in range(heldout.shape[0]):
-        nll += merged[w][0]
-        kl += merged[w][1]
-    return {"ppl": math.exp(nll / heldout.shape[0]), "kl": kl / heldout.shape[0]}
+    return values
 
 
 def _average_gradients(params: list[nn.Parameter], world: World) -> None:
