@@ -45,6 +45,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--blocks", type=int, default=3)
     args = parser.parse_args()
+    commit = code_commit()  # the code that runs, read before the long work
     config = preset(2)
     _, tokenizer = load_model("default")
     calib = calibration_windows(tokenizer, load_wikitext2("validation"), config.nsamples, config.seqlen, config.seed)
@@ -68,7 +69,7 @@ def main() -> None:
         for i, (ha, hb) in enumerate(zip(one["hidden"], two["hidden"]))
     ]
     result = {
-        "commit": code_commit(),
+        "commit": commit,
         "config": f"2-bit preset, first {args.blocks} blocks of the default model",
         "first_linear_with_different_H": next((r["linear"] for r in layers if not r["H_identical"]), None),
         "first_linear_with_different_tensors": next((r["linear"] for r in layers if not r["tensors_identical"]), None),

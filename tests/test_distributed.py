@@ -286,6 +286,27 @@ def test_a_lost_rank_restarts_and_ends_identical(job, single):
 
 
 @pytest.mark.slow
+def test_a_job_killed_with_two_ranks_resumes_in_one_process(job, single):
+    """The checkpoint folder does not depend on the world size: 2 ranks lose one in block 2, 1 process finishes."""
+    root = job[0]
+    out, ck = root / "resumed-alone", root / "ck-resumed-alone"
+    proc, _ = _quantize(
+        job,
+        "quantized",
+        out,
+        "--checkpoint-dir",
+        str(ck),
+        nproc=2,
+        extra_env={"VPTQ_TEST_FAIL_AT_BLOCK": "2", "VPTQ_TEST_FAIL_MODE": "kill"},
+    )
+    assert proc.returncode != 0 and not out.exists()
+    assert json.loads((ck / "progress.json").read_text())["completed"] == 2
+    proc, _ = _quantize(job, "quantized", out, "--checkpoint-dir", str(ck), "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _assert_identical(single["quantized"], out)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["raise", "hang"])
 def test_a_failing_rank_stops_the_whole_job_within_the_timeout(job, mode):
     out = job[0] / f"failed-{mode}"
