@@ -95,6 +95,24 @@ def test_any_world_size_folds_to_the_single_process_bits(batches, world):
     assert torch.equal(total.total(), single.sum)
 
 
+def test_the_proxy_loss_does_not_depend_on_the_thread_count():
+    """report.json's proxy losses: row sums, then an exactly rounded sum, whatever splits the reduction."""
+    from vptq_lab.core.hessian_ops import proxy_loss
+
+    gen = torch.Generator().manual_seed(0)
+    W, X = torch.randn(1536, 576, generator=gen), torch.randn(4096, 576, generator=gen)
+    Wq, H = W + 0.01 * torch.randn(1536, 576, generator=gen), X.T @ X / 4096
+    threads = torch.get_num_threads()
+    try:
+        values = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            values.append((proxy_loss(W, Wq, H), proxy_loss(W, Wq, H, relative=False)))
+    finally:
+        torch.set_num_threads(threads)
+    assert values[0] == values[1]
+
+
 def test_owners_by_cost_are_deterministic_and_balanced():
     costs = [5.0, 3.0, 3.0, 2.0, 1.0, 1.0]
     owners = assign(costs, 2)

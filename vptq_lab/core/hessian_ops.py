@@ -18,6 +18,7 @@ the output.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 
 import torch
@@ -32,14 +33,15 @@ ColumnQuantizer = Callable[[torch.Tensor, int], torch.Tensor]  # (w_col [out], j
 def proxy_loss(W: torch.Tensor, Wq: torch.Tensor, H: torch.Tensor, relative: bool = True) -> float:
     """``tr((W - Wq) H (W - Wq)^T)``, divided by ``tr(W H W^T)`` when ``relative``.
 
-    W, Wq: [out, in]; H: [in, in]. Computed in float64.
+    W, Wq: [out, in]; H: [in, in]. Computed in float64: a sum per row, then ``math.fsum`` of the rows (exactly
+    rounded), so the value does not depend on how many threads split the reduction.
     """
     dW = W.double() - Wq.double()  # [out, in]
     Hd = H.double()
-    num = float(((dW @ Hd) * dW).sum())
+    num = math.fsum(((dW @ Hd) * dW).sum(dim=1).tolist())
     if not relative:
         return num
-    den = float(((W.double() @ Hd) * W.double()).sum())
+    den = math.fsum(((W.double() @ Hd) * W.double()).sum(dim=1).tolist())
     if den == 0:
         return 0.0 if num == 0 else float("inf")
     return num / den
