@@ -287,21 +287,17 @@ def test_checkpoint_bytes_do_not_depend_on_the_world_size(job, single, config, n
     _assert_identical(single[config], out)
 
 
+def _kill_rank_1_in_block_2(job, out: Path, ck: Path, *extra: str, **kwargs):
+    """A 2-rank run with block checkpoints in which rank 1 kills itself in block 2 (on the first attempt)."""
+    env = {"VPTQ_TEST_FAIL_AT_BLOCK": "2", "VPTQ_TEST_FAIL_MODE": "kill"}
+    return _quantize(job, "quantized", out, "--checkpoint-dir", str(ck), *extra, nproc=2, extra_env=env, **kwargs)
+
+
 @pytest.mark.slow
 def test_a_lost_rank_restarts_and_ends_identical(job, single):
     root = job[0]
     out, ck = root / "restarted", root / "ck-restarted"
-    proc, _ = _quantize(
-        job,
-        "quantized",
-        out,
-        "--checkpoint-dir",
-        str(ck),
-        "--resume",
-        nproc=2,
-        launcher=("--max-restarts", "1"),
-        extra_env={"VPTQ_TEST_FAIL_AT_BLOCK": "2", "VPTQ_TEST_FAIL_MODE": "kill"},
-    )
+    proc, _ = _kill_rank_1_in_block_2(job, out, ck, "--resume", launcher=("--max-restarts", "1"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "lost contact with the other ranks" in proc.stderr  # rank 0's view of the killed rank 1
     _assert_identical(single["quantized"], out)
@@ -312,15 +308,7 @@ def test_a_job_killed_with_two_ranks_resumes_in_one_process(job, single):
     """The checkpoint folder does not depend on the world size: 2 ranks lose one in block 2, 1 process finishes."""
     root = job[0]
     out, ck = root / "resumed-alone", root / "ck-resumed-alone"
-    proc, _ = _quantize(
-        job,
-        "quantized",
-        out,
-        "--checkpoint-dir",
-        str(ck),
-        nproc=2,
-        extra_env={"VPTQ_TEST_FAIL_AT_BLOCK": "2", "VPTQ_TEST_FAIL_MODE": "kill"},
-    )
+    proc, _ = _kill_rank_1_in_block_2(job, out, ck)
     assert proc.returncode != 0 and not out.exists()
     assert json.loads((ck / "progress.json").read_text())["completed"] == 2
     proc, _ = _quantize(job, "quantized", out, "--checkpoint-dir", str(ck), "--resume")
