@@ -208,3 +208,29 @@ def test_finetune_refuses_a_teacher_of_another_shape(tiny_model_dir, tmp_path, c
         main(["finetune", "--model", str(tmp_path / "q"), "--teacher", str(other), "--out", str(tmp_path / "o")]) == 2
     )
     assert "is not the model the checkpoint came from (hidden_size 32 != 64)" in _one_error_line(capsys)
+
+
+def test_finetune_layer_on_a_preset_is_the_measured_recipe(tmp_path, monkeypatch, capsys):
+    """`--bits 2 --finetune layer+e2e` is the accuracy table's best 2-bit row: layer-wise steps of one sequence; a
+    --config file keeps its own finetune_batch."""
+    import vptq_lab.cli as cli
+
+    seen = []
+    monkeypatch.setattr(cli, "_quantize", lambda model, config, *a, **k: seen.append((config, a)) or {"ok": 1})
+    assert main(["quantize", "--bits", "2", "--finetune", "layer+e2e", "--out", str(tmp_path / "a")]) == 0
+    config, rest = seen[-1]
+    from vptq_lab import preset
+
+    assert config == preset(2).replace(finetune=True, finetune_batch=1)
+    assert rest[6] == {}  # distillation with the DistillConfig defaults
+    args = [
+        "quantize",
+        "--config",
+        str(_tiny_config_file(tmp_path)),
+        "--finetune",
+        "layer",
+        "--out",
+        str(tmp_path / "b"),
+    ]
+    assert main(args) == 0
+    assert seen[-1][0].finetune and seen[-1][0].finetune_batch == 0

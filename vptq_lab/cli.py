@@ -392,7 +392,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     _start_ranks(args)
     config = _load_config(args)
     if "layer" in args.finetune:
-        config = config.replace(finetune=True)
+        # On a preset, the measured recipe (benchmarks/accuracy.py, vptq_table.py): one sequence per Adam step.
+        # A --config file keeps its own finetune_batch.
+        config = config.replace(finetune=True, **({} if args.config else {"finetune_batch": 1}))
     distill = _distill_settings(args) if "e2e" in args.finetune else None
     _print_record(
         _quantize(
