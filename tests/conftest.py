@@ -48,3 +48,29 @@ def tiny_model_dir(tmp_path_factory, tiny_tok) -> Path:
     from vptq_lab.testing import save_tiny_model, tiny_llama
 
     return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"), tiny_llama(vocab_size=len(tiny_tok)), tiny_tok)
+
+
+@pytest.fixture(scope="session")
+def subprocess_env() -> dict[str, str]:
+    """The environment of a `vptq-lab` child process in tests: offline, one thread, no data folder (the stand-in
+    corpus), this checkout on the path, and no torchrun variables inherited from a launcher."""
+    drop = {"VPTQ_LAB_DATA", "WORLD_SIZE", "RANK", "LOCAL_RANK"}
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env.update(
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+    )
+    return env
+
+
+@pytest.fixture(scope="session")
+def four_block_model_dir(tmp_path_factory) -> Path:
+    """A 4-block tiny LLaMA saved as a model folder, for the tests that run `vptq-lab` in child processes."""
+    from vptq_lab.testing import save_tiny_model, tiny_llama
+
+    model = tiny_llama(vocab_size=384, hidden=32, layers=4, seed=2)
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-4-blocks"), model)

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -25,10 +24,8 @@ from vptq_lab.core.config import VPTQConfig
 from vptq_lab.errors import VPTQLabError
 from vptq_lab.io.checkpoint import compare_checkpoints, load_quantized
 from vptq_lab.model.distributed import assign, check_device
-from vptq_lab.model.hessian import HessianAccumulator, PairwiseSum, subtree_layout
-from vptq_lab.testing import save_tiny_model, tiny_llama
-
-REPO = Path(__file__).resolve().parents[1]
+from vptq_lab.model.hessian import HessianAccumulator, PairwiseSum, padded_leaves, subtree_layout
+from vptq_lab.testing import tiny_llama
 
 # In-process: the pairwise tree ------------------------------------------------------------------------------
 
@@ -88,7 +85,7 @@ def test_any_world_size_folds_to_the_single_process_bits(batches, world):
                 acc.add(xs[b])
         assert len(acc.subtrees) == len(mine)
         subtree_sums.append(iter(acc.subtrees))
-    leaves = (1 << max(batches - 1, 0).bit_length()) // len(layout)
+    leaves = padded_leaves(batches) // len(layout)
     total = PairwiseSum()
     for j in range(len(layout)):
         total.add(next(subtree_sums[j % world]), leaves)
@@ -208,23 +205,13 @@ CONFIGS = {
 
 
 @pytest.fixture(scope="module")
-def job(tmp_path_factory):
+def job(tmp_path_factory, four_block_model_dir, subprocess_env):
     root = tmp_path_factory.mktemp("torchrun")
-    model_dir = save_tiny_model(root / "model", tiny_llama(vocab_size=384, hidden=32, layers=4, seed=2))
     for name, cfg in CONFIGS.items():
         (root / f"{name}.json").write_text(cfg.to_json())
     (root / "driver.py").write_text(DRIVER)
     (root / "hessians.py").write_text(HESSIANS)
-    env = {k: v for k, v in os.environ.items() if k not in ("VPTQ_LAB_DATA", "WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    env.update(
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        OMP_NUM_THREADS="1",
-        MKL_NUM_THREADS="1",
-        TOKENIZERS_PARALLELISM="false",
-        PYTHONPATH=str(REPO),
-    )
-    return root, model_dir, env
+    return root, four_block_model_dir, subprocess_env
 
 
 def _run(job, script: str, *args: str, nproc: int = 1, extra_env=None, launcher=(), timeout=300):

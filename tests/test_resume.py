@@ -28,7 +28,7 @@ from vptq_lab.io.checkpoint import compare_checkpoints
 from vptq_lab.model.calibrate import quantize_
 from vptq_lab.model.layers import QuantizedLinear
 from vptq_lab.model.resume import PROGRESS
-from vptq_lab.testing import save_tiny_model, tiny_llama
+from vptq_lab.testing import tiny_llama
 
 # Small but complete: residual codebook, fine-tuning (codebooks and norms change), 4 blocks.
 CFG = VPTQConfig(
@@ -309,21 +309,11 @@ DRIVER = textwrap.dedent("""
 
 
 @pytest.fixture(scope="module")
-def proc_env(tmp_path_factory):
+def proc_env(tmp_path_factory, four_block_model_dir, subprocess_env):
     root = tmp_path_factory.mktemp("procs")
-    model_dir = save_tiny_model(root / "model", tiny_llama(vocab_size=384, hidden=32, layers=4, seed=2))
     (root / "cfg.json").write_text(CFG.replace(nsamples=4, seqlen=32).to_json())
     (root / "driver.py").write_text(DRIVER)
-    env = {k: v for k, v in os.environ.items() if k != "VPTQ_LAB_DATA"}
-    env.update(
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        OMP_NUM_THREADS="1",
-        MKL_NUM_THREADS="1",
-        TOKENIZERS_PARALLELISM="false",
-        PYTHONPATH=str(Path(__file__).resolve().parents[1]),
-    )
-    return root, model_dir, env
+    return root, four_block_model_dir, subprocess_env
 
 
 def _start(proc_env, out: Path, *extra: str, pause_at: int = -1) -> subprocess.Popen:

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from vptq_lab.core.bits import bits_per_weight, size_weighted_mean
 from vptq_lab.core.config import VPTQConfig, layer_plan
 from vptq_lab.core.methods import METHODS, dequantized
-from vptq_lab.core.quantizer import shared_codebooks
+from vptq_lab.core.quantizer import fit_part_codebook, part_shapes, prepare_layer, shared_codebooks
 from vptq_lab.core.qweight import QuantizedWeight
 from vptq_lab.errors import VPTQLabError
 from vptq_lab.kernels.dispatch import prefer_backend
@@ -362,8 +362,6 @@ def _linear_cost(shape: tuple[int, int], ctx: _BlockContext) -> float:
 def _split_codebooks(weights: dict[str, torch.Tensor], H: torch.Tensor, ctx: _BlockContext) -> dict[str, list]:
     """The per-linear codebooks of a stage, each k-means part fitted by its owner rank and shared: ``{name: [C]}``.
     Empty when the method fits no per-linear codebooks (scalar methods, shared codebooks)."""
-    from vptq_lab.core.quantizer import fit_part_codebook, part_shapes, prepare_layer
-
     if ctx.method not in ("vptq", "vq") or ctx.codebooks is not None:
         return {}
     jobs = [

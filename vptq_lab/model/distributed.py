@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from vptq_lab.errors import VPTQLabError
-from vptq_lab.model.hessian import HessianAccumulator, PairwiseSum, subtree_layout
+from vptq_lab.model.hessian import HessianAccumulator, PairwiseSum, padded_leaves, subtree_layout
 
 __all__ = ["World", "current_world", "init_distributed", "close_distributed", "assign", "DEFAULT_TIMEOUT_S"]
 
@@ -66,7 +66,7 @@ class World:
         if not self.distributed:
             return acc.sum, acc.tokens
         layout = subtree_layout(num_batches, self.size)
-        leaves = (1 << max(num_batches - 1, 0).bit_length()) // len(layout)
+        leaves = padded_leaves(num_batches) // len(layout)  # per subtree
         shape = (acc.in_features, acc.in_features)
         own = iter(acc.subtrees)
         if self.main:

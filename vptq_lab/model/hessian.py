@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-__all__ = ["HessianAccumulator", "PairwiseSum", "hessian_hooks", "subtree_layout"]
+__all__ = ["HessianAccumulator", "PairwiseSum", "hessian_hooks", "padded_leaves", "subtree_layout"]
 
 
 class PairwiseSum:
@@ -53,6 +53,11 @@ def _plus(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None
     return a if b is None else a + b
 
 
+def padded_leaves(n: int) -> int:
+    """The leaves of the pairwise tree over ``n`` items: ``n`` padded to a power of two (1 for 0 or 1)."""
+    return 1 << max(n - 1, 0).bit_length()
+
+
 def subtree_layout(num_batches: int, world_size: int) -> list[tuple[int, int]]:
     """How ``num_batches`` batches split into aligned subtrees of the pairwise tree, one or more per rank.
 
@@ -60,8 +65,8 @@ def subtree_layout(num_batches: int, world_size: int) -> list[tuple[int, int]]:
     The leaves are padded to ``P = 2^ceil(log2 num_batches)`` and the tree is cut at the level with at least
     ``world_size`` nodes (or at the leaves), so every subtree is a node of the same tree whatever the world size.
     """
-    padded = 1 << max(num_batches - 1, 0).bit_length()  # P
-    parts = min(padded, 1 << max(world_size - 1, 0).bit_length())
+    padded = padded_leaves(num_batches)  # P
+    parts = min(padded, padded_leaves(world_size))
     size = padded // parts
     return [(min(j * size, num_batches), min((j + 1) * size, num_batches)) for j in range(parts)]
 
