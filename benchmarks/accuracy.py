@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -52,7 +53,13 @@ PLAN = {
     "vptq2-lw-e2e": (2, "2-bit preset + layer-wise + end-to-end", True, True, {}),
     "vptq2-shared": (2, "2-bit, one v6/k2048 codebook per block", False, False, SHARED_2BIT),
     "vptq2-shared-e2e": (2, "2-bit, one v6/k2048 codebook per block + end-to-end", False, True, SHARED_2BIT),
+    "vptq3-e2e": (3, "3-bit preset + end-to-end distillation", False, True, {}),
+    "vptq4-e2e": (4, "4-bit preset + end-to-end distillation", False, True, {}),
 }
+# A row whose quantization is another row's, config for config: it starts from a copy of that row's block
+# checkpoints (quantization is deterministic for a seed and thread count), and its time and memory add that row's
+# quantization to its own fine-tuning, so the row still counts everything.
+QUANTIZED_AS = {"vptq2-shared-e2e": "vptq2-shared"}
 
 
 def _key(name: str, windows: int) -> str:
@@ -79,6 +86,7 @@ def run_row(name: str, windows: int) -> dict:
         calib = calibration_windows(tokenizer, valid, config.nsamples, config.seqlen, config.seed)
         # block checkpoints: a rerun after a crash (in distillation, say) resumes instead of quantizing again
         ckpt = Path("artifacts") / "accuracy-checkpoints" / name
+        reused = _reuse_quantization(name, ckpt)
         report = quantize_(student, config, calib, checkpoint_dir=ckpt, resume=ckpt.exists())
         details = {"quantize_s": round(time.perf_counter() - start, 1)}
         if e2e:
@@ -88,6 +96,9 @@ def run_row(name: str, windows: int) -> dict:
             del teacher
             details["distill"] = distilled.to_dict()
         seconds = round(time.perf_counter() - start, 1)
+        if reused:
+            details["quantization_from"] = reused
+            seconds = round(seconds + reused["quantize_s"], 1)
         details["stored_bits_per_weight"] = round(report.total_bits_per_weight(stored=True), 4)
         rec = perplexity(student, tokenizer, max_windows=windows)
     return {
@@ -97,12 +108,28 @@ def run_row(name: str, windows: int) -> dict:
         "perplexity": round(rec.perplexity, 4),
         "windows": rec.windows,
         "quantize_seconds": seconds,
-        "peak_rss_gb": round(memory["peak_gib"] * 2**30 / 1e9, 3),
+        "peak_rss_gb": round(max(memory["peak_gib"] * 2**30 / 1e9, reused["peak_rss_gb"] if reused else 0.0), 3),
         "commit": commit,
         "threads": torch.get_num_threads(),
         "comparable": rec.comparable,
         "details": json.dumps(details),
     }
+
+
+def _reuse_quantization(name: str, ckpt: Path) -> dict | None:
+    """Seed ``ckpt`` with the checkpoints of the row that ``name`` is quantized as; return that quantization's cost."""
+    source = QUANTIZED_AS.get(name)
+    if source is None:
+        return None
+    done = current_rows(CACHE)
+    row = next((r for k, r in done.items() if json.loads(k)["row"] == source), None)
+    src = ckpt.parent / source
+    if row is None or not src.is_dir():
+        raise SystemExit(f"{name} reuses the quantization of {source}: run --rows {source} first")
+    if not ckpt.exists():
+        shutil.copytree(src, ckpt)  # a copy: the source row's folder is left as it is
+    quantize_s = json.loads(row["details"])["quantize_s"]
+    return {"row": source, "commit": row["commit"], "quantize_s": quantize_s, "peak_rss_gb": row["peak_rss_gb"]}
 
 
 def table_rows() -> list[dict]:
