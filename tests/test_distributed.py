@@ -140,13 +140,23 @@ DRIVER = textwrap.dedent('''
     import vptq_lab.model.calibrate as cal
     from vptq_lab.cli import main
 
+    rank = int(os.environ.get("RANK", "0"))
+    trace = os.environ.get("VPTQ_TEST_TRACE")  # a folder: one file per (block, rank) that quantized it
+    if trace:
+        traced = cal._quantize_block
+
+        def tracing(block, inputs, ctx, *rest):
+            open(os.path.join(trace, f"block-{ctx.index}-rank-{rank}"), "w").close()
+            return traced(block, inputs, ctx, *rest)
+
+        cal._quantize_block = tracing
     fail_at = int(os.environ.get("VPTQ_TEST_FAIL_AT_BLOCK", "-1"))
     if fail_at >= 0 and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
         real = cal._quantize_block
         mode = os.environ.get("VPTQ_TEST_FAIL_MODE", "raise")
 
-        def failing(block, inputs, ctx):
-            if ctx.index == fail_at and ctx.world.rank == 1:
+        def failing(block, inputs, ctx, *rest):
+            if ctx.index == fail_at and rank == 1:
                 if os.environ.get("VPTQ_TEST_FAIL_MARK"):  # proof that the failure happened
                     open(os.environ["VPTQ_TEST_FAIL_MARK"], "w").write(mode)
                 if mode == "raise":
@@ -154,7 +164,7 @@ DRIVER = textwrap.dedent('''
                 if mode == "kill":
                     os.kill(os.getpid(), 9)
                 time.sleep(3600)  # hang
-            return real(block, inputs, ctx)
+            return real(block, inputs, ctx, *rest)
 
         cal._quantize_block = failing
     sys.exit(main(sys.argv[1:]))
@@ -268,30 +278,42 @@ def test_reduced_hessians_equal_the_single_process_ones(job):
 @pytest.mark.slow
 @pytest.mark.parametrize("config,nproc", [("quantized", 2), ("fp-shared", 2), ("fp-shared", 3)])
 def test_checkpoint_bytes_do_not_depend_on_the_world_size(job, single, config, nproc):
-    out = job[0] / f"{config}-{nproc}"
-    proc, _ = _quantize(job, config, out, nproc=nproc)
+    out, trace = job[0] / f"{config}-{nproc}", job[0] / f"trace-{config}-{nproc}"
+    trace.mkdir()
+    proc, _ = _quantize(job, config, out, nproc=nproc, extra_env={"VPTQ_TEST_TRACE": str(trace)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads(proc.stdout.strip().splitlines()[-1])
     assert record["ranks"] == nproc and proc.stdout.count('"ranks"') == 1  # rank 0 alone prints (and saves)
     _assert_identical(single[config], out)
+    # quantized propagation: every rank works on every block (its share of the batches and linears);
+    # full-precision propagation: whole blocks go to ranks, block i of each group of nproc to rank i mod nproc
+    if config == "quantized":
+        expected = {f"block-{i}-rank-{r}" for i in range(4) for r in range(nproc)}
+    else:
+        expected = {f"block-{i}-rank-{i % nproc}" for i in range(4)}
+    assert {p.name for p in trace.iterdir()} == expected
 
 
-def _kill_rank_1_in_block_2(job, out: Path, ck: Path, *extra: str, **kwargs):
-    """A 2-rank run with block checkpoints in which rank 1 kills itself in block 2 (on the first attempt)."""
-    env = {"VPTQ_TEST_FAIL_AT_BLOCK": "2", "VPTQ_TEST_FAIL_MODE": "kill", "VPTQ_TEST_FAIL_MARK": f"{out}.killed"}
-    return _quantize(job, "quantized", out, "--checkpoint-dir", str(ck), *extra, nproc=2, extra_env=env, **kwargs)
+def _kill_rank_1_in_block(job, out: Path, ck: Path, *extra: str, config: str = "quantized", block: int = 2, **kwargs):
+    """A 2-rank run with block checkpoints in which rank 1 kills itself in ``block`` (on the first attempt)."""
+    env = {"VPTQ_TEST_FAIL_AT_BLOCK": str(block), "VPTQ_TEST_FAIL_MODE": "kill", "VPTQ_TEST_FAIL_MARK": f"{out}.killed"}
+    return _quantize(job, config, out, "--checkpoint-dir", str(ck), *extra, nproc=2, extra_env=env, **kwargs)
 
 
 @pytest.mark.slow
-def test_a_lost_rank_restarts_and_ends_identical(job, single):
+# fp-shared: whole blocks by rank, so rank 1 dies in block 3, its own, while rank 0 quantizes block 2
+@pytest.mark.parametrize("config,block", [("quantized", 2), ("fp-shared", 3)])
+def test_a_lost_rank_restarts_and_ends_identical(job, single, config, block):
     root = job[0]
-    out, ck = root / "restarted", root / "ck-restarted"
-    proc, _ = _kill_rank_1_in_block_2(job, out, ck, "--resume", launcher=("--max-restarts", "1"))
+    out, ck = root / f"restarted-{config}", root / f"ck-restarted-{config}"
+    proc, _ = _kill_rank_1_in_block(
+        job, out, ck, "--resume", config=config, block=block, launcher=("--max-restarts", "1")
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    # rank 1 did kill itself in block 2 (rank 0 may be stopped by torchrun before it notices), and the restarted
+    # rank 1 did kill itself in the block (rank 0 may be stopped by torchrun before it notices), and the restarted
     # job resumed from the blocks committed before the kill
     assert Path(f"{out}.killed").read_text() == "kill"
-    _assert_identical(single["quantized"], out)
+    _assert_identical(single[config], out)
 
 
 @pytest.mark.slow
@@ -299,7 +321,7 @@ def test_a_job_killed_with_two_ranks_resumes_in_one_process(job, single):
     """The checkpoint folder does not depend on the world size: 2 ranks lose one in block 2, 1 process finishes."""
     root = job[0]
     out, ck = root / "resumed-alone", root / "ck-resumed-alone"
-    proc, _ = _kill_rank_1_in_block_2(job, out, ck)
+    proc, _ = _kill_rank_1_in_block(job, out, ck)
     assert proc.returncode != 0 and not out.exists()
     assert json.loads((ck / "progress.json").read_text())["completed"] == 2
     proc, _ = _quantize(job, "quantized", out, "--checkpoint-dir", str(ck), "--resume")

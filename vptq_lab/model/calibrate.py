@@ -266,6 +266,7 @@ class _BlockContext:
     codebooks: list[torch.Tensor] | None = None  # the block's shared codebooks (codebook_scope "per-block")
     block_weights: int = 0  # weights of all the block's linears: how a shared codebook's bits are split
     batches: _Batches | None = None  # multi-process runs: this rank's calibration batches
+    results: dict[str, Any] | None = None  # whole blocks by rank: each installed result (on the CPU), to share
 
     @property
     def world(self) -> World:
@@ -320,23 +321,31 @@ def _install(
 ) -> None:
     """Swap one linear's result into the block, and record it."""
     full = f"{ctx.prefix}.{name}"
-    module = get_module(block, name)
     if result.info.get("hessian_all_zero"):
         log.warning(
             "%s saw only zero inputs on the calibration data (all-zero Hessian, damped to identity; its "
             "dead columns were set to zero): check the calibration data and the layers before it",
             full,
         )
-    if isinstance(result, QuantizedWeight):
-        set_module(block, name, QuantizedLinear(result, getattr(module, "bias", None)))
-    else:  # scalar baselines: the model keeps a dense layer holding the dequantized weight
-        with torch.no_grad():
-            dense = dequantized(result)  # [out, in]
-            module.weight.copy_(dense.t() if ctx.spec.transposed else dense)
-        module.vptq_lab_method = ctx.method
+    _swap(block, name, result, ctx.spec, ctx.method)
     ctx.report.records.append(_record(full, ctx, W.shape, result, tokens, seconds))
     if ctx.keep(full):  # on the CPU: the store outlives the block's visit to the device
         ctx.report.store[full] = LayerStore(W.to("cpu", copy=True), H.to("cpu", copy=True), _on(result, "cpu"))
+    if ctx.results is not None:
+        ctx.results[name] = _on(result, "cpu")
+
+
+def _swap(block: nn.Module, name: str, result: Any, spec: ArchSpec, method: str) -> None:
+    """Put one linear's result in the block: a QuantizedLinear, or (scalar baselines) the dequantized weight
+    written into the dense layer."""
+    module = get_module(block, name)
+    if isinstance(result, QuantizedWeight):
+        set_module(block, name, QuantizedLinear(result, getattr(module, "bias", None)))
+    else:
+        with torch.no_grad():
+            dense = dequantized(result).to(module.weight.device)  # [out, in]
+            module.weight.copy_(dense.t() if spec.transposed else dense)
+        module.vptq_lab_method = method
 
 
 # Several processes: the linears of a stage go to owner ranks -------------------------------------------------
@@ -439,8 +448,16 @@ def _record(name: str, ctx: _BlockContext, shape: torch.Size, result: Any, token
     )
 
 
-def _quantize_block(block: nn.Module, inputs: Captured, ctx: _BlockContext) -> None:
-    stages = [s for s in ctx.spec.stages if not all(_is_quantized(get_module(block, n)) for n in s)]
+def _pending_stages(block: nn.Module, spec: ArchSpec) -> list[tuple[str, ...]]:
+    return [s for s in spec.stages if not all(_is_quantized(get_module(block, n)) for n in s)]
+
+
+def _quantize_block(
+    block: nn.Module, inputs: Captured | None, ctx: _BlockContext, hessians: dict | None = None
+) -> None:
+    """Quantize one block. ``hessians``: every pending stage's, from the block as it is now (full-precision
+    propagation only; ``inputs`` then goes unused)."""
+    stages = _pending_stages(block, ctx.spec)
     if not stages:
         log.info("%s is already quantized; skipped", ctx.prefix)
         return
@@ -448,7 +465,8 @@ def _quantize_block(block: nn.Module, inputs: Captured, ctx: _BlockContext) -> N
     # Every stage's Hessian from the block as it is now: full-precision propagation quantizes with them, and shared
     # codebooks are fitted on them; one pass serves both.
     need_all = shared or ctx.propagation == "full_precision"
-    hessians = _stage_hessians(block, stages, inputs, ctx.batches) if need_all else None
+    if hessians is None and need_all:
+        hessians = _stage_hessians(block, stages, inputs, ctx.batches)
     if shared:
         _share_codebooks(block, stages, hessians, ctx)
     if ctx.propagation == "full_precision":
@@ -722,7 +740,6 @@ def quantize_(
             writer=world.main,
         )
     propagation = getattr(config, "propagation", "quantized")
-    finetune = getattr(config, "finetune", False)
     report = QuantizationReport(config.to_dict(), method, propagation)
     start = time.perf_counter()
     was_training = model.training
@@ -733,41 +750,125 @@ def quantize_(
     first = _resume_from(ckpt, blocks, report) if ckpt is not None else 0
     if first:
         inputs = _to(ckpt.restore_hidden(inputs, batches.mine, num_batches), world.device)
-    with prefer_backend("torch"):  # quantized blocks as dense matmuls (cached), on every device
-        for i in tqdm(
-            range(first, len(blocks)),
-            desc="quantizing blocks",
-            disable=not progress or not world.main,
-            initial=first,
-            total=len(blocks),
-        ):
-            block = blocks[i].to(world.device)
-            ctx = _BlockContext(
-                i, f"{spec.blocks}.{i}", spec, config, report, _keep_predicate(keep), method, batches=batches
-            )
-            fp_outputs = run_block(block, inputs) if propagation == "full_precision" or finetune else None
-            _quantize_block(block, inputs, ctx)
-            if finetune:
-                stats = finetune_block(
-                    block,
-                    inputs,
-                    _hidden(fp_outputs),
-                    spec,
-                    config.finetune_steps,
-                    config.finetune_lr,
-                    config.seed + i,
-                    config.finetune_batch,
-                )
-                report.finetune.append({"block": i, **stats})
-            inputs = fp_outputs if propagation == "full_precision" else run_block(block, inputs)
-            blocks[i].to(home)
-            if ckpt is not None:
-                hidden = _all_hidden(world, batches, _hidden(inputs))
-                if world.main:
-                    ckpt.save(i, blocks[i], [r.to_dict() for r in report.records], report.finetune, hidden)
+    bar = tqdm(total=len(blocks), initial=first, desc="quantizing blocks", disable=not progress or not world.main)
+    run = _Run(blocks, spec, config, method, _keep_predicate(keep), world, batches, home, report, ckpt, bar)
+    with prefer_backend("torch"), bar:  # quantized blocks as dense matmuls (cached), on every device
+        if world.distributed and propagation == "full_precision":
+            _whole_blocks_by_rank(run, inputs, first)
+        else:
+            _block_by_block(run, inputs, first)
     model.train(was_training)
     report.seconds = round(time.perf_counter() - start, 2)
     return report
+
+
+@dataclass
+class _Run:
+    """What every block of one quantize_ call shares."""
+
+    blocks: nn.ModuleList
+    spec: ArchSpec
+    config: Any
+    method: str
+    keep: Callable[[str], bool]
+    world: World
+    batches: _Batches
+    home: torch.device
+    report: QuantizationReport
+    ckpt: BlockCheckpoints | None
+    bar: Any
+
+    def context(self, i: int, batches: _Batches | None, report: QuantizationReport | None = None) -> _BlockContext:
+        return _BlockContext(
+            i,
+            f"{self.spec.blocks}.{i}",
+            self.spec,
+            self.config,
+            self.report if report is None else report,
+            self.keep,
+            self.method,
+            batches=batches,
+        )
+
+    def commit(self, i: int, hidden: list[torch.Tensor] | None) -> None:
+        """Rank 0 writes block ``i`` (on its home device) and the hidden states after it to the checkpoint folder."""
+        if self.ckpt is not None and self.world.main:
+            records = [r.to_dict() for r in self.report.records]
+            self.ckpt.save(i, self.blocks[i], records, self.report.finetune, hidden)
+
+
+def _block_by_block(run: _Run, inputs: Captured, first: int) -> None:
+    """Quantize the blocks one after another (under torchrun, every rank works on the same block)."""
+    world, blocks, config = run.world, run.blocks, run.config
+    propagation = getattr(config, "propagation", "quantized")
+    finetune = getattr(config, "finetune", False)
+    for i in range(first, len(blocks)):
+        block = blocks[i].to(world.device)
+        ctx = run.context(i, run.batches)
+        fp_outputs = run_block(block, inputs) if propagation == "full_precision" or finetune else None
+        _quantize_block(block, inputs, ctx)
+        if finetune:
+            stats = finetune_block(
+                block,
+                inputs,
+                _hidden(fp_outputs),
+                run.spec,
+                config.finetune_steps,
+                config.finetune_lr,
+                config.seed + i,
+                config.finetune_batch,
+            )
+            run.report.finetune.append({"block": i, **stats})
+        inputs = fp_outputs if propagation == "full_precision" else run_block(block, inputs)
+        blocks[i].to(run.home)
+        if run.ckpt is not None:
+            run.commit(i, _all_hidden(world, run.batches, _hidden(inputs)))
+        run.bar.update()
+
+
+def _whole_blocks_by_rank(run: _Run, inputs: Captured, first: int) -> None:
+    """Full-precision propagation under torchrun: whole blocks go to ranks.
+
+    Blocks are taken ``world.size`` at a time. For each block of a group, every rank pushes its own batches
+    through the full-precision block, and the ranks reduce the block's Hessians (exactly as one process sums
+    them). Then rank ``r`` quantizes the group's ``r``-th block alone, through the one-process code, and the
+    owners share their results; every rank installs them in block order. A block's quantization depends only on
+    its weights, its Hessians and the config (seeds included), so the result is the one-process result.
+    """
+    world, blocks = run.world, run.blocks
+    for start in range(first, len(blocks), world.size):
+        group = range(start, min(start + world.size, len(blocks)))
+        mine, hidden = None, {}
+        for i in group:  # collective: the Hessians of the group's blocks, one after another
+            block = blocks[i].to(world.device)
+            hessians = _stage_hessians(block, _pending_stages(block, run.spec), inputs, run.batches)
+            inputs = run_block(block, inputs)
+            if run.ckpt is not None:
+                hidden[i] = _all_hidden(world, run.batches, _hidden(inputs))
+            blocks[i].to(run.home)
+            if i - start == world.rank:
+                mine = (i, hessians)
+            del hessians
+        done = None
+        if mine is not None:  # this rank's block, alone
+            i, hessians = mine
+            own = QuantizationReport(run.report.config, run.report.method, run.report.propagation)
+            ctx = run.context(i, None, own)
+            ctx.results = {}
+            _quantize_block(blocks[i].to(world.device), None, ctx, hessians)
+            blocks[i].to(run.home)
+            done = (ctx.results, own.records, own.store)
+            del mine, hessians
+        for i in group:  # the exchange, in block order
+            results, records, store = world.share(done if i - start == world.rank else None, i - start)
+            if i - start != world.rank:
+                for name, result in results.items():
+                    _swap(blocks[i], name, _on(result, run.home), run.spec, run.method)
+            run.report.records.extend(records)
+            run.report.store.update(store)
+            run.commit(i, hidden.pop(i, None))
+            run.bar.update()
+            log.info("%s.%d quantized by rank %d", run.spec.blocks, i, i - start)
 
 
 def _all_hidden(world: World, batches: _Batches, hidden: list[torch.Tensor]) -> list[torch.Tensor] | None:
