@@ -167,3 +167,24 @@ def test_accuracy_table_marks_the_best_recipe_within_each_budget():
         (best,) = rows[rows.best].index  # exactly one recommended recipe per budget
         assert best == within.perplexity.idxmin(), f"{budget}-bit: best is not the lowest perplexity within budget"
     assert {"2-bit preset", "2-bit preset + end-to-end distillation"} <= set(table.recipe)
+
+
+def test_code_commit_is_dirty_for_code_changes_only(tmp_path):
+    """A benchmark appending to its own results file must not mark its later rows "+dirty"; a code change must."""
+    import subprocess
+
+    from vptq_lab.lab.compare import code_commit
+
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "results" / "r.jsonl").write_text("{}\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], check=True)
+    clean = code_commit(tmp_path)
+    assert len(clean) == 12 and not clean.endswith("+dirty")
+    (tmp_path / "benchmarks" / "results" / "r.jsonl").write_text("{}\n{}\n")
+    assert code_commit(tmp_path) == clean
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert code_commit(tmp_path) == clean + "+dirty"

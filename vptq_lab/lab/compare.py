@@ -151,20 +151,21 @@ def _append_cache(path: Path | None, key: str, row: dict[str, Any]) -> None:
         fh.flush()
 
 
-def code_commit() -> str:
-    """The git commit this code runs from ("+dirty" with uncommitted changes to tracked files), else the version."""
+def code_commit(root: str | Path | None = None) -> str:
+    """The git commit this code runs from ("+dirty" with uncommitted changes to tracked files other than
+    ``benchmarks/results/``, which benchmarks write as they go), else the version. ``root``: another checkout."""
     import subprocess
 
     import vptq_lab
 
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[2] if root is None else Path(root)
     try:
         git = ["git", "-C", str(root)]
         commit = subprocess.run(
             [*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True, timeout=10
         ).stdout.strip()
         dirty = subprocess.run(
-            [*git, "status", "--porcelain", "--untracked-files=no"],
+            [*git, "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results"],
             capture_output=True,
             text=True,
             check=True,
