@@ -12,19 +12,7 @@ from hypothesis import strategies as st
 from vptq_lab.core.config import VPTQConfig
 from vptq_lab.core.hessian_ops import act_order, column_loop, condition_hessian, inverse_cholesky_upper, proxy_loss
 from vptq_lab.core.packing import merge_codes, pack_codes, split_codes, unpack_codes
-from vptq_lab.core.quantizer import (
-    from_vectors,
-    init_codebooks,
-    merge_passes,
-    prepare_layer,
-    quantize_columns,
-    quantize_with_trace,
-    row_chunks,
-    rows_of,
-    to_vectors,
-    vptq_quantize,
-    vq_no_feedback,
-)
+from vptq_lab.core.quantizer import from_vectors, quantize_with_trace, to_vectors, vptq_quantize, vq_no_feedback
 from vptq_lab.core.qweight import QuantizedWeight, dequantize
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -149,27 +137,6 @@ def test_same_seed_gives_bit_identical_codes_and_codebooks() -> None:
         assert torch.equal(t, b.tensors()[name]), name
     c = vptq_quantize(W, H, cfg.replace(seed=1))
     assert not torch.equal(a.centroids, c.centroids)
-
-
-@pytest.mark.parametrize("pieces", [2, 3, 7])
-def test_row_chunks_give_the_whole_layers_passes_bit_for_bit(pieces: int) -> None:
-    """What torchrun relies on to split one linear's column loop over ranks: with the codebooks fixed, the loop
-    of each row chunk gives exactly those rows of the whole layer's loop (codes, Q and residual)."""
-    W, H = _layer(out=66)  # 66 rows: the last vector of the v=4 part is padded, the outlier part has v=3
-    cfg = _cfg(npercent=5.0, vector_lens=(3, 4), num_centroids=(16, 64))
-    prep = prepare_layer(W, H, cfg)
-    parts = init_codebooks(prep, cfg)
-    chunks = row_chunks(W.shape[0], cfg, pieces)
-    assert chunks[0][0] == 0 and chunks[-1][1] == 66 and len(chunks) == min(pieces, 6)  # 6 units of 12 rows
-    assert all(a % 12 == 0 for a, _ in chunks) and all(a < b for a, b in chunks)  # whole vectors of v=3 and v=4
-    for feedback in (False, True):
-        whole = quantize_columns(prep, parts, cfg.blocksize, feedback)
-        merged = merge_passes(
-            [quantize_columns(rows_of(prep, a, b), parts, cfg.blocksize, feedback) for a, b in chunks]
-        )
-        assert torch.equal(merged.Q, whole.Q) and torch.equal(merged.residual, whole.residual)
-        assert all(torch.equal(x, y) for x, y in zip(merged.codes, whole.codes))
-    assert row_chunks(8, cfg, 5) == [(0, 8)]  # never more chunks than whole vectors (of 12 rows here)
 
 
 def test_inputs_are_not_mutated() -> None:

@@ -23,15 +23,7 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = [
-    "proxy_loss",
-    "proxy_rows",
-    "relative_loss",
-    "condition_hessian",
-    "act_order",
-    "inverse_cholesky_upper",
-    "column_loop",
-]
+__all__ = ["proxy_loss", "condition_hessian", "act_order", "inverse_cholesky_upper", "column_loop"]
 
 log = logging.getLogger(__name__)
 
@@ -41,23 +33,15 @@ ColumnQuantizer = Callable[[torch.Tensor, int], torch.Tensor]  # (w_col [out], j
 def proxy_loss(W: torch.Tensor, Wq: torch.Tensor, H: torch.Tensor, relative: bool = True) -> float:
     """``tr((W - Wq) H (W - Wq)^T)``, divided by ``tr(W H W^T)`` when ``relative``.
 
-    W, Wq: [out, in]; H: [in, in]. Computed in float64: a sum per row (:func:`proxy_rows`), then ``math.fsum`` of
-    the rows (exactly rounded), so the value does not depend on how many threads split the reduction, nor on
-    how many processes computed the rows.
+    W, Wq: [out, in]; H: [in, in]. Computed in float64: a sum per row, then ``math.fsum`` of the rows (exactly
+    rounded), so the value does not depend on how many threads split the reduction.
     """
-    num = math.fsum(proxy_rows(W, Wq, H))
-    return relative_loss(num, math.fsum(proxy_rows(W, None, H))) if relative else num
-
-
-def proxy_rows(W: torch.Tensor, Wq: torch.Tensor | None, H: torch.Tensor) -> list[float]:
-    """The row terms of ``tr((W - Wq) H (W - Wq)^T)`` (``Wq=None``: of ``tr(W H W^T)``), in float64, one per row
-    of W [out, in]. A row's term depends on that row alone, so rows can be computed apart and ``math.fsum``-ed."""
-    dW = W.double() if Wq is None else W.double() - Wq.double()  # [rows, in]
-    return ((dW @ H.double()) * dW).sum(dim=1).tolist()
-
-
-def relative_loss(num: float, den: float) -> float:
-    """``num / den`` for proxy losses, with 0/0 = 0 and x/0 = inf."""
+    dW = W.double() - Wq.double()  # [out, in]
+    Hd = H.double()
+    num = math.fsum(((dW @ Hd) * dW).sum(dim=1).tolist())
+    if not relative:
+        return num
+    den = math.fsum(((W.double() @ Hd) * W.double()).sum(dim=1).tolist())
     if den == 0:
         return 0.0 if num == 0 else float("inf")
     return num / den

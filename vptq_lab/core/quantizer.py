@@ -21,7 +21,6 @@ zero-padded to ``R * v`` with ``R = ceil(out / v)``.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -29,14 +28,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from vptq_lab.core.config import VPTQConfig, layer_plan
-from vptq_lab.core.hessian_ops import (
-    act_order,
-    column_loop,
-    condition_hessian,
-    inverse_cholesky_upper,
-    proxy_rows,
-    relative_loss,
-)
+from vptq_lab.core.hessian_ops import act_order, column_loop, condition_hessian, inverse_cholesky_upper, proxy_loss
 from vptq_lab.core.kmeans import augment_centroids, nearest_augmented, weighted_kmeans
 from vptq_lab.core.packing import as_int16_bits, index_bits, merge_codes, pack_codes
 from vptq_lab.core.qweight import QuantizedWeight, dequantize
@@ -57,12 +49,6 @@ __all__ = [
     "fit_part_codebook",
     "part_shapes",
     "quantize_columns",
-    "row_chunks",
-    "rows_of",
-    "merge_passes",
-    "loss_rows",
-    "finish_layer",
-    "timed",
     "add_residual_codebooks",
     "pack_layer",
     "to_vectors",
@@ -323,43 +309,6 @@ def quantize_columns(prep: Prepared, parts: list[Part], blocksize: int = 128, fe
     return Pass(Q, residual, [vq.codes[j] for j in range(n)], [vq.res_codes[j] for j in range(n)])
 
 
-# Rows: once the codebooks are fixed, every output row is quantized on its own ----------------------------
-def row_chunks(out: int, config: VPTQConfig, pieces: int) -> list[tuple[int, int]]:
-    """``[start, stop)`` of at most ``pieces`` contiguous, non-empty row chunks of a layer with ``out`` rows, in
-    order. Inner bounds are multiples of every vector length in use, so no vector is cut: the column loop of each
-    chunk (:func:`rows_of`) then gives exactly the rows the whole layer's loop gives."""
-    unit = math.lcm(*[v for v in config.vector_lens if v > 0])
-    units = -(-out // unit)
-    pieces = max(1, min(pieces, units))
-    bounds = [min(out, units * p // pieces * unit) for p in range(pieces + 1)]
-    return list(zip(bounds[:-1], bounds[1:]))
-
-
-def rows_of(prep: Prepared, start: int, stop: int) -> Prepared:
-    """The prepared layer restricted to output rows ``[start, stop)`` (H and U are shared by all rows)."""
-    return replace(prep, W=prep.W[start:stop])
-
-
-def merge_passes(passes: Sequence[Pass]) -> Pass:
-    """The passes of consecutive row chunks, in row order -> the pass of the whole layer."""
-    n = len(passes[0].codes)
-    return Pass(
-        torch.cat([p.Q for p in passes]),
-        torch.cat([p.residual for p in passes]),
-        [torch.cat([p.codes[j] for p in passes]) for j in range(n)],
-        [None if passes[0].res_codes[j] is None else torch.cat([p.res_codes[j] for p in passes]) for j in range(n)],
-    )
-
-
-def loss_rows(W: torch.Tensor, H: torch.Tensor, prep: Prepared, passes: dict[str, Pass]) -> dict[str, list[float]]:
-    """Row terms of the proxy losses of some rows: ``"weights"`` (of ``tr(W H W^T)``, W [rows, in] in the original
-    space) and one per named pass (its Q in working space, for the same rows of ``prep``)."""
-    out = {"weights": proxy_rows(W, None, H)}
-    for name, p in passes.items():
-        out[name] = proxy_rows(W, to_original(p.Q, prep), H)
-    return out
-
-
 # Step 4: residual ----------------------------------------------------------------
 def add_residual_codebooks(prep: Prepared, parts: list[Part], first: Pass, config: VPTQConfig) -> list[Part]:
     """Fit a k2 codebook per group on ``first.residual`` (weights H_jj, one per vector). Outliers get none."""
@@ -427,8 +376,7 @@ def to_original(Q: torch.Tensor, prep: Prepared) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def timed(seconds: dict[str, float], name: str) -> Iterator[None]:
-    """Add the seconds the ``with`` body takes to ``seconds[name]``."""
+def _timed(seconds: dict[str, float], name: str) -> Iterator[None]:
     t0 = time.perf_counter()
     yield
     seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
@@ -455,48 +403,27 @@ def quantize_with_trace(
 ) -> tuple[QuantizedWeight, VPTQTrace]:
     """:func:`vptq_quantize` that also returns the intermediate results (:class:`VPTQTrace`)."""
     seconds: dict[str, float] = {}
-    with timed(seconds, "prepare"):
+    with _timed(seconds, "prepare"):
         prep = prepare_layer(W, H, config, feedback)
-    with timed(seconds, "kmeans"):
+    with _timed(seconds, "kmeans"):
         parts = init_codebooks(prep, config, codebooks)
-    with timed(seconds, "kmeans_only_assign"):
+    with _timed(seconds, "kmeans_only_assign"):
         kmeans_only = quantize_columns(prep, parts, feedback=False)
     first = kmeans_only
     if feedback:
-        with timed(seconds, "column_loop"):
+        with _timed(seconds, "column_loop"):
             first = quantize_columns(prep, parts, config.blocksize, feedback=True)
     final = first
     if config.k2:
-        with timed(seconds, "residual"):
+        with _timed(seconds, "residual"):
             parts = add_residual_codebooks(prep, parts, first, config)
             final = quantize_columns(prep, parts, config.blocksize, feedback)
-    return finish_layer(W, H, prep, parts, (kmeans_only, first, final), config, feedback, seconds)
-
-
-def finish_layer(
-    W: torch.Tensor,
-    H: torch.Tensor,
-    prep: Prepared,
-    parts: list[Part],
-    passes: tuple[Pass, Pass, Pass],
-    config: VPTQConfig,
-    feedback: bool,
-    seconds: dict[str, float],
-    rows: dict[str, list[float]] | None = None,
-) -> tuple[QuantizedWeight, VPTQTrace]:
-    """Pack the layer and describe it: ``passes`` = (k-means only, first, final) of the whole layer. ``rows``: the
-    proxy-loss row terms of the first two passes and of the weights, when someone already computed them
-    (:func:`loss_rows`, row chunk by row chunk); the final pass's are computed here, from the packed layer."""
-    kmeans_only, first, final = passes
-    with timed(seconds, "pack"):
+    with _timed(seconds, "pack"):
         qw = pack_layer(prep, parts, final, config)
     trace = VPTQTrace(
         prep, parts, to_original(kmeans_only.Q, prep), to_original(first.Q, prep), to_original(final.Q, prep)
     )
-    if rows is None:
-        rows = {"weights": proxy_rows(W, None, H)}
-        rows.update(first_pass=proxy_rows(W, trace.first_pass, H), kmeans_only=proxy_rows(W, trace.kmeans_only, H))
-    qw.info.update(_info(W, H, qw, trace, final, feedback, seconds, rows))
+    qw.info.update(_info(W, H, qw, trace, final, feedback, seconds))
     return qw, trace
 
 
@@ -508,15 +435,13 @@ def _info(
     final: Pass,
     feedback: bool,
     seconds: dict[str, float],
-    rows: dict[str, list[float]],
 ) -> dict:
     parts, prep = trace.parts, trace.prepared
     groups = parts[1:] if prep.outlier_size else parts
-    den = math.fsum(rows["weights"])  # tr(W H W^T), once for the three losses
     info = {
-        "proxy_loss_rel": relative_loss(math.fsum(proxy_rows(W, dequantize(qw), H)), den),
-        "proxy_loss_rel_first_pass": relative_loss(math.fsum(rows["first_pass"]), den),
-        "proxy_loss_rel_kmeans_only": relative_loss(math.fsum(rows["kmeans_only"]), den),
+        "proxy_loss_rel": proxy_loss(W, dequantize(qw), H),
+        "proxy_loss_rel_first_pass": proxy_loss(W, trace.first_pass, H),
+        "proxy_loss_rel_kmeans_only": proxy_loss(W, trace.kmeans_only, H),
         "codebook_utilisation": _mean(_utilisation(final.codes, groups)),
         "feedback": feedback,
         "dead_columns": int(prep.dead.sum()),

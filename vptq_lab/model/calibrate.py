@@ -30,21 +30,7 @@ from tqdm.auto import tqdm
 from vptq_lab.core.bits import bits_per_weight, size_weighted_mean
 from vptq_lab.core.config import VPTQConfig, layer_plan
 from vptq_lab.core.methods import METHODS, dequantized
-from vptq_lab.core.quantizer import (
-    add_residual_codebooks,
-    finish_layer,
-    fit_part_codebook,
-    init_codebooks,
-    loss_rows,
-    merge_passes,
-    part_shapes,
-    prepare_layer,
-    quantize_columns,
-    row_chunks,
-    rows_of,
-    shared_codebooks,
-    timed,
-)
+from vptq_lab.core.quantizer import fit_part_codebook, part_shapes, prepare_layer, shared_codebooks
 from vptq_lab.core.qweight import QuantizedWeight
 from vptq_lab.errors import VPTQLabError
 from vptq_lab.kernels.dispatch import prefer_backend
@@ -414,11 +400,6 @@ def _quantize_stage(block: nn.Module, names: tuple[str, ...], H: torch.Tensor, t
     todo = [n for n in names if not _is_quantized(get_module(block, n))]
     weights = {n: _checked_weight(get_module(block, n), n, H, ctx) for n in todo}
     codebooks = _split_codebooks(weights, H, ctx)
-    if ctx.method == "vptq" and len(todo) < ctx.world.size:  # too few linears to keep every rank busy: split rows
-        for name in todo:
-            result, seconds = ctx.world.share(_rows_split(weights[name], H, name, ctx, codebooks.get(name)), 0)
-            _install(block, name, weights[name], H, tokens, _on(result, ctx.world.device), seconds, ctx)
-        return
     owners = assign([_linear_cost(tuple(W.shape), ctx) for W in weights.values()], ctx.world.size)
     done = {}
     for name, owner in zip(todo, owners):  # first every linear this rank owns, then the exchange: no rank waits
@@ -428,51 +409,6 @@ def _quantize_stage(block: nn.Module, names: tuple[str, ...], H: torch.Tensor, t
     for name, owner in zip(todo, owners):
         result, seconds = ctx.world.share(done.get(name), owner)
         _install(block, name, weights[name], H, tokens, _on(result, ctx.world.device), seconds, ctx)
-
-
-def _rows_split(
-    W: torch.Tensor, H: torch.Tensor, name: str, ctx: _BlockContext, codebooks: list[torch.Tensor] | None
-) -> tuple[Any, float] | None:
-    """One VPTQ linear, its column loop split by output rows over the ranks (rows are independent once the
-    codebooks are fixed); rank 0 packs it. Returns (result on the CPU, seconds) on rank 0, None elsewhere. Every
-    rank computes what the one-process :func:`~vptq_lab.core.quantizer.quantize_with_trace` computes for its rows,
-    so the result is the one-process result, bit for bit."""
-    world, config = ctx.world, ctx.config
-    start, seconds = time.perf_counter(), {}
-    try:
-        with timed(seconds, "prepare"):
-            prep = prepare_layer(W, H.float(), config, feedback=True)
-        with timed(seconds, "kmeans"):
-            parts = init_codebooks(prep, config, codebooks if codebooks is not None else ctx.codebooks)
-        chunks = row_chunks(W.shape[0], config, world.size)
-        r0, r1 = chunks[world.rank] if world.rank < len(chunks) else (0, 0)
-        passes, mine = {}, rows_of(prep, r0, r1)
-        if r1 > r0:
-            with timed(seconds, "kmeans_only_assign"):
-                passes["kmeans_only"] = quantize_columns(mine, parts, feedback=False)
-            with timed(seconds, "column_loop"):
-                passes["first_pass"] = quantize_columns(mine, parts, config.blocksize, feedback=True)
-        if config.k2:  # the residual codebooks are fitted on the whole first pass: every rank fits the same ones
-            with timed(seconds, "residual"):
-                first = merge_passes([p for p in world.all_gather(passes.get("first_pass")) if p is not None])
-                parts = add_residual_codebooks(prep, parts, first, config)
-                if r1 > r0:
-                    passes["final"] = quantize_columns(mine, parts, config.blocksize, feedback=True)
-        losses = None
-        if r1 > r0:
-            losses = loss_rows(W[r0:r1], H.float(), mine, {k: passes[k] for k in ("kmeans_only", "first_pass")})
-    except ValueError as exc:
-        raise VPTQLabError(f"{ctx.prefix}.{name}: {exc}") from exc
-    pieces = world.gather((passes, losses) if r1 > r0 else None)
-    if pieces is None:
-        return None
-    pieces = [p for p in pieces if p is not None]
-    merged = {key: merge_passes([p[key] for p, _ in pieces]) for key in pieces[0][0]}
-    rows = {key: [x for _, loss in pieces for x in loss[key]] for key in pieces[0][1]}
-    final = merged.get("final", merged["first_pass"])
-    three = (merged["kmeans_only"], merged["first_pass"], final)
-    qw, _ = finish_layer(W, H.float(), prep, parts, three, config, True, seconds, rows)
-    return _on(qw, "cpu"), time.perf_counter() - start
 
 
 def _is_quantized(module: nn.Module) -> bool:

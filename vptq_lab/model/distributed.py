@@ -94,12 +94,12 @@ class World:
         dist.broadcast_object_list(box, src=src, device=self._comm_device)
         return box[0]
 
-    def gather(self, obj: Any, dst: int = 0) -> list[Any] | None:
-        """Every rank's ``obj`` in rank order on rank ``dst`` (None elsewhere)."""
+    def gather(self, obj: Any) -> list[Any] | None:
+        """Every rank's ``obj`` in rank order on rank 0 (None elsewhere)."""
         if not self.distributed:
             return [obj]
-        out = [None] * self.size if self.rank == dst else None
-        dist.gather_object(obj, out, dst=dst)
+        out = [None] * self.size if self.main else None
+        dist.gather_object(obj, out, dst=0)
         return out
 
     def all_gather(self, obj: Any) -> list[Any]:
