@@ -276,7 +276,7 @@ def test_reduced_hessians_equal_the_single_process_ones(job):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config,nproc", [("quantized", 2), ("fp-shared", 2), ("fp-shared", 3)])
+@pytest.mark.parametrize("config,nproc", [("quantized", 2), ("quantized", 3), ("fp-shared", 2), ("fp-shared", 3)])
 def test_checkpoint_bytes_do_not_depend_on_the_world_size(job, single, config, nproc):
     out, trace = job[0] / f"{config}-{nproc}", job[0] / f"trace-{config}-{nproc}"
     trace.mkdir()
@@ -285,6 +285,7 @@ def test_checkpoint_bytes_do_not_depend_on_the_world_size(job, single, config, n
     record = json.loads(proc.stdout.strip().splitlines()[-1])
     assert record["ranks"] == nproc and proc.stdout.count('"ranks"') == 1  # rank 0 alone prints (and saves)
     _assert_identical(single[config], out)
+    assert _layer_records(out) == _layer_records(single[config])  # the proxy losses too, to the last bit
     # quantized propagation: every rank works on every block (its share of the batches and linears);
     # full-precision propagation: whole blocks go to ranks, block i of each group of nproc to rank i mod nproc
     if config == "quantized":
@@ -292,6 +293,14 @@ def test_checkpoint_bytes_do_not_depend_on_the_world_size(job, single, config, n
     else:
         expected = {f"block-{i}-rank-{i % nproc}" for i in range(4)}
     assert {p.name for p in trace.iterdir()} == expected
+
+
+def _layer_records(folder: Path) -> list[dict]:
+    """What report.json says of each linear, less its timing."""
+    return [
+        {k: v for k, v in r.items() if k != "seconds"}
+        for r in json.loads((folder / "report.json").read_text())["layers"]
+    ]
 
 
 def _kill_rank_1_in_block(job, out: Path, ck: Path, *extra: str, config: str = "quantized", block: int = 2, **kwargs):
