@@ -7,8 +7,7 @@ Reads ``benchmarks/results/scaling_costs.json`` (``benchmarks/scaling_costs.py``
   ``c_loop x weights x k``; the forward and Hessian passes of a block: ``c_fwd x tokens x block weights``.
   The three constants are fitted on the measured 2-bit preset (v5/k512, 10 iterations, 32 x 512 tokens).
 - N ranks: the passes split by calibration batch (divide by N); per stage, the k-means parts and then the linears
-  are packed onto ranks, so a stage takes at least its largest part and its largest linear; a stage with fewer
-  linears than ranks splits each linear's column loop by rows over all of them.
+  are packed onto ranks, so a stage takes at least its largest part and its largest linear.
 
     python benchmarks/scaling_projection.py
 """
@@ -61,8 +60,7 @@ def block_seconds(model: str, ranks: int, k: int, iters: int, tokens: int, group
         parts = [c_km * x / groups * k * iters for x in w for _ in range(groups)]
         total += max(sum(parts) / ranks, max(parts))
         loops = [c_loop * x * k for x in w]
-        # fewer linears than ranks: each linear's column loop is split by rows over all ranks
-        total += sum(loops) / ranks if len(w) < ranks else max(sum(loops) / ranks, max(loops))
+        total += max(sum(loops) / ranks, max(loops))
     return total
 
 
