@@ -9,7 +9,8 @@ import torch
 
 from vptq_lab import VPTQConfig, load_quantized, quantize_, save_quantized
 from vptq_lab.errors import VPTQLabError
-from vptq_lab.model.finetune import DistillConfig, _kl, distill_, split_heldout
+from vptq_lab.model import finetune as ft
+from vptq_lab.model.finetune import DistillConfig, _kl, distill_, head_path, split_heldout, trainable_parameters
 from vptq_lab.model.layers import QuantizedLinear
 from vptq_lab.testing import tiny_llama
 
@@ -60,6 +61,56 @@ def test_distillation_lowers_heldout_kl_and_keeps_every_index(pair):
     changed = [n for n, c in _codebooks(student).items() if not torch.equal(c, _codebooks(student0)[n])]
     assert changed  # the codebooks did train
     assert all(not p.requires_grad for p in student.parameters())  # training is over: nothing left trainable
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_chunked_kl_matches_the_full_logits_in_value_and_gradient(pair, monkeypatch, temperature):
+    teacher, student0, train, _ = pair
+    student = copy.deepcopy(student0)
+    params = trainable_parameters(student)
+    assert head_path(student, teacher)  # a Llama: logits are lm_head(last hidden state)
+    monkeypatch.setattr(ft, "_KL_CHUNK", 7)  # chunks that do not divide the 2 x 32 positions
+    found = {}
+    for chunked in (False, True):
+        for p in params.values():
+            p.grad = None
+        loss = _kl(student, teacher, train[:2], temperature, chunked=chunked)
+        loss.backward()
+        found[chunked] = (float(loss.detach()), {n: p.grad.clone() for n, p in params.items()})
+    assert found[True][0] == pytest.approx(found[False][0], rel=1e-5)
+    assert found[False][0] > 0
+    for name, grad in found[False][1].items():
+        assert grad.abs().max() > 0, name
+        torch.testing.assert_close(found[True][1][name], grad, rtol=1e-4, atol=1e-7)
+
+
+def test_chunked_heldout_matches_the_full_logits(pair, monkeypatch):
+    teacher, student0, _, held = pair
+    student = copy.deepcopy(student0)
+    trainable_parameters(student)
+    monkeypatch.setattr(ft, "_KL_CHUNK", 5)
+    chunked = ft._heldout(student, teacher, held, 1.5)
+    monkeypatch.setattr(ft, "head_path", lambda *models: False)
+    full = ft._heldout(student, teacher, held, 1.5)
+    assert full["kl"] > 0 and full["ppl"] > 1
+    assert chunked == pytest.approx(full, rel=1e-5)
+
+
+def test_head_path_is_refused_where_logits_are_not_the_head_of_the_last_hidden_state(pair):
+    teacher, student0, _, _ = pair
+    student = copy.deepcopy(student0)
+    assert not head_path(student, teacher)  # its head still trains: the chunked gradient would leave it out
+    trainable_parameters(student)  # freezes everything but codebooks and norms
+    scaled = copy.deepcopy(teacher)
+    forward = scaled.forward
+
+    def capped(*args, **kwargs):  # logits changed after the head, as soft-capping models do
+        out = forward(*args, **kwargs)
+        out.logits = 30 * torch.tanh(out.logits / 30)
+        return out
+
+    scaled.forward = capped
+    assert head_path(student, teacher) and not head_path(student, scaled)
 
 
 def test_distillation_is_deterministic_and_resumes_bit_identically(pair, tmp_path, monkeypatch):

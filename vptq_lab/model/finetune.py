@@ -158,13 +158,77 @@ def _end_training(model: nn.Module) -> None:
         param.grad = None
 
 
-def _kl(student: nn.Module, teacher: nn.Module, ids: torch.Tensor, temperature: float) -> torch.Tensor:
+def _kl(
+    student: nn.Module, teacher: nn.Module, ids: torch.Tensor, temperature: float, chunked: bool | None = None
+) -> torch.Tensor:
     """Mean per-token KL(teacher || student) of the next-token distributions; the teacher's logits are
-    recomputed here and dropped after the step."""
+    recomputed here and dropped after the step.
+
+    ``chunked`` (default: :func:`head_path` decides): the logits are made ``_KL_CHUNK`` positions at a time from
+    the last hidden states and the gradient w.r.t. those is formed as they go (:class:`_ChunkedKL`), so no
+    [tokens, vocab] tensor outlives its chunk. Otherwise the full logits are made at once."""
+    if chunked if chunked is not None else head_path(student, teacher):
+        with torch.no_grad():
+            h_t = teacher.base_model(ids).last_hidden_state.flatten(0, 1)  # [b*seqlen, d]
+        h_s = student.base_model(ids).last_hidden_state.flatten(0, 1)  # [b*seqlen, d]
+        heads = (student.get_output_embeddings(), teacher.get_output_embeddings())
+        return _ChunkedKL.apply(h_s, h_t, heads, temperature) / h_s.shape[0]
     with torch.no_grad():
         target = F.log_softmax(teacher(ids).logits.float() / temperature, dim=-1)  # [b, seqlen, vocab]
     logp = F.log_softmax(student(ids).logits.float() / temperature, dim=-1)  # [b, seqlen, vocab]
     return F.kl_div(logp.flatten(0, 1), target.flatten(0, 1), log_target=True, reduction="batchmean")
+
+
+_KL_CHUNK = 64  # positions per chunk of logits: 64 x 49k vocabulary x 4 bytes = 12.6 MB per [chunk, vocab] tensor
+
+
+def head_path(student: nn.Module, teacher: nn.Module) -> bool:
+    """Whether both models' logits are exactly ``get_output_embeddings()(base_model(ids).last_hidden_state)`` with a
+    ``nn.Linear`` head, the student's frozen (true of Llama, GPT-2 and most causal LMs; false where logits are
+    scaled or capped), checked on a few tokens: then :func:`_kl` can make the logits a chunk at a time."""
+    return _plain_head(student, frozen=True) and _plain_head(teacher, frozen=False)
+
+
+@torch.no_grad()
+def _plain_head(model: nn.Module, frozen: bool) -> bool:
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not isinstance(head, nn.Linear) or (frozen and head.weight.requires_grad) or model.base_model is model:
+        return False
+    ids = torch.arange(min(8, head.out_features), device=head.weight.device)[None] % head.out_features  # [1, 8]
+    try:
+        split = head(model.base_model(ids).last_hidden_state)
+    except (AttributeError, TypeError):
+        return False
+    return torch.equal(split, model(ids).logits.to(split.dtype))
+
+
+class _ChunkedKL(torch.autograd.Function):
+    """Summed KL(teacher || student) over rows from the last hidden states ``h_s``, ``h_t`` [rows, d], the logits
+    made ``_KL_CHUNK`` rows at a time. The gradient w.r.t. ``h_s`` is formed in the forward pass
+    (d KL / d student logits = (softmax_s - softmax_t) / temperature, then through the linear head), so backward
+    keeps only that [rows, d] tensor."""
+
+    @staticmethod
+    def forward(ctx, h_s, h_t, heads, temperature):
+        head_s, head_t = heads
+        total = torch.zeros((), dtype=torch.float64, device=h_s.device)
+        grad = torch.empty(h_s.shape, dtype=torch.float32, device=h_s.device)  # [rows, d]
+        weight = head_s.weight.float()  # [vocab, d]
+        for start in range(0, h_s.shape[0], _KL_CHUNK):
+            rows = slice(start, start + _KL_CHUNK)
+            logp_s = F.log_softmax(head_s(h_s[rows]).float() / temperature, dim=-1)  # [chunk, vocab]
+            logp_t = F.log_softmax(head_t(h_t[rows]).float() / temperature, dim=-1)  # [chunk, vocab]
+            total += F.kl_div(logp_s, logp_t, log_target=True, reduction="sum").double()
+            dlogits = (logp_s.exp() - logp_t.exp()) / temperature  # [chunk, vocab]
+            grad[rows] = dlogits @ weight  # [chunk, d]
+        ctx.save_for_backward(grad)
+        ctx.dtype = h_s.dtype
+        return total.float()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (grad,) = ctx.saved_tensors
+        return (grad_out * grad).to(ctx.dtype), None, None, None
 
 
 @torch.no_grad()
@@ -185,16 +249,39 @@ def _heldout(
 
 
 def _heldout_values(student, teacher, heldout: torch.Tensor, temperature: float, world: World) -> dict:
-    """``{window: (nll, kl)}`` for this rank's share of the held-out windows."""
+    """``{window: (nll, kl)}`` for this rank's share of the held-out windows (their logits a chunk of positions at
+    a time where :func:`head_path` allows)."""
+    chunked = head_path(student, teacher)
     values = {}
     for w in range(world.rank, heldout.shape[0], world.size):
         window = heldout[w]  # [seqlen]
+        if chunked:
+            values[w] = _window_values_chunked(student, teacher, window, temperature)
+            continue
         logits = student(window[None]).logits.float()  # [1, seqlen, vocab]
         nll = float(F.cross_entropy(logits[0, :-1], window[1:], reduction="mean"))
         target = F.log_softmax(teacher(window[None]).logits.float() / temperature, dim=-1)
         logp = F.log_softmax(logits / temperature, dim=-1)
         values[w] = (nll, float(F.kl_div(logp[0], target[0], log_target=True, reduction="batchmean")))
     return values
+
+
+def _window_values_chunked(student, teacher, window: torch.Tensor, temperature: float) -> tuple[float, float]:
+    """One window's mean next-token NLL and mean per-position KL, the logits ``_KL_CHUNK`` positions at a time."""
+    h_s = student.base_model(window[None]).last_hidden_state[0]  # [seqlen, d]
+    h_t = teacher.base_model(window[None]).last_hidden_state[0]  # [seqlen, d]
+    head_s, head_t = student.get_output_embeddings(), teacher.get_output_embeddings()
+    n = window.numel()
+    nll = kl = 0.0
+    for start in range(0, n, _KL_CHUNK):
+        rows = slice(start, start + _KL_CHUNK)
+        logits = head_s(h_s[rows]).float()  # [chunk, vocab]
+        targets = window[start + 1 : start + 1 + _KL_CHUNK]  # the next tokens; the window's last has none
+        nll += float(F.cross_entropy(logits[: targets.numel()], targets, reduction="sum"))
+        logp = F.log_softmax(logits / temperature, dim=-1)
+        target = F.log_softmax(head_t(h_t[rows]).float() / temperature, dim=-1)
+        kl += float(F.kl_div(logp, target, log_target=True, reduction="sum"))
+    return nll / (n - 1), kl / n
 
 
 def _average_gradients(params: list[nn.Parameter], world: World) -> None:
@@ -242,6 +329,7 @@ def distill_(
     params = trainable_parameters(student, config.train_norms)
     names = sorted(params)
     optimizer = torch.optim.Adam([params[n] for n in names], lr=config.lr)
+    chunked = head_path(student, teacher)  # logits a chunk of positions at a time (see _kl)
     gen = torch.Generator().manual_seed(config.seed)
     state = _new_state()
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -259,7 +347,7 @@ def distill_(
             rows = torch.randint(train_ids.shape[0], (config.batch * world.size,), generator=gen)  # [batch x ranks]
             rows = rows[world.rank * config.batch : (world.rank + 1) * config.batch].to(world.device)  # [batch]
             with torch.enable_grad():
-                loss = _kl(student, teacher, train_ids[rows], config.temperature)
+                loss = _kl(student, teacher, train_ids[rows], config.temperature, chunked)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
             if world.distributed:
