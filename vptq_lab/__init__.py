@@ -13,7 +13,8 @@ evaluate it and save it in the official VPTQ layout::
 The package is layered, each layer importing only from the ones before it (``tests/test_architecture.py``
 enforces this):
 
-1. ``vptq_lab.errors``, ``vptq_lab.files``: the error type and small file helpers;
+1. ``vptq_lab.errors``, ``vptq_lab.files``, ``vptq_lab.memory``: the error type, small file helpers, and the
+   allocator setting that returns freed memory to the OS;
 2. ``vptq_lab.core``: the pure algorithm (configs, bits, packing, k-means, the column loop, baselines);
 3. ``vptq_lab.kernels``: Triton kernels with pure-torch references;
 4. ``vptq_lab.model``: model surgery and calibration (``quantize_``, resume);
@@ -57,6 +58,7 @@ _API: dict[str, str] = {
     "compare": "vptq_lab.lab.compare",
     "CompareSettings": "vptq_lab.lab.compare",
     "suggest": "vptq_lab.lab.budget",
+    "release_freed_memory": "vptq_lab.memory",
 }
 
 __all__ = [
@@ -81,6 +83,7 @@ __all__ = [
     "perplexity",
     "preset",
     "quantize_",
+    "release_freed_memory",
     "save_quantized",
     "suggest",
     "vptq_quantize",
@@ -100,6 +103,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time names load laz
     from vptq_lab.lab.budget import suggest
     from vptq_lab.lab.compare import CompareSettings, compare
     from vptq_lab.lab.eval import perplexity
+    from vptq_lab.memory import release_freed_memory
     from vptq_lab.model.calibrate import QuantizationReport, quantize_
     from vptq_lab.model.layers import QuantizedLinear
 
