@@ -12,7 +12,18 @@ import vptq_lab
 
 REPO = Path(__file__).resolve().parents[1]
 # Lower ranks never import higher ones. kernels/ installs as vptq_lab.kernels.
-RANKS = {"errors": 0, "files": 0, "memory": 0, "core": 1, "kernels": 2, "model": 3, "io": 4, "lab": 5, "cli": 6, "testing": 6}
+RANKS = {
+    "errors": 0,
+    "files": 0,
+    "memory": 0,
+    "core": 1,
+    "kernels": 2,
+    "model": 3,
+    "io": 4,
+    "lab": 5,
+    "cli": 6,
+    "testing": 6,
+}
 
 
 def _sources() -> dict[str, Path]:
