@@ -168,3 +168,42 @@ def test_bad_settings_are_refused():
         distill_(copy.deepcopy(teacher), teacher, ids, ids, progress=False)
     with pytest.raises(VPTQLabError, match="integer token ids"):
         distill_(teacher, teacher, ids.float(), ids, progress=False)
+
+
+@pytest.mark.parametrize("norm", [False, True])
+def test_training_forward_matches_autograd_through_the_dequantization(norm):
+    """The fine-tuning forward recomputes W in backward instead of keeping it; its output and gradients must be
+    those of plain autograd through ``F.linear(x, dequantize(...))``, with residual, outliers, perm and norm."""
+    from dataclasses import replace
+
+    from vptq_lab import dequantize, vptq_quantize
+
+    gen = torch.Generator().manual_seed(0)
+    W, X = torch.randn(24, 40, generator=gen), torch.randn(200, 40, generator=gen)
+    cfg = VPTQConfig(
+        vector_lens=(4, 4),
+        num_centroids=(8, 16),
+        num_res_centroids=(-1, 8),
+        npercent=10.0,
+        group_num=2,
+        enable_norm=norm,
+        kmeans_iters=3,
+    )
+    layer = QuantizedLinear(vptq_quantize(W, X.T @ X / 200, cfg), bias=torch.randn(24, generator=gen))
+    trainable = layer.trainable_centroids(column_norm=norm)
+    names = list(layer.trainable)
+    assert len(names) == (5 if norm else 3)  # main, residual, outlier codebooks (+ scale, bias)
+    x = torch.randn(3, 5, 40, generator=gen, requires_grad=True)
+    grad_y = torch.randn(3, 5, 24, generator=gen)
+    (layer(x) * grad_y).sum().backward()
+    found = [x.grad.clone()] + [p.grad.clone() for p in trainable]
+    x.grad = None
+    for p in trainable:
+        p.grad = None
+    w = dequantize(replace(layer.qweight, **layer.trainable))
+    (torch.nn.functional.linear(x, w, layer.bias) * grad_y).sum().backward()
+    expected = [x.grad] + [p.grad for p in trainable]
+    torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, w, layer.bias))
+    for name, got, want in zip(["x", *names], found, expected):
+        assert want.abs().max() > 0, name
+        torch.testing.assert_close(got, want, msg=name)
