@@ -10,6 +10,12 @@ interrupted run resumes at the next row. Writes ``benchmarks/results/accuracy.cs
 
 Distillation trains on validation windows and selects on held-out validation windows (the last 2 windows of 512
 tokens of the validation split), never on the test split.
+
+``--malloc release`` first calls ``release_freed_memory()`` (glibc's mmap threshold fixed: less resident
+memory, more CPU time; ``benchmarks/results/distill_memory.json``); the default leaves glibc as it is.
+``peak_rss_gb`` is the whole run's peak, evaluation included; ``details`` also holds ``recipe_peak_rss_gb``, the
+peak of quantization and fine-tuning alone (the recipe a user runs). ``--rerun`` measures rows again that are
+already cached (the newest line wins).
 """
 
 from __future__ import annotations
@@ -24,12 +30,21 @@ import pandas as pd
 import torch
 from _bench import RESULTS, markdown_table
 
-from vptq_lab import calibration_windows, load_model, load_wikitext2, perplexity, preset, quantize_
+from vptq_lab import (
+    calibration_windows,
+    load_model,
+    load_wikitext2,
+    perplexity,
+    preset,
+    quantize_,
+    release_freed_memory,
+)
 from vptq_lab.io.data import tokenize
 from vptq_lab.lab.compare import cache_versions, code_commit, current_rows, peak_rss
 from vptq_lab.model.finetune import DISTILL_WINDOWS, DistillConfig, distill_, split_heldout
 
 CACHE = RESULTS / "accuracy.cache.jsonl"
+CHECKPOINTS = Path("artifacts") / "accuracy-checkpoints"  # per row: block checkpoints to resume a crashed run
 COLUMNS = [
     "budget",
     "recipe",
@@ -75,27 +90,29 @@ def _key(name: str, windows: int) -> str:
     return json.dumps(key, sort_keys=True)
 
 
-def run_row(name: str, windows: int) -> dict:
+def run_row(name: str, windows: int, malloc: str) -> dict:
     budget, recipe, layerwise, e2e, changes = PLAN[name]
     commit = code_commit()  # the code that runs, read before the long work
     config = preset(budget).replace(finetune=layerwise, finetune_batch=1, **changes)
     student, tokenizer = load_model("default")
     valid = load_wikitext2("validation")
     with peak_rss() as memory:
-        start = time.perf_counter()
-        calib = calibration_windows(tokenizer, valid, config.nsamples, config.seqlen, config.seed)
-        # block checkpoints: a rerun after a crash (in distillation, say) resumes instead of quantizing again
-        ckpt = Path("artifacts") / "accuracy-checkpoints" / name
-        reused = _reuse_quantization(name, ckpt)
-        report = quantize_(student, config, calib, checkpoint_dir=ckpt, resume=ckpt.exists())
-        details = {"quantize_s": round(time.perf_counter() - start, 1)}
-        if e2e:
-            teacher, _ = load_model("default")
-            train, held = split_heldout(tokenize(tokenizer, valid), **DISTILL_DATA, seed=config.seed)
-            distilled = distill_(student, teacher, train, held, DISTILL)
-            del teacher
-            details["distill"] = distilled.to_dict()
-        seconds = round(time.perf_counter() - start, 1)
+        with peak_rss() as recipe_memory:
+            start = time.perf_counter()
+            calib = calibration_windows(tokenizer, valid, config.nsamples, config.seqlen, config.seed)
+            # block checkpoints: a rerun after a crash (in distillation, say) resumes instead of quantizing again
+            ckpt = CHECKPOINTS / name
+            reused = _reuse_quantization(name, ckpt)
+            report = quantize_(student, config, calib, checkpoint_dir=ckpt, resume=ckpt.exists())
+            details = {"quantize_s": round(time.perf_counter() - start, 1), "malloc": malloc}
+            if e2e:
+                teacher, _ = load_model("default")
+                train, held = split_heldout(tokenize(tokenizer, valid), **DISTILL_DATA, seed=config.seed)
+                distilled = distill_(student, teacher, train, held, DISTILL)
+                del teacher
+                details["distill"] = distilled.to_dict()
+            seconds = round(time.perf_counter() - start, 1)
+        details["recipe_peak_rss_gb"] = round(recipe_memory["peak_gib"] * 2**30 / 1e9, 3)
         if reused:
             details["quantization_from"] = reused
             seconds = round(seconds + reused["quantize_s"], 1)
@@ -176,13 +193,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="vptq2-e2e", help=f"comma-separated, of {', '.join(PLAN)}; none: table only")
     parser.add_argument("--windows", type=int, default=32)
+    parser.add_argument("--malloc", choices=["default", "release"], default="default")
+    parser.add_argument("--rerun", action="store_true", help="measure the rows again even if they are cached")
     args = parser.parse_args()
+    if args.malloc == "release" and not release_freed_memory():
+        parser.error("--malloc release needs glibc (Linux); pass --malloc default")
     done = current_rows(CACHE)
     for name in [] if args.rows == "none" else args.rows.split(","):
         key = _key(name, args.windows)
-        if key in done:
+        if key in done and not args.rerun:
             continue
-        row = run_row(name, args.windows)
+        if key in done and (CHECKPOINTS / name).exists():
+            parser.error(
+                f"--rerun {name}: {CHECKPOINTS / name} holds the earlier run's block checkpoints, which it would "
+                "resume from instead of quantizing again; move or delete that folder first"
+            )
+        row = run_row(name, args.windows, args.malloc)
         with CACHE.open("a") as fh:
             fh.write(json.dumps({"key": key, "row": row}) + "\n")
         print(row, flush=True)
