@@ -14,7 +14,8 @@ tokens of the validation split), never on the test split.
 ``--malloc release`` first calls ``release_freed_memory()`` (glibc's mmap threshold fixed: less resident
 memory, more CPU time; ``benchmarks/results/distill_memory.json``); the default leaves glibc as it is.
 ``peak_rss_gb`` is the whole run's peak, evaluation included; ``details`` also holds ``recipe_peak_rss_gb``, the
-peak of quantization and fine-tuning alone (the recipe a user runs). ``--rerun`` measures rows again that are
+peak of quantization and fine-tuning alone (the recipe a user runs), and ``recipe_cpu_seconds``, their CPU time
+(with one thread, the time the recipe would take alone even beside other jobs). ``--rerun`` measures rows again that are
 already cached (the newest line wins).
 """
 
@@ -98,7 +99,7 @@ def run_row(name: str, windows: int, malloc: str) -> dict:
     valid = load_wikitext2("validation")
     with peak_rss() as memory:
         with peak_rss() as recipe_memory:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             calib = calibration_windows(tokenizer, valid, config.nsamples, config.seqlen, config.seed)
             # block checkpoints: a rerun after a crash (in distillation, say) resumes instead of quantizing again
             ckpt = CHECKPOINTS / name
@@ -112,6 +113,7 @@ def run_row(name: str, windows: int, malloc: str) -> dict:
                 del teacher
                 details["distill"] = distilled.to_dict()
             seconds = round(time.perf_counter() - start, 1)
+            details["recipe_cpu_seconds"] = round(time.process_time() - cpu, 1)  # the time alone, at one thread
         details["recipe_peak_rss_gb"] = round(recipe_memory["peak_gib"] * 2**30 / 1e9, 3)
         if reused:
             details["quantization_from"] = reused
