@@ -106,9 +106,11 @@ def gather_columns(codebook: torch.Tensor, codes: torch.Tensor, v: int, out_feat
     return vecs.reshape(r * v, g * s)[:out_features]  # [out, G*S]
 
 
-def dequantize(qw: QuantizedWeight) -> torch.Tensor:
-    """Reference dequantization (docs/algorithm.md, section 4): returns fp32 W [out, in]."""
-    idx, res_idx = qw.codes()  # [G, R, S] each
+def dequantize(qw: QuantizedWeight, codes: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> torch.Tensor:
+    """Reference dequantization (docs/algorithm.md, section 4): returns fp32 W [out, in].
+
+    ``codes``: ``qw.codes()`` unpacked once by the caller (fine-tuning dequantizes the same indices every step)."""
+    idx, res_idx = qw.codes() if codes is None else codes  # [G, R, S] each
     w = gather_columns(qw.centroids, idx, qw.vector_len, qw.out_features)  # [out, G*S]
     if res_idx is not None:
         w = w + gather_columns(qw.res_centroids, res_idx, qw.vector_len, qw.out_features)

@@ -34,6 +34,7 @@ class QuantizedLinear(nn.Module):
         self._meta = {f.name: getattr(qweight, f.name) for f in fields(qweight) if f.name not in _TENSOR_FIELDS}
         # Fine-tuning parameters live outside the module tree: they never reach state_dict or repr.
         self.__dict__["_trainable"] = None
+        self.__dict__["_codes"] = None  # during fine-tuning: qweight.codes(), unpacked once
         self._rebuild()
 
     def _rebuild(self) -> None:
@@ -41,6 +42,8 @@ class QuantizedLinear(nn.Module):
 
     def _apply(self, fn, recurse=True):
         module = super()._apply(fn, recurse)
+        if self._codes is not None:  # moved with the layer during a fine-tuning run (integer: dtype casts skip it)
+            self.__dict__["_codes"] = tuple(None if c is None else c.to(self.indices.device) for c in self._codes)
         self._rebuild()
         return module
 
@@ -73,6 +76,7 @@ class QuantizedLinear(nn.Module):
         self.__dict__["_trainable"] = {
             name: nn.Parameter(getattr(self, name).float().clone()) for name in names if getattr(self, name) is not None
         }
+        self.__dict__["_codes"] = self.qweight.codes()  # unpacked once for the run: the indices never change
         return list(self._trainable.values())
 
     @property
@@ -89,6 +93,7 @@ class QuantizedLinear(nn.Module):
             for name, param in self._trainable.items():
                 setattr(self, name, param.detach().to(getattr(self, name).dtype))
         self.__dict__["_trainable"] = None
+        self.__dict__["_codes"] = None
         self._rebuild()
 
 
@@ -102,7 +107,7 @@ class _RecomputedLinear(torch.autograd.Function):
     def forward(ctx, x, bias, layer, names, *params):
         ctx.layer, ctx.names = layer, names
         ctx.save_for_backward(x, *params)
-        w = dequantize(replace(layer.qweight, **dict(zip(names, params))))  # [out, in] fp32, no graph
+        w = dequantize(replace(layer.qweight, **dict(zip(names, params))), layer._codes)  # [out, in] fp32, no graph
         return nn.functional.linear(x, w.to(x.dtype), bias)
 
     @staticmethod
@@ -110,7 +115,7 @@ class _RecomputedLinear(torch.autograd.Function):
         x, *params = ctx.saved_tensors
         with torch.enable_grad():
             leaves = [p.detach().requires_grad_(True) for p in params]
-            w = dequantize(replace(ctx.layer.qweight, **dict(zip(ctx.names, leaves))))  # [out, in]
+            w = dequantize(replace(ctx.layer.qweight, **dict(zip(ctx.names, leaves))), ctx.layer._codes)  # [out, in]
             grad_w = grad_out.reshape(-1, grad_out.shape[-1]).T.to(w.dtype) @ x.reshape(-1, x.shape[-1]).to(w.dtype)
             grads = torch.autograd.grad(w, leaves, grad_w, allow_unused=True)
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
