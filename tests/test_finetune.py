@@ -77,11 +77,13 @@ def test_chunked_kl_matches_the_full_logits_in_value_and_gradient(pair, monkeypa
         loss = _kl(student, teacher, train[:2], temperature, chunked=chunked)
         loss.backward()
         found[chunked] = (float(loss.detach()), {n: p.grad.clone() for n, p in params.items()})
-    assert found[True][0] == pytest.approx(found[False][0], rel=1e-5)
+    # a small KL is a difference of nearly equal float32 sums: agree to 0.1% (a lost chunk moves it by far more)
+    assert found[True][0] == pytest.approx(found[False][0], rel=1e-3)
     assert found[False][0] > 0
     for name, grad in found[False][1].items():
         assert grad.abs().max() > 0, name
-        torch.testing.assert_close(found[True][1][name], grad, rtol=1e-4, atol=1e-7)
+        scale = float(grad.abs().max())  # float32 differences of nearly equal softmaxes: error relative to the scale
+        torch.testing.assert_close(found[True][1][name], grad, rtol=1e-3, atol=1e-3 * scale)
 
 
 def test_chunked_heldout_matches_the_full_logits(pair, monkeypatch):
@@ -93,7 +95,8 @@ def test_chunked_heldout_matches_the_full_logits(pair, monkeypatch):
     monkeypatch.setattr(ft, "head_path", lambda *models: False)
     full = ft._heldout(student, teacher, held, 1.5)
     assert full["kl"] > 0 and full["ppl"] > 1
-    assert chunked == pytest.approx(full, rel=1e-5)
+    assert chunked["ppl"] == pytest.approx(full["ppl"], rel=1e-5)
+    assert chunked["kl"] == pytest.approx(full["kl"], rel=1e-3)  # a small difference of float32 sums
 
 
 def test_head_path_is_refused_where_logits_are_not_the_head_of_the_last_hidden_state(pair):
