@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -202,6 +203,18 @@ def _plain_head(model: nn.Module, frozen: bool) -> bool:
     return torch.equal(split, model(ids).logits.to(split.dtype))
 
 
+def _chunk_log_probs(h_s: torch.Tensor, h_t: torch.Tensor, heads: tuple, temperature: float) -> Iterator[tuple]:
+    """``(rows, student logits, student log-probs, teacher log-probs)`` for ``_KL_CHUNK`` rows at a time of the last
+    hidden states ``h_s``, ``h_t`` [rows, d] through the output ``heads`` (student's, teacher's); [chunk, vocab]
+    each, fp32, the log-probs at ``temperature``."""
+    head_s, head_t = heads
+    for start in range(0, h_s.shape[0], _KL_CHUNK):
+        rows = slice(start, start + _KL_CHUNK)
+        logits = head_s(h_s[rows]).float()  # [chunk, vocab]
+        logp_t = F.log_softmax(head_t(h_t[rows]).float() / temperature, dim=-1)  # [chunk, vocab]
+        yield rows, logits, F.log_softmax(logits / temperature, dim=-1), logp_t
+
+
 class _ChunkedKL(torch.autograd.Function):
     """Summed KL(teacher || student) over rows from the last hidden states ``h_s``, ``h_t`` [rows, d], the logits
     made ``_KL_CHUNK`` rows at a time. The gradient w.r.t. ``h_s`` is formed in the forward pass
@@ -210,14 +223,10 @@ class _ChunkedKL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h_s, h_t, heads, temperature):
-        head_s, head_t = heads
         total = torch.zeros((), dtype=torch.float64, device=h_s.device)
         grad = torch.empty(h_s.shape, dtype=torch.float32, device=h_s.device)  # [rows, d]
-        weight = head_s.weight.float()  # [vocab, d]
-        for start in range(0, h_s.shape[0], _KL_CHUNK):
-            rows = slice(start, start + _KL_CHUNK)
-            logp_s = F.log_softmax(head_s(h_s[rows]).float() / temperature, dim=-1)  # [chunk, vocab]
-            logp_t = F.log_softmax(head_t(h_t[rows]).float() / temperature, dim=-1)  # [chunk, vocab]
+        weight = heads[0].weight.float()  # [vocab, d]
+        for rows, _, logp_s, logp_t in _chunk_log_probs(h_s, h_t, heads, temperature):
             total += F.kl_div(logp_s, logp_t, log_target=True, reduction="sum").double()
             dlogits = (logp_s.exp() - logp_t.exp()) / temperature  # [chunk, vocab]
             grad[rows] = dlogits @ weight  # [chunk, d]
@@ -233,13 +242,20 @@ class _ChunkedKL(torch.autograd.Function):
 
 @torch.no_grad()
 def _heldout(
-    student: nn.Module, teacher: nn.Module, heldout: torch.Tensor, temperature: float, world: World | None = None
+    student: nn.Module,
+    teacher: nn.Module,
+    heldout: torch.Tensor,
+    temperature: float,
+    world: World | None = None,
+    chunked: bool | None = None,
 ) -> dict[str, float]:
     """Held-out perplexity of the student and its mean per-token KL to the teacher, one window at a time (under
-    torchrun the windows are split between the ranks and the per-window values summed in window order)."""
+    torchrun the windows are split between the ranks and the per-window values summed in window order).
+    ``chunked`` (default: :func:`head_path` decides): the logits a chunk of positions at a time."""
     world = world or World()
+    chunked = head_path(student, teacher) if chunked is None else chunked
     with prefer_backend("torch"):  # whole windows: dense matmuls (cached dequantized weights) on every device
-        values = _heldout_values(student, teacher, heldout, temperature, world)
+        values = _heldout_values(student, teacher, heldout, temperature, world, chunked)
     merged = {w: v for share in world.all_gather(values) for w, v in share.items()}
     nll = kl = 0.0
     for w in range(heldout.shape[0]):
@@ -248,10 +264,9 @@ def _heldout(
     return {"ppl": math.exp(nll / heldout.shape[0]), "kl": kl / heldout.shape[0]}
 
 
-def _heldout_values(student, teacher, heldout: torch.Tensor, temperature: float, world: World) -> dict:
-    """``{window: (nll, kl)}`` for this rank's share of the held-out windows (their logits a chunk of positions at
-    a time where :func:`head_path` allows)."""
-    chunked = head_path(student, teacher)
+def _heldout_values(student, teacher, heldout: torch.Tensor, temperature: float, world: World, chunked: bool) -> dict:
+    """``{window: (nll, kl)}`` for this rank's share of the held-out windows (``chunked``: their logits a chunk of
+    positions at a time)."""
     values = {}
     for w in range(world.rank, heldout.shape[0], world.size):
         window = heldout[w]  # [seqlen]
@@ -270,16 +285,12 @@ def _window_values_chunked(student, teacher, window: torch.Tensor, temperature: 
     """One window's mean next-token NLL and mean per-position KL, the logits ``_KL_CHUNK`` positions at a time."""
     h_s = student.base_model(window[None]).last_hidden_state[0]  # [seqlen, d]
     h_t = teacher.base_model(window[None]).last_hidden_state[0]  # [seqlen, d]
-    head_s, head_t = student.get_output_embeddings(), teacher.get_output_embeddings()
+    heads = (student.get_output_embeddings(), teacher.get_output_embeddings())
     n = window.numel()
     nll = kl = 0.0
-    for start in range(0, n, _KL_CHUNK):
-        rows = slice(start, start + _KL_CHUNK)
-        logits = head_s(h_s[rows]).float()  # [chunk, vocab]
-        targets = window[start + 1 : start + 1 + _KL_CHUNK]  # the next tokens; the window's last has none
+    for rows, logits, logp, target in _chunk_log_probs(h_s, h_t, heads, temperature):
+        targets = window[rows.start + 1 : rows.stop + 1]  # the next tokens; the window's last has none
         nll += float(F.cross_entropy(logits[: targets.numel()], targets, reduction="sum"))
-        logp = F.log_softmax(logits / temperature, dim=-1)
-        target = F.log_softmax(head_t(h_t[rows]).float() / temperature, dim=-1)
         kl += float(F.kl_div(logp, target, log_target=True, reduction="sum"))
     return nll / (n - 1), kl / n
 
@@ -337,7 +348,7 @@ def distill_(
         if folder is not None:
             state = _open(folder, config, names, params, optimizer, gen, resume, writer=world.main) or state
         if not state["history"]:
-            state["initial"] = _heldout(student, teacher, heldout_ids, config.temperature, world)
+            state["initial"] = _heldout(student, teacher, heldout_ids, config.temperature, world, chunked)
             state["best"] = {"step": 0, **state["initial"]}
             state["best_tensors"] = {n: params[n].detach().clone() for n in names}
         bar = tqdm(total=config.steps, initial=state["step"], desc="distilling", disable=not progress or not world.main)
@@ -358,9 +369,8 @@ def distill_(
             bar.update(1)
             bar.set_postfix(kl=f"{running[-1]:.4f}", best_ppl=f"{state['best']['ppl']:.3f}")
             if state["step"] % config.eval_every == 0 or state["step"] == config.steps:
-                _evaluate(
-                    student, teacher, heldout_ids, config, params, names, state, sum(running) / len(running), world
-                )
+                mean_kl = sum(running) / len(running)
+                _evaluate(student, teacher, heldout_ids, config, params, names, state, mean_kl, world, chunked)
                 running = []
                 if folder is not None and world.main:
                     _commit(folder, config, names, params, optimizer, gen, state)
@@ -370,7 +380,7 @@ def distill_(
                 params[n].copy_(state["best_tensors"][n])
     finally:
         _end_training(student)
-    final = _heldout(student, teacher, heldout_ids, config.temperature, world)
+    final = _heldout(student, teacher, heldout_ids, config.temperature, world, chunked)
     student.to(home)
     teacher.to(teacher_home)
     return DistillReport(
@@ -402,8 +412,10 @@ def _new_state() -> dict[str, Any]:
     return {"step": 0, "bad_evals": 0, "history": [], "initial": None, "best": None, "best_tensors": {}}
 
 
-def _evaluate(student, teacher, heldout, config, params, names, state, train_kl: float, world: World) -> None:
-    found = _heldout(student, teacher, heldout, config.temperature, world)
+def _evaluate(
+    student, teacher, heldout, config, params, names, state, train_kl: float, world: World, chunked: bool
+) -> None:
+    found = _heldout(student, teacher, heldout, config.temperature, world, chunked)
     state["history"].append(
         {"step": state["step"], "train_kl": train_kl, "heldout_ppl": found["ppl"], "heldout_kl": found["kl"]}
     )

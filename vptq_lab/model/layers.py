@@ -57,8 +57,7 @@ class QuantizedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._trainable is not None:
-            names = tuple(self._trainable)
-            return _RecomputedLinear.apply(x, self.bias, self, names, *self._trainable.values())
+            return _RecomputedLinear.apply(x, self.bias, self, *self._trainable.values())
         from vptq_lab.kernels.dispatch import vq_linear
 
         return vq_linear(x, self.qweight, self.bias)
@@ -84,8 +83,9 @@ class QuantizedLinear(nn.Module):
         """The parameters of the fine-tuning in progress (name -> fp32 parameter), empty outside one."""
         return dict(self._trainable or {})
 
-    def _trainable_view(self) -> QuantizedWeight:
-        return replace(self.qweight, **self._trainable)
+    def _dequantize_trainable(self, values: list[torch.Tensor]) -> torch.Tensor:
+        """fp32 W [out, in] from the trainable tensors' ``values`` (in ``self._trainable``'s order)."""
+        return dequantize(replace(self.qweight, **dict(zip(self._trainable, values))), self._codes)
 
     def commit_centroids(self) -> None:
         """End fine-tuning: store the trained codebooks back in fp16 (indices are unchanged)."""
@@ -104,10 +104,10 @@ class _RecomputedLinear(torch.autograd.Function):
     about 0.6 GB more at the peak of each fine-tuning step, for one more dequantization per layer and step."""
 
     @staticmethod
-    def forward(ctx, x, bias, layer, names, *params):
-        ctx.layer, ctx.names = layer, names
+    def forward(ctx, x, bias, layer, *params):
+        ctx.layer = layer
         ctx.save_for_backward(x, *params)
-        w = dequantize(replace(layer.qweight, **dict(zip(names, params))), layer._codes)  # [out, in] fp32, no graph
+        w = layer._dequantize_trainable(params)  # [out, in] fp32, no graph
         return nn.functional.linear(x, w.to(x.dtype), bias)
 
     @staticmethod
@@ -115,13 +115,13 @@ class _RecomputedLinear(torch.autograd.Function):
         x, *params = ctx.saved_tensors
         with torch.enable_grad():
             leaves = [p.detach().requires_grad_(True) for p in params]
-            w = dequantize(replace(ctx.layer.qweight, **dict(zip(ctx.names, leaves))), ctx.layer._codes)  # [out, in]
+            w = ctx.layer._dequantize_trainable(leaves)  # [out, in]
             grad_w = grad_out.reshape(-1, grad_out.shape[-1]).T.to(w.dtype) @ x.reshape(-1, x.shape[-1]).to(w.dtype)
             grads = torch.autograd.grad(w, leaves, grad_w, allow_unused=True)
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
         grad_x = (grad_out.to(w.dtype) @ w).to(x.dtype) if ctx.needs_input_grad[0] else None
         grad_b = grad_out.reshape(-1, grad_out.shape[-1]).sum(0) if ctx.needs_input_grad[1] else None
-        return grad_x, grad_b, None, None, *grads
+        return grad_x, grad_b, None, *grads
 
 
 def module_tensors(module: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]]]:
