@@ -16,7 +16,8 @@ memory, more CPU time; ``benchmarks/results/distill_memory.json``); the default 
 ``peak_rss_gb`` is the whole run's peak, evaluation included; ``details`` also holds ``recipe_peak_rss_gb``, the
 peak of quantization and fine-tuning alone (the recipe a user runs), and ``recipe_cpu_seconds``, their CPU time
 (with one thread, the time the recipe would take alone even beside other jobs). ``--rerun`` measures rows again that are
-already cached (the newest line wins).
+already cached (the newest line wins). ``--fresh`` quantizes afresh a row that would reuse another row's
+quantization (``QUANTIZED_AS``), so that its time is one run's.
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ SHARED_2BIT = {"vector_lens": (-1, 6), "num_centroids": (-1, 2048), "group_num":
 PLAN = {
     "vptq2-e2e": (2, "2-bit preset + end-to-end distillation", False, True, {}),
     "vptq2-lw-e2e": (2, "2-bit preset + layer-wise + end-to-end", True, True, {}),
+    "vptq2-e2e-cos240": (2, "2-bit preset + end-to-end, 240 steps, cosine lr", False, True, {}),
+    "vptq2-e2e-cos240-lr5e-4": (2, "2-bit preset + end-to-end, 240 steps, cosine lr 5e-4", False, True, {}),
     "vptq2-shared": (2, "2-bit, one v6/k2048 codebook per block", False, False, SHARED_2BIT),
     "vptq2-shared-e2e": (2, "2-bit, one v6/k2048 codebook per block + end-to-end", False, True, SHARED_2BIT),
     "vptq3-e2e": (3, "3-bit preset + end-to-end distillation", False, True, {}),
@@ -75,14 +78,27 @@ PLAN = {
 # A row whose quantization is another row's, config for config: it starts from a copy of that row's block
 # checkpoints (quantization is deterministic for a seed and thread count), and its time and memory add that row's
 # quantization to its own fine-tuning, so the row still counts everything.
-QUANTIZED_AS = {"vptq2-shared-e2e": "vptq2-shared"}
+QUANTIZED_AS = {
+    "vptq2-shared-e2e": "vptq2-shared",
+    "vptq2-e2e-cos240": "vptq2-e2e",
+    "vptq2-e2e-cos240-lr5e-4": "vptq2-e2e",
+}
+# A row's changes to DISTILL (the rows not named here use DISTILL itself).
+DISTILL_CHANGES = {
+    "vptq2-e2e-cos240": {"steps": 240, "schedule": "cosine"},
+    "vptq2-e2e-cos240-lr5e-4": {"steps": 240, "schedule": "cosine", "lr": 5e-4},
+}
+
+
+def distill_config(name: str) -> DistillConfig:
+    return DISTILL.replace(**DISTILL_CHANGES.get(name, {}))
 
 
 def _key(name: str, windows: int) -> str:
     key = {
         "row": name,
         "windows": windows,
-        "distill": DISTILL.to_dict(),
+        "distill": _distill_key(distill_config(name)),
         "distill_data": DISTILL_DATA,
         **cache_versions(),
     }
@@ -91,7 +107,15 @@ def _key(name: str, windows: int) -> str:
     return json.dumps(key, sort_keys=True)
 
 
-def run_row(name: str, windows: int, malloc: str) -> dict:
+def _distill_key(config: DistillConfig) -> dict:
+    """Rows keyed before learning-rate schedules existed (all constant) keep their keys."""
+    key = config.to_dict()
+    if key["schedule"] == "constant":
+        del key["schedule"]
+    return key
+
+
+def run_row(name: str, windows: int, malloc: str, reuse: bool = True) -> dict:
     budget, recipe, layerwise, e2e, changes = PLAN[name]
     commit = code_commit()  # the code that runs, read before the long work
     config = preset(budget).replace(finetune=layerwise, finetune_batch=1, **changes)
@@ -103,13 +127,13 @@ def run_row(name: str, windows: int, malloc: str) -> dict:
             calib = calibration_windows(tokenizer, valid, config.nsamples, config.seqlen, config.seed)
             # block checkpoints: a rerun after a crash (in distillation, say) resumes instead of quantizing again
             ckpt = CHECKPOINTS / name
-            reused = _reuse_quantization(name, ckpt)
+            reused = _reuse_quantization(name, ckpt) if reuse else None
             report = quantize_(student, config, calib, checkpoint_dir=ckpt, resume=ckpt.exists())
             details = {"quantize_s": round(time.perf_counter() - start, 1), "malloc": malloc}
             if e2e:
                 teacher, _ = load_model("default")
                 train, held = split_heldout(tokenize(tokenizer, valid), **DISTILL_DATA, seed=config.seed)
-                distilled = distill_(student, teacher, train, held, DISTILL)
+                distilled = distill_(student, teacher, train, held, distill_config(name))
                 del teacher
                 details["distill"] = distilled.to_dict()
             seconds = round(time.perf_counter() - start, 1)
@@ -197,6 +221,9 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=32)
     parser.add_argument("--malloc", choices=["default", "release"], default="default")
     parser.add_argument("--rerun", action="store_true", help="measure the rows again even if they are cached")
+    parser.add_argument(
+        "--fresh", action="store_true", help="quantize afresh even rows that reuse another row's quantization"
+    )
     args = parser.parse_args()
     if args.malloc == "release" and not release_freed_memory():
         parser.error("--malloc release needs glibc (Linux); pass --malloc default")
@@ -210,7 +237,7 @@ def main() -> None:
                 f"--rerun {name}: {CHECKPOINTS / name} holds the earlier run's block checkpoints, which it would "
                 "resume from instead of quantizing again; move or delete that folder first"
             )
-        row = run_row(name, args.windows, args.malloc)
+        row = run_row(name, args.windows, args.malloc, reuse=not args.fresh)
         with CACHE.open("a") as fh:
             fh.write(json.dumps({"key": key, "row": row}) + "\n")
         print(row, flush=True)

@@ -170,11 +170,14 @@ def test_quantize_with_e2e_then_finetune_again(tiny_model_dir, tmp_path, capsys,
         str(again),
         "--distill-steps",
         "2",
+        "--distill-schedule",
+        "cosine",
         "--no-progress",
         "--json",
     ]
     assert main(argv) == 0
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert json.loads((again / "report.json").read_text())["distill"]["config"]["schedule"] == "cosine"
     assert record["steps_run"] == 2 and (again / "model.safetensors").is_file()
     assert json.loads((again / "config.json").read_text())["quantization_config"]["config_for_layers"]
 

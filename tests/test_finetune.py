@@ -116,8 +116,10 @@ def test_head_path_is_refused_where_logits_are_not_the_head_of_the_last_hidden_s
     assert head_path(student, teacher) and not head_path(student, scaled)
 
 
-def test_distillation_is_deterministic_and_resumes_bit_identically(pair, tmp_path, monkeypatch):
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_distillation_is_deterministic_and_resumes_bit_identically(pair, tmp_path, monkeypatch, schedule):
     teacher, student0, train, held = pair
+    DISTILL = DistillConfig(steps=12, lr=1e-3, batch=4, eval_every=4, patience=10, select="kl", schedule=schedule)
     ref = copy.deepcopy(student0)
     ref_report = distill_(ref, teacher, train, held, DISTILL, progress=False)
 
@@ -158,7 +160,25 @@ def test_distilled_checkpoint_reloads_with_the_same_logits(pair, tmp_path):
         assert torch.equal(load_quantized(folder)[0](held).logits, student(held).logits)
 
 
+def test_cosine_schedule_sets_every_steps_learning_rate(pair, monkeypatch):
+    teacher, student0, train, held = pair
+    config = DistillConfig(steps=4, lr=1e-3, eval_every=2, select="kl", schedule="cosine")
+    assert [config.lr_at(s) for s in range(4)] == pytest.approx([1e-3, 0.853553e-3, 0.5e-3, 0.146447e-3], rel=1e-5)
+    assert config.replace(schedule="constant").lr_at(3) == 1e-3
+    seen, step = [], torch.optim.Adam.step
+
+    def recording(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording)
+    distill_(copy.deepcopy(student0), teacher, train, held, config, progress=False)
+    assert seen == [config.lr_at(s) for s in range(4)]
+
+
 def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="schedule='linear' must be one of"):
+        DistillConfig(schedule="linear")
     with pytest.raises(ValueError, match="steps=0 must be an int >= 1"):
         DistillConfig(steps=0)
     with pytest.raises(ValueError, match="lr=-1"):

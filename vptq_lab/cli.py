@@ -27,6 +27,12 @@ FINETUNE_CHOICES = ("none", "layer", "e2e", "layer+e2e")
 def _add_distill_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--distill-steps", type=_positive_int, default=None, help="Adam steps at most (default 80)")
     p.add_argument("--distill-lr", type=float, default=None, help="learning rate (default 2e-4)")
+    p.add_argument(
+        "--distill-schedule",
+        choices=["constant", "cosine"],
+        default=None,
+        help="learning rate over the steps: constant (default) or cosine (down to 0 at the last step)",
+    )
 
 
 def _add_device_args(p: argparse.ArgumentParser) -> None:
@@ -384,6 +390,8 @@ def _distill_settings(args: argparse.Namespace) -> dict:
         if not args.distill_lr > 0:
             raise VPTQLabError(f"--distill-lr {args.distill_lr} must be > 0 (try 2e-4)")
         settings["lr"] = args.distill_lr
+    if args.distill_schedule is not None:
+        settings["schedule"] = args.distill_schedule
     return settings
 
 

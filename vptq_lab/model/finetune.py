@@ -61,6 +61,7 @@ TENSORS = "distill-tensors.safetensors"
 STATE_VERSION = 1
 # The windows the CLI trains and selects on, from WikiText-2 validation (split_heldout's arguments).
 DISTILL_WINDOWS = {"seqlen": 512, "train": 256, "heldout": 2}
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class DistillConfig(JsonConfig):
 
     steps: int = 80  # Adam steps at most
     lr: float = 2e-4
+    schedule: str = "constant"  # "constant" lr, or "cosine": lr * (1 + cos(pi * step / steps)) / 2, down to 0
     batch: int = 1  # training windows per step
     eval_every: int = 20  # steps between held-out evaluations (and checkpoints)
     patience: int = 3  # evaluations without improvement before stopping early
@@ -77,6 +79,12 @@ class DistillConfig(JsonConfig):
     train_norms: bool = True  # the RMSNorm weights (and weight_scale/weight_bias with enable_norm)
     select: str = "ppl"  # keep the state with the lowest held-out "ppl" (perplexity) or "kl" (to the teacher)
     seed: int = 0
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of step ``step`` (0-based): a function of the step alone, so a resumed run has it."""
+        if self.schedule == "cosine":
+            return self.lr * 0.5 * (1.0 + math.cos(math.pi * step / self.steps))
+        return self.lr
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch", "eval_every", "patience"):
@@ -91,6 +99,8 @@ class DistillConfig(JsonConfig):
                 or not (math.isfinite(value) and value > 0)
             ):
                 raise ValueError(f"{name}={value!r} must be a positive number (lr: try 1e-4)")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule={self.schedule!r} must be one of {SCHEDULES}")
         if self.select not in ("ppl", "kl"):
             raise ValueError(f"select={self.select!r} must be 'ppl' (held-out perplexity) or 'kl' (held-out KL)")
         if not isinstance(self.train_norms, bool):
@@ -363,6 +373,8 @@ def distill_(
                 loss.backward()
             if world.distributed:
                 _average_gradients([params[n] for n in names], world)
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr_at(state["step"])
             optimizer.step()
             running.append(_mean_loss(float(loss.detach()), world))
             state["step"] += 1
