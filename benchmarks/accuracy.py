@@ -232,10 +232,10 @@ def main() -> None:
         key = _key(name, args.windows)
         if key in done and not args.rerun:
             continue
-        if key in done and (CHECKPOINTS / name).exists():
+        if (key in done or args.fresh) and (CHECKPOINTS / name).exists():
             parser.error(
-                f"--rerun {name}: {CHECKPOINTS / name} holds the earlier run's block checkpoints, which it would "
-                "resume from instead of quantizing again; move or delete that folder first"
+                f"{name}: {CHECKPOINTS / name} holds an earlier run's block checkpoints, which --rerun or --fresh "
+                "would resume from instead of quantizing again; move or delete that folder first"
             )
         row = run_row(name, args.windows, args.malloc, reuse=not args.fresh)
         with CACHE.open("a") as fh:
