@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 from vptq_lab.core.config import VPTQConfig
 from vptq_lab.core.hessian_ops import act_order, column_loop, condition_hessian, inverse_cholesky_upper, proxy_loss
 from vptq_lab.core.packing import merge_codes, pack_codes, split_codes, unpack_codes
-from vptq_lab.core.quantizer import from_vectors, quantize_with_trace, to_vectors, vptq_quantize, vq_no_feedback
+from vptq_lab.core.quantizer import (
+    from_vectors,
+    kmeans_only_loss,
+    quantize_with_trace,
+    to_vectors,
+    vptq_quantize,
+    vq_no_feedback,
+)
 from vptq_lab.core.qweight import QuantizedWeight, dequantize
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -306,3 +313,18 @@ def test_column_loop_errors_are_scaled_residuals_of_the_updated_columns() -> Non
     updated = torch.stack([seen[j] for j in range(12)], 1)  # [out, in]
     assert torch.allclose(E * torch.diag(U), updated - Q, atol=1e-5)
     assert not torch.allclose(updated, W)  # the feedback did move later columns
+
+
+@pytest.mark.parametrize("kw", COMBOS)
+def test_the_kmeans_only_loss_computed_elsewhere_is_the_same_bits(kw: dict) -> None:
+    W, H = _layer(out=62 if kw.get("vector_lens", (0, 4))[1] == 5 else 64)
+    cfg = _cfg(**kw)
+    whole = vptq_quantize(W, H, cfg)
+    elsewhere = kmeans_only_loss(W, H, cfg)
+    assert elsewhere == whole.info["proxy_loss_rel_kmeans_only"]
+    handed = vptq_quantize(W, H, cfg, kmeans_only_loss=lambda: elsewhere)  # the k-means-only pass skipped
+    assert torch.equal(handed.indices, whole.indices) and handed.info == {
+        **whole.info,
+        "seconds": handed.info["seconds"],
+    }
+    assert "kmeans_only_assign" not in handed.info["seconds"] and "kmeans_only_assign" in whole.info["seconds"]

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -42,6 +42,7 @@ __all__ = [
     "vq_no_feedback",
     "shared_codebooks",
     "quantize_with_trace",
+    "kmeans_only_loss",
     "prepare_layer",
     "normalise_columns",
     "column_order",
@@ -102,7 +103,8 @@ class VPTQTrace:
 
     prepared: Prepared
     parts: list[Part]
-    kmeans_only: torch.Tensor  # [out, in] codebook init + nearest assignment, no feedback
+    kmeans_only: torch.Tensor | None  # [out, in] codebook init + nearest assignment, no feedback (None: computed
+    # by another process, see kmeans_only_loss)
     first_pass: torch.Tensor  # [out, in] main codebook only
     reconstruction: torch.Tensor  # [out, in] final (what dequantize(qw) must give)
 
@@ -400,6 +402,7 @@ def quantize_with_trace(
     config: VPTQConfig,
     feedback: bool = True,
     codebooks: Sequence[torch.Tensor] | None = None,
+    kmeans_only_loss: Callable[[], float] | None = None,
 ) -> tuple[QuantizedWeight, VPTQTrace]:
     """:func:`vptq_quantize` that also returns the intermediate results (:class:`VPTQTrace`)."""
     seconds: dict[str, float] = {}
@@ -407,8 +410,10 @@ def quantize_with_trace(
         prep = prepare_layer(W, H, config, feedback)
     with _timed(seconds, "kmeans"):
         parts = init_codebooks(prep, config, codebooks)
-    with _timed(seconds, "kmeans_only_assign"):
-        kmeans_only = quantize_columns(prep, parts, feedback=False)
+    kmeans_only = None
+    if kmeans_only_loss is None or not feedback:
+        with _timed(seconds, "kmeans_only_assign"):
+            kmeans_only = quantize_columns(prep, parts, feedback=False)
     first = kmeans_only
     if feedback:
         with _timed(seconds, "column_loop"):
@@ -420,11 +425,22 @@ def quantize_with_trace(
             final = quantize_columns(prep, parts, config.blocksize, feedback)
     with _timed(seconds, "pack"):
         qw = pack_layer(prep, parts, final, config)
-    trace = VPTQTrace(
-        prep, parts, to_original(kmeans_only.Q, prep), to_original(first.Q, prep), to_original(final.Q, prep)
-    )
-    qw.info.update(_info(W, H, qw, trace, final, feedback, seconds))
+    assert first is not None and final is not None
+    kmeans_only_q = to_original(kmeans_only.Q, prep) if kmeans_only is not None else None
+    trace = VPTQTrace(prep, parts, kmeans_only_q, to_original(first.Q, prep), to_original(final.Q, prep))
+    qw.info.update(_info(W, H, qw, trace, final, feedback, seconds, kmeans_only_loss))
     return qw, trace
+
+
+def kmeans_only_loss(
+    W: torch.Tensor, H: torch.Tensor, config: VPTQConfig, codebooks: Sequence[torch.Tensor] | None = None
+) -> float:
+    """``info["proxy_loss_rel_kmeans_only"]`` of :func:`vptq_quantize` alone (the same bits): the relative proxy loss
+    of the nearest-centroid reconstruction without feedback. Another process can compute it while the first runs
+    the column loop, and hand it over through ``vptq_quantize(..., kmeans_only_loss=)``."""
+    prep = prepare_layer(W, H, config, feedback=False)
+    parts = init_codebooks(prep, config, codebooks)
+    return proxy_loss(W, to_original(quantize_columns(prep, parts, feedback=False).Q, prep), H)
 
 
 def _info(
@@ -435,13 +451,19 @@ def _info(
     final: Pass,
     feedback: bool,
     seconds: dict[str, float],
+    kmeans_only_loss: Callable[[], float] | None = None,
 ) -> dict:
     parts, prep = trace.parts, trace.prepared
     groups = parts[1:] if prep.outlier_size else parts
+    if trace.kmeans_only is not None:
+        kmeans_only = proxy_loss(W, trace.kmeans_only, H)
+    else:
+        assert kmeans_only_loss is not None
+        kmeans_only = kmeans_only_loss()
     info = {
         "proxy_loss_rel": proxy_loss(W, dequantize(qw), H),
         "proxy_loss_rel_first_pass": proxy_loss(W, trace.first_pass, H),
-        "proxy_loss_rel_kmeans_only": proxy_loss(W, trace.kmeans_only, H),
+        "proxy_loss_rel_kmeans_only": kmeans_only,
         "codebook_utilisation": _mean(_utilisation(final.codes, groups)),
         "feedback": feedback,
         "dead_columns": int(prep.dead.sum()),
@@ -465,6 +487,7 @@ def vptq_quantize(
     config: VPTQConfig,
     feedback: bool = True,
     codebooks: Sequence[torch.Tensor] | None = None,
+    kmeans_only_loss: Callable[[], float] | None = None,
 ) -> QuantizedWeight:
     """Quantize one linear with VPTQ. W [out, in], H [in, in] -> :class:`QuantizedWeight`.
 
@@ -473,8 +496,10 @@ def vptq_quantize(
     utilisation and seconds per step. ``feedback=False`` is plain weighted
     k-means VQ (no second-order column loop) with the same v and k. ``codebooks``: fixed codebooks (one
     ``[k, v]`` per part, e.g. :func:`shared_codebooks`) in place of this layer's own k-means.
+    ``kmeans_only_loss`` (with feedback): a callable giving ``info["proxy_loss_rel_kmeans_only"]`` computed
+    elsewhere (:func:`kmeans_only_loss` in another process); the k-means-only pass is then skipped here.
     """
-    return quantize_with_trace(W, H, config, feedback, codebooks)[0]
+    return quantize_with_trace(W, H, config, feedback, codebooks, kmeans_only_loss)[0]
 
 
 def vq_no_feedback(

@@ -16,6 +16,7 @@ block and ends bit-identical to an uninterrupted run.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -30,7 +31,7 @@ from tqdm.auto import tqdm
 from vptq_lab.core.bits import bits_per_weight, size_weighted_mean
 from vptq_lab.core.config import VPTQConfig, layer_plan
 from vptq_lab.core.methods import METHODS, dequantized
-from vptq_lab.core.quantizer import fit_part_codebook, part_shapes, prepare_layer, shared_codebooks
+from vptq_lab.core.quantizer import fit_part_codebook, kmeans_only_loss, part_shapes, prepare_layer, shared_codebooks
 from vptq_lab.core.qweight import QuantizedWeight
 from vptq_lab.errors import VPTQLabError
 from vptq_lab.kernels.dispatch import prefer_backend
@@ -302,11 +303,11 @@ def _checked_weight(module: nn.Module, name: str, H: torch.Tensor, ctx: _BlockCo
 
 
 def _run_method(
-    W: torch.Tensor, H: torch.Tensor, name: str, ctx: _BlockContext, codebooks: list[torch.Tensor] | None
+    W: torch.Tensor, H: torch.Tensor, name: str, ctx: _BlockContext, codebooks: list[torch.Tensor] | None, **extra: Any
 ) -> tuple[Any, float]:
-    """(the method's result for one linear, seconds)."""
+    """(the method's result for one linear, seconds). ``extra``: more keyword arguments for the method."""
     start = time.perf_counter()
-    shared = {"codebooks": codebooks} if codebooks is not None else {}
+    shared = {"codebooks": codebooks, **extra} if codebooks is not None else extra
     try:
         result = METHODS[ctx.method].quantize(W, H.float(), ctx.config, **shared)
     except VPTQLabError:
@@ -390,6 +391,16 @@ def _split_codebooks(weights: dict[str, torch.Tensor], H: torch.Tensor, ctx: _Bl
     return out
 
 
+def _helpers(todo: list[str], owners: list[int], ctx: _BlockContext) -> dict[str, int]:
+    """For a stage with fewer linears than ranks (o_proj, down_proj): a rank that owns no linear computes each
+    owned linear's k-means-only pass (a diagnostic, :func:`kmeans_only_loss`) while the owner runs the column loop,
+    rather than wait. ``{linear: helper rank}``; empty when every rank owns a linear."""
+    idle = [r for r in range(ctx.world.size) if r not in owners]
+    if ctx.method != "vptq" or not idle:
+        return {}
+    return {name: idle[i % len(idle)] for i, name in enumerate(todo)}
+
+
 def _quantize_stage(block: nn.Module, names: tuple[str, ...], H: torch.Tensor, tokens: int, ctx: _BlockContext) -> None:
     """Quantize the linears of one stage (they share ``H``). One process: one after another. Several: each
     codebook part and each linear is computed by its owner rank and shared, in the same order on every rank."""
@@ -401,11 +412,21 @@ def _quantize_stage(block: nn.Module, names: tuple[str, ...], H: torch.Tensor, t
     weights = {n: _checked_weight(get_module(block, n), n, H, ctx) for n in todo}
     codebooks = _split_codebooks(weights, H, ctx)
     owners = assign([_linear_cost(tuple(W.shape), ctx) for W in weights.values()], ctx.world.size)
+    helpers = _helpers(todo, owners, ctx)
     done = {}
     for name, owner in zip(todo, owners):  # first every linear this rank owns, then the exchange: no rank waits
+        linear_codebooks = codebooks.get(name, ctx.codebooks)
+        helper = helpers.get(name)
         if owner == ctx.world.rank:
-            result, seconds = _run_method(weights[name], H, name, ctx, codebooks.get(name, ctx.codebooks))
+            extra = {}
+            if helper is not None:  # the helper's value, received when the owner's info needs it
+                extra["kmeans_only_loss"] = functools.partial(ctx.world.share, None, helper)
+            result, seconds = _run_method(weights[name], H, name, ctx, linear_codebooks, **extra)
             done[name] = (_on(result, "cpu"), seconds)
+        elif helper == ctx.world.rank:
+            ctx.world.share(kmeans_only_loss(weights[name], H.float(), ctx.config, linear_codebooks), helper)
+        elif helper is not None:
+            ctx.world.share(None, helper)  # a collective: every rank takes part, in the order of the linears
     for name, owner in zip(todo, owners):
         result, seconds = ctx.world.share(done.get(name), owner)
         _install(block, name, weights[name], H, tokens, _on(result, ctx.world.device), seconds, ctx)
