@@ -42,7 +42,7 @@ from vptq_lab import (
     release_freed_memory,
 )
 from vptq_lab.io.data import tokenize
-from vptq_lab.lab.compare import cache_versions, code_commit, current_rows, peak_rss
+from vptq_lab.lab.compare import cache_versions, code_commit, config_key, current_rows, peak_rss
 from vptq_lab.model.finetune import DISTILL_WINDOWS, DistillConfig, distill_, split_heldout
 
 CACHE = RESULTS / "accuracy.cache.jsonl"
@@ -98,21 +98,13 @@ def _key(name: str, windows: int) -> str:
     key = {
         "row": name,
         "windows": windows,
-        "distill": _distill_key(distill_config(name)),
+        "distill": config_key(distill_config(name)),
         "distill_data": DISTILL_DATA,
         **cache_versions(),
     }
     if PLAN[name][4]:  # rows keyed before the preset changes existed keep their keys
         key["changes"] = {k: list(v) if isinstance(v, tuple) else v for k, v in PLAN[name][4].items()}
     return json.dumps(key, sort_keys=True)
-
-
-def _distill_key(config: DistillConfig) -> dict:
-    """Rows keyed before learning-rate schedules existed (all constant) keep their keys."""
-    key = config.to_dict()
-    if key["schedule"] == "constant":
-        del key["schedule"]
-    return key
 
 
 def run_row(name: str, windows: int, malloc: str, reuse: bool = True) -> dict:

@@ -25,7 +25,16 @@ from vptq_lab.errors import VPTQLabError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["compare", "CompareSettings", "peak_rss", "current_rows", "cache_versions", "code_commit", "RESULTS_VERSION"]
+__all__ = [
+    "compare",
+    "CompareSettings",
+    "peak_rss",
+    "current_rows",
+    "cache_versions",
+    "config_key",
+    "code_commit",
+    "RESULTS_VERSION",
+]
 
 COLUMNS = [
     "model",
@@ -96,8 +105,13 @@ def peak_rss(interval: float = 0.05) -> Iterator[dict[str, float]]:
 RESULTS_VERSION = 1
 
 # Config fields added after caches were first written: left out of a row's key while they hold their
-# default, so rows cached before the field existed are still found.
-_KEY_OMIT_AT_DEFAULT = {"finetune_batch": 0, "codebook_scope": "per-linear"}
+# default, so rows cached before the field existed are still found (VPTQConfig's, then DistillConfig's).
+_KEY_OMIT_AT_DEFAULT = {"finetune_batch": 0, "codebook_scope": "per-linear", "schedule": "constant"}
+
+
+def config_key(config: Any) -> dict[str, Any]:
+    """A config as a cached row's key holds it: its fields, less those added later that still hold their default."""
+    return {k: v for k, v in config.to_dict().items() if k not in _KEY_OMIT_AT_DEFAULT or v != _KEY_OMIT_AT_DEFAULT[k]}
 
 
 def cache_versions() -> dict[str, int]:
@@ -110,8 +124,7 @@ def cache_versions() -> dict[str, int]:
 def _row_key(model: str, method: str, config: Any, settings: CompareSettings) -> str:
     """What a cached row measured: model, method, config, windows and calibration, plus the versions of the code
     that computed it and of the checkpoint format."""
-    cfg = {k: v for k, v in config.to_dict().items() if k not in _KEY_OMIT_AT_DEFAULT or v != _KEY_OMIT_AT_DEFAULT[k]}
-    key = {"model": model, "method": method, "config": cfg, **settings.key(), **cache_versions()}
+    key = {"model": model, "method": method, "config": config_key(config), **settings.key(), **cache_versions()}
     return json.dumps(key, sort_keys=True)
 
 
