@@ -16,7 +16,7 @@ import time
 from collections import defaultdict
 
 import torch
-from _bench import RESULTS
+from _bench import RESULTS, timed_calls
 
 from vptq_lab import calibration_windows, load_model, load_wikitext2, preset
 from vptq_lab.lab.compare import code_commit
@@ -33,27 +33,10 @@ def main() -> None:
     model.model.layers = model.model.layers[: args.blocks]
     calib = calibration_windows(tokenizer, load_wikitext2("validation"), config.nsamples, config.seqlen, config.seed)
     spent: dict[str, float] = defaultdict(float)
-
-    def timed(name, fn):
-        def wrapper(*a, **k):
-            t0 = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                spent[name] += time.perf_counter() - t0
-
-        return wrapper
-
-    originals = {n: getattr(calibrate, n) for n in ("_stage_hessians", "run_block", "capture_block_inputs")}
-    for name, fn in originals.items():
-        setattr(calibrate, name, timed(name, fn))
-    try:
+    with timed_calls([(calibrate, n, n) for n in ("_stage_hessians", "run_block", "capture_block_inputs")], spent):
         start = time.perf_counter()
         report = calibrate.quantize_(model, config, calib, keep=True, progress=False)
         total = time.perf_counter() - start
-    finally:
-        for name, fn in originals.items():
-            setattr(calibrate, name, fn)
     per_role: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     shapes = {}
     for name, store in report.store.items():

@@ -16,10 +16,11 @@ Prints one JSON line per rank. To compare two versions of the code (an A/B), exp
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import os
 import time
+
+from _bench import timed_calls
 
 import vptq_lab.core.quantizer as qz
 import vptq_lab.model.calibrate as cal
@@ -28,28 +29,13 @@ from vptq_lab.lab.compare import code_commit
 from vptq_lab.model import distributed as dist_mod
 from vptq_lab.model.distributed import close_distributed, init_distributed
 
-SPENT: collections.Counter = collections.Counter()
-
-
-def _timed(owner: object, name: str, key: str) -> None:
-    real = getattr(owner, name)
-
-    def wrapped(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return real(*args, **kwargs)
-        finally:
-            SPENT[key] += time.perf_counter() - start
-
-    setattr(owner, name, wrapped)
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--blocks", type=int, default=5, help="the first N decoder blocks (the rest are dropped)")
     parser.add_argument("--bits", type=int, default=2)
     args = parser.parse_args()
-    for owner, name, key in [
+    targets = [
         (qz, "prepare_layer", "prepare"),
         (cal, "prepare_layer", "prepare_for_kmeans"),
         (qz, "column_loop", "column_loop"),
@@ -61,18 +47,19 @@ def main() -> None:
         (cal, "run_block", "forward"),
         (dist_mod.World, "share", "comm.share"),
         (dist_mod.World, "reduce_hessian", "comm.reduce_hessian"),
-    ]:
-        _timed(owner, name, key)
+    ]
     world = init_distributed("cpu", 600) if "RANK" in os.environ else None
     model, tokenizer = load_model("default")
     model.model.layers = model.model.layers[: args.blocks]
     config = preset(args.bits)
     ids = calibration_windows(tokenizer, load_wikitext2("validation"), config.nsamples, config.seqlen, config.seed)
-    start = time.perf_counter()
-    quantize_(model, config, ids, progress=False)
-    wall = time.perf_counter() - start
+    spent: dict[str, float] = {}
+    with timed_calls(targets, spent):
+        start = time.perf_counter()
+        quantize_(model, config, ids, progress=False)
+        wall = time.perf_counter() - start
     record = {"rank": int(os.environ.get("RANK", 0)), "blocks": args.blocks, "commit": code_commit()}
-    record.update({"wall": round(wall, 2), **{k: round(v, 2) for k, v in sorted(SPENT.items())}})
+    record.update({"wall": round(wall, 2), **{k: round(v, 2) for k, v in sorted(spent.items())}})
     print(json.dumps(record), flush=True)
     if world is not None:
         close_distributed()
