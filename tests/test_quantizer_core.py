@@ -328,3 +328,5 @@ def test_the_kmeans_only_loss_computed_elsewhere_is_the_same_bits(kw: dict) -> N
         "seconds": handed.info["seconds"],
     }
     assert "kmeans_only_assign" not in handed.info["seconds"] and "kmeans_only_assign" in whole.info["seconds"]
+    with pytest.raises(ValueError, match="kmeans_only_loss= needs feedback=True"):
+        vptq_quantize(W, H, cfg, feedback=False, kmeans_only_loss=lambda: elsewhere)

@@ -405,13 +405,17 @@ def quantize_with_trace(
     kmeans_only_loss: Callable[[], float] | None = None,
 ) -> tuple[QuantizedWeight, VPTQTrace]:
     """:func:`vptq_quantize` that also returns the intermediate results (:class:`VPTQTrace`)."""
+    if kmeans_only_loss is not None and not feedback:
+        raise ValueError(
+            "kmeans_only_loss= needs feedback=True: without feedback the k-means-only pass is the result itself"
+        )
     seconds: dict[str, float] = {}
     with _timed(seconds, "prepare"):
         prep = prepare_layer(W, H, config, feedback)
     with _timed(seconds, "kmeans"):
         parts = init_codebooks(prep, config, codebooks)
     kmeans_only = None
-    if kmeans_only_loss is None or not feedback:
+    if kmeans_only_loss is None:
         with _timed(seconds, "kmeans_only_assign"):
             kmeans_only = quantize_columns(prep, parts, feedback=False)
     first = kmeans_only
