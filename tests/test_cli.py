@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from vptq_lab.cli import main
 
@@ -172,12 +173,18 @@ def test_quantize_with_e2e_then_finetune_again(tiny_model_dir, tmp_path, capsys,
         "2",
         "--distill-schedule",
         "cosine",
+        "--distill-train-head",
         "--no-progress",
         "--json",
     ]
     assert main(argv) == 0
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert json.loads((again / "report.json").read_text())["distill"]["config"]["schedule"] == "cosine"
+    config = json.loads((again / "report.json").read_text())["distill"]["config"]
+    assert config["schedule"] == "cosine" and config["train_head"] is True
+    from safetensors.torch import load_file
+
+    embed = "model.embed_tokens.weight"  # tied: the trained head is stored as the input embeddings
+    assert not torch.equal(load_file(again / "model.safetensors")[embed], load_file(out / "model.safetensors")[embed])
     assert record["steps_run"] == 2 and (again / "model.safetensors").is_file()
     assert json.loads((again / "config.json").read_text())["quantization_config"]["config_for_layers"]
 

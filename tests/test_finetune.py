@@ -63,12 +63,14 @@ def test_distillation_lowers_heldout_kl_and_keeps_every_index(pair):
     assert all(not p.requires_grad for p in student.parameters())  # training is over: nothing left trainable
 
 
-@pytest.mark.parametrize("temperature", [1.0, 2.0])
-def test_chunked_kl_matches_the_full_logits_in_value_and_gradient(pair, monkeypatch, temperature):
+@pytest.mark.parametrize("temperature,train_head", [(1.0, False), (2.0, False), (1.5, True)])
+def test_chunked_kl_matches_the_full_logits_in_value_and_gradient(pair, monkeypatch, temperature, train_head):
     teacher, student0, train, _ = pair
     student = copy.deepcopy(student0)
-    params = trainable_parameters(student)
-    assert head_path(student, teacher)  # a Llama: logits are lm_head(last hidden state)
+    params = trainable_parameters(student, train_head=train_head)
+    head = student.get_output_embeddings().weight
+    assert any(p is head for p in params.values()) == train_head
+    assert head_path(student, teacher)  # a Llama: logits are lm_head(last hidden state), trained or not
     monkeypatch.setattr(ft, "_KL_CHUNK", 7)  # chunks that do not divide the 2 x 32 positions
     found = {}
     for chunked in (False, True):
@@ -102,8 +104,9 @@ def test_chunked_heldout_matches_the_full_logits(pair, monkeypatch):
 def test_head_path_is_refused_where_logits_are_not_the_head_of_the_last_hidden_state(pair):
     teacher, student0, _, _ = pair
     student = copy.deepcopy(student0)
-    assert not head_path(student, teacher)  # its head still trains: the chunked gradient would leave it out
-    trainable_parameters(student)  # freezes everything but codebooks and norms
+    student.get_output_embeddings().bias = torch.nn.Parameter(torch.zeros(128))  # a trainable head bias
+    assert not head_path(student, teacher)  # the chunked gradient forms none for a bias
+    student.get_output_embeddings().bias = None
     scaled = copy.deepcopy(teacher)
     forward = scaled.forward
 
@@ -114,6 +117,34 @@ def test_head_path_is_refused_where_logits_are_not_the_head_of_the_last_hidden_s
 
     scaled.forward = capped
     assert head_path(student, teacher) and not head_path(student, scaled)
+
+
+def test_train_head_trains_the_tied_head_and_embeddings_and_lowers_heldout_kl(pair):
+    teacher, student0, train, held = pair
+    student = copy.deepcopy(student0)
+    assert student.get_output_embeddings().weight is student.get_input_embeddings().weight  # tied, as in SmolLM2
+    before = student.get_output_embeddings().weight.detach().clone()
+    indices = _indices(student)
+    report = distill_(student, teacher, train, held, DISTILL.replace(train_head=True), progress=False)
+    head = student.get_output_embeddings().weight
+    assert head is student.get_input_embeddings().weight  # still one tensor
+    assert not torch.equal(head, before)  # the head (and so the embeddings) trained
+    assert report.best["kl"] < report.initial["kl"] and report.config["train_head"] is True
+    after = _indices(student)
+    assert all(torch.equal(indices[n], after[n]) for n in indices)
+    assert all(not p.requires_grad for p in student.parameters())
+    # the default leaves the head as it was
+    frozen = copy.deepcopy(student0)
+    distill_(frozen, teacher, train, held, DISTILL.replace(steps=4), progress=False)
+    assert torch.equal(frozen.get_output_embeddings().weight, before)
+
+
+def test_train_head_without_an_output_head_is_refused(pair):
+    _, student0, _, _ = pair
+    student = copy.deepcopy(student0)
+    student.get_output_embeddings = lambda: None
+    with pytest.raises(VPTQLabError, match="train_head=True.*no output head"):
+        trainable_parameters(student, train_head=True)
 
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])

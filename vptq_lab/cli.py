@@ -33,6 +33,12 @@ def _add_distill_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="learning rate over the steps: constant (default) or cosine (down to 0 at the last step)",
     )
+    p.add_argument(
+        "--distill-train-head",
+        action="store_true",
+        help="train the output head too (and the input embeddings where they are tied to it): the same file and "
+        "bits, more weights to train and more memory (Adam's state for them)",
+    )
 
 
 def _add_device_args(p: argparse.ArgumentParser) -> None:
@@ -392,6 +398,8 @@ def _distill_settings(args: argparse.Namespace) -> dict:
         settings["lr"] = args.distill_lr
     if args.distill_schedule is not None:
         settings["schedule"] = args.distill_schedule
+    if args.distill_train_head:
+        settings["train_head"] = True
     return settings
 
 

@@ -106,7 +106,12 @@ RESULTS_VERSION = 1
 
 # Config fields added after caches were first written: left out of a row's key while they hold their
 # default, so rows cached before the field existed are still found (VPTQConfig's, then DistillConfig's).
-_KEY_OMIT_AT_DEFAULT = {"finetune_batch": 0, "codebook_scope": "per-linear", "schedule": "constant"}
+_KEY_OMIT_AT_DEFAULT = {
+    "finetune_batch": 0,
+    "codebook_scope": "per-linear",
+    "schedule": "constant",
+    "train_head": False,
+}
 
 
 def config_key(config: Any) -> dict[str, Any]:

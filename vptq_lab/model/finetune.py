@@ -4,7 +4,10 @@ After quantization, the whole quantized model (the student) is trained to match 
 teacher): the loss is the KL divergence between their next-token distributions on calibration text, minimised by
 Adam. Only the codebooks (main, residual, outlier), the RMSNorm weights and, with ``enable_norm``, the per-column
 ``weight_scale``/``weight_bias`` train; the indices never change, so the file format and the bits stay the same.
-The embeddings and ``lm_head`` stay frozen.
+The embeddings and ``lm_head`` stay frozen unless ``train_head=True``: then the output head trains too (and with it
+the input embeddings where the model ties them, as SmolLM2 does). Those are the model's 16-bit tensors, stored as
+before, so the file and its bits stay the same; what changes is how many weights train (28M more on SmolLM2-135M,
+against about 1M codebook entries at the 2-bit preset) and the memory Adam needs for them.
 
 - Memory stays bounded: the teacher's logits are recomputed for each step's batch and never kept.
 - Selection is on held-out windows (never the test split): their perplexity is measured every ``eval_every``
@@ -77,6 +80,7 @@ class DistillConfig(JsonConfig):
     patience: int = 3  # evaluations without improvement before stopping early
     temperature: float = 1.0
     train_norms: bool = True  # the RMSNorm weights (and weight_scale/weight_bias with enable_norm)
+    train_head: bool = False  # the output head too (and the input embeddings where they are tied to it)
     select: str = "ppl"  # keep the state with the lowest held-out "ppl" (perplexity) or "kl" (to the teacher)
     seed: int = 0
 
@@ -103,8 +107,9 @@ class DistillConfig(JsonConfig):
             raise ValueError(f"schedule={self.schedule!r} must be one of {SCHEDULES}")
         if self.select not in ("ppl", "kl"):
             raise ValueError(f"select={self.select!r} must be 'ppl' (held-out perplexity) or 'kl' (held-out KL)")
-        if not isinstance(self.train_norms, bool):
-            raise ValueError(f"train_norms={self.train_norms!r} must be a bool")
+        for name in ("train_norms", "train_head"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be a bool")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ValueError(f"seed={self.seed!r} must be an int >= 0")
 
@@ -143,16 +148,25 @@ def split_heldout(ids: torch.Tensor, seqlen: int, train: int, heldout: int, seed
     return torch.stack([ids[s : s + seqlen] for s in starts.tolist()]), held
 
 
-def trainable_parameters(model: nn.Module, train_norms: bool = True) -> dict[str, nn.Parameter]:
-    """Start training: name -> fp32 parameter for every codebook (and norm), everything else frozen."""
+def trainable_parameters(
+    model: nn.Module, train_norms: bool = True, train_head: bool = False
+) -> dict[str, nn.Parameter]:
+    """Start training: name -> fp32 parameter for every codebook (and norm; and ``train_head``: the output head,
+    under its first name, which is the input embeddings' where they are tied), everything else frozen."""
     params: dict[str, nn.Parameter] = {}
     for name, module in model.named_modules():
         if isinstance(module, QuantizedLinear):
             module.trainable_centroids(column_norm=train_norms)
             params.update({f"{name}.{key}": p for key, p in module.trainable.items()})
-    for name, param in model.named_parameters():
+    head = model.get_output_embeddings() if train_head and hasattr(model, "get_output_embeddings") else None
+    if train_head and not isinstance(getattr(head, "weight", None), nn.Parameter):
+        raise VPTQLabError(
+            f"train_head=True, but {type(model).__name__} has no output head with a weight "
+            "(get_output_embeddings()): train without it"
+        )
+    for name, param in model.named_parameters():  # a tied weight is listed once
         is_norm = name.rpartition(".")[0].endswith("norm") and name.endswith(".weight")
-        param.requires_grad_(train_norms and is_norm)
+        param.requires_grad_((train_norms and is_norm) or (head is not None and param is head.weight))
         if param.requires_grad:
             params[name] = param
     if not any(isinstance(m, QuantizedLinear) for m in model.modules()):
@@ -183,7 +197,7 @@ def _kl(
             h_t = teacher.base_model(ids).last_hidden_state.flatten(0, 1)  # [b*seqlen, d]
         h_s = student.base_model(ids).last_hidden_state.flatten(0, 1)  # [b*seqlen, d]
         heads = (student.get_output_embeddings(), teacher.get_output_embeddings())
-        return _ChunkedKL.apply(h_s, h_t, heads, temperature) / h_s.shape[0]
+        return _ChunkedKL.apply(h_s, heads[0].weight, h_t, heads, temperature) / h_s.shape[0]
     with torch.no_grad():
         target = F.log_softmax(teacher(ids).logits.float() / temperature, dim=-1)  # [b, seqlen, vocab]
     logp = F.log_softmax(student(ids).logits.float() / temperature, dim=-1)  # [b, seqlen, vocab]
@@ -195,15 +209,18 @@ _KL_CHUNK = 64  # positions per chunk of logits: 64 x 49k vocabulary x 4 bytes =
 
 def head_path(student: nn.Module, teacher: nn.Module) -> bool:
     """Whether both models' logits are exactly ``get_output_embeddings()(base_model(ids).last_hidden_state)`` with a
-    ``nn.Linear`` head, the student's frozen (true of Llama, GPT-2 and most causal LMs; false where logits are
-    scaled or capped), checked on a few tokens: then :func:`_kl` can make the logits a chunk at a time."""
-    return _plain_head(student, frozen=True) and _plain_head(teacher, frozen=False)
+    ``nn.Linear`` head, the student's bias frozen (true of Llama, GPT-2 and most causal LMs; false where logits are
+    scaled or capped), checked on a few tokens: then :func:`_kl` can make the logits a chunk at a time (the
+    gradient of a trained head's weight included)."""
+    return _plain_head(student, train=True) and _plain_head(teacher, train=False)
 
 
 @torch.no_grad()
-def _plain_head(model: nn.Module, frozen: bool) -> bool:
+def _plain_head(model: nn.Module, train: bool) -> bool:
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if not isinstance(head, nn.Linear) or (frozen and head.weight.requires_grad) or model.base_model is model:
+    if not isinstance(head, nn.Linear) or model.base_model is model:
+        return False
+    if train and head.bias is not None and head.bias.requires_grad:  # _ChunkedKL forms no gradient for a bias
         return False
     ids = torch.arange(min(8, head.out_features), device=head.weight.device)[None] % head.out_features  # [1, 8]
     try:
@@ -227,27 +244,33 @@ def _chunk_log_probs(h_s: torch.Tensor, h_t: torch.Tensor, heads: tuple, tempera
 
 class _ChunkedKL(torch.autograd.Function):
     """Summed KL(teacher || student) over rows from the last hidden states ``h_s``, ``h_t`` [rows, d], the logits
-    made ``_KL_CHUNK`` rows at a time. The gradient w.r.t. ``h_s`` is formed in the forward pass
-    (d KL / d student logits = (softmax_s - softmax_t) / temperature, then through the linear head), so backward
-    keeps only that [rows, d] tensor."""
+    made ``_KL_CHUNK`` rows at a time. ``weight`` is the student head's weight (``heads[0].weight``), an input so
+    that autograd sees it. The gradients are formed in the forward pass (d KL / d student logits = (softmax_s -
+    softmax_t) / temperature, then through the linear head: times the weight for ``h_s``, and, when the weight
+    trains, transposed times ``h_s`` for the weight), so backward keeps only a [rows, d] tensor (and a [vocab, d]
+    one for a trained weight)."""
 
     @staticmethod
-    def forward(ctx, h_s, h_t, heads, temperature):
+    def forward(ctx, h_s, weight, h_t, heads, temperature):
         total = torch.zeros((), dtype=torch.float64, device=h_s.device)
         grad = torch.empty(h_s.shape, dtype=torch.float32, device=h_s.device)  # [rows, d]
-        weight = heads[0].weight.float()  # [vocab, d]
+        weight32 = weight.float()  # [vocab, d]
+        grad_w = torch.zeros_like(weight32) if ctx.needs_input_grad[1] else None  # [vocab, d]
         for rows, _, logp_s, logp_t in _chunk_log_probs(h_s, h_t, heads, temperature):
             total += F.kl_div(logp_s, logp_t, log_target=True, reduction="sum").double()
             dlogits = (logp_s.exp() - logp_t.exp()) / temperature  # [chunk, vocab]
-            grad[rows] = dlogits @ weight  # [chunk, d]
-        ctx.save_for_backward(grad)
-        ctx.dtype = h_s.dtype
+            grad[rows] = dlogits @ weight32  # [chunk, d]
+            if grad_w is not None:
+                grad_w.addmm_(dlogits.T, h_s[rows].float())  # [vocab, chunk] @ [chunk, d]
+        ctx.save_for_backward(grad, grad_w)
+        ctx.dtypes = (h_s.dtype, weight.dtype)
         return total.float()
 
     @staticmethod
     def backward(ctx, grad_out):
-        (grad,) = ctx.saved_tensors
-        return (grad_out * grad).to(ctx.dtype), None, None, None
+        grad, grad_w = ctx.saved_tensors
+        grad_w = None if grad_w is None else (grad_out * grad_w).to(ctx.dtypes[1])
+        return (grad_out * grad).to(ctx.dtypes[0]), grad_w, None, None, None
 
 
 @torch.no_grad()
@@ -347,7 +370,7 @@ def distill_(
     student.to(world.device).eval()
     teacher.to(world.device).eval()
     train_ids, heldout_ids = train_ids.to(world.device), heldout_ids.to(world.device)
-    params = trainable_parameters(student, config.train_norms)
+    params = trainable_parameters(student, config.train_norms, config.train_head)
     names = sorted(params)
     optimizer = torch.optim.Adam([params[n] for n in names], lr=config.lr)
     chunked = head_path(student, teacher)  # logits a chunk of positions at a time (see _kl)
