@@ -71,6 +71,13 @@ PLAN = {
     "vptq2-e2e-cos240": (2, "2-bit preset + end-to-end, 240 steps, cosine lr", False, True, {}),
     "vptq2-e2e-cos240-lr5e-4": (2, "2-bit preset + end-to-end, 240 steps, cosine lr 5e-4", False, True, {}),
     "vptq2-e2e-cos240-lr1e-3": (2, "2-bit preset + end-to-end, 240 steps, cosine lr 1e-3", False, True, {}),
+    "vptq2-e2e-cos240-lr5e-4-head": (
+        2,
+        "2-bit preset + end-to-end, 240 steps, cosine lr 5e-4, head and tied embeddings trained",
+        False,
+        True,
+        {},
+    ),
     "vptq2-shared": (2, "2-bit, one v6/k2048 codebook per block", False, False, SHARED_2BIT),
     "vptq2-shared-e2e": (2, "2-bit, one v6/k2048 codebook per block + end-to-end", False, True, SHARED_2BIT),
     "vptq3-e2e": (3, "3-bit preset + end-to-end distillation", False, True, {}),
@@ -84,12 +91,14 @@ QUANTIZED_AS = {
     "vptq2-e2e-cos240": "vptq2-e2e",
     "vptq2-e2e-cos240-lr5e-4": "vptq2-e2e",
     "vptq2-e2e-cos240-lr1e-3": "vptq2-e2e",
+    "vptq2-e2e-cos240-lr5e-4-head": "vptq2-e2e-cos240-lr5e-4",
 }
 # A row's changes to DISTILL (the rows not named here use DISTILL itself).
 DISTILL_CHANGES = {
     "vptq2-e2e-cos240": {"steps": 240, "schedule": "cosine"},
     "vptq2-e2e-cos240-lr5e-4": {"steps": 240, "schedule": "cosine", "lr": 5e-4},
     "vptq2-e2e-cos240-lr1e-3": {"steps": 240, "schedule": "cosine", "lr": 1e-3},
+    "vptq2-e2e-cos240-lr5e-4-head": {"steps": 240, "schedule": "cosine", "lr": 5e-4, "train_head": True},
 }
 
 
