@@ -188,3 +188,16 @@ def test_code_commit_is_dirty_for_code_changes_only(tmp_path):
     assert code_commit(tmp_path) == clean
     (tmp_path / "code.py").write_text("x = 2\n")
     assert code_commit(tmp_path) == clean + "+dirty"
+
+
+def test_config_key_omits_only_later_fields_left_at_their_default():
+    from vptq_lab.lab.compare import config_key
+    from vptq_lab.model.finetune import DistillConfig
+
+    # fields added after rows were cached drop out at their default, so the old rows keep their keys
+    assert not {"finetune_batch", "codebook_scope"} & set(config_key(SMALL))
+    assert not {"schedule", "train_head"} & set(config_key(DistillConfig()))
+    assert config_key(DistillConfig())["lr"] == DistillConfig().lr  # every other field stays
+    changed = config_key(DistillConfig(schedule="cosine", train_head=True))
+    assert changed["schedule"] == "cosine" and changed["train_head"] is True
+    assert config_key(SMALL.replace(codebook_scope="per-block"))["codebook_scope"] == "per-block"
