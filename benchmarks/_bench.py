@@ -21,6 +21,24 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def add_malloc_arg(parser: argparse.ArgumentParser) -> None:
+    """``--malloc default|release``; apply it with :func:`apply_malloc` after parsing."""
+    parser.add_argument(
+        "--malloc",
+        choices=["default", "release"],
+        default="default",
+        help="release: call vptq_lab.release_freed_memory() first (less resident memory, more CPU time)",
+    )
+
+
+def apply_malloc(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Carry out ``--malloc release`` (glibc only: any other C library is refused with the fix)."""
+    from vptq_lab import release_freed_memory
+
+    if args.malloc == "release" and not release_freed_memory():
+        parser.error("--malloc release needs glibc (Linux); pass --malloc default")
+
+
 def parse_args(description: str) -> argparse.Namespace:
     """Common flags; exits politely when there is no GPU and no smoke mode was asked for."""
     parser = argparse.ArgumentParser(description=description)

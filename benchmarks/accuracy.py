@@ -30,17 +30,9 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from _bench import RESULTS, markdown_table
+from _bench import RESULTS, add_malloc_arg, apply_malloc, markdown_table
 
-from vptq_lab import (
-    calibration_windows,
-    load_model,
-    load_wikitext2,
-    perplexity,
-    preset,
-    quantize_,
-    release_freed_memory,
-)
+from vptq_lab import calibration_windows, load_model, load_wikitext2, perplexity, preset, quantize_
 from vptq_lab.io.data import tokenize
 from vptq_lab.lab.compare import cache_versions, code_commit, config_key, current_rows, peak_rss
 from vptq_lab.model.finetune import DISTILL_WINDOWS, DistillConfig, distill_, split_heldout
@@ -223,14 +215,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="vptq2-e2e", help=f"comma-separated, of {', '.join(PLAN)}; none: table only")
     parser.add_argument("--windows", type=int, default=32)
-    parser.add_argument("--malloc", choices=["default", "release"], default="default")
+    add_malloc_arg(parser)
     parser.add_argument("--rerun", action="store_true", help="measure the rows again even if they are cached")
     parser.add_argument(
         "--fresh", action="store_true", help="quantize afresh even rows that reuse another row's quantization"
     )
     args = parser.parse_args()
-    if args.malloc == "release" and not release_freed_memory():
-        parser.error("--malloc release needs glibc (Linux); pass --malloc default")
+    apply_malloc(parser, args)
     done = current_rows(CACHE)
     for name in [] if args.rows == "none" else args.rows.split(","):
         key = _key(name, args.windows)

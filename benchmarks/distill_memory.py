@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 
 import torch
-from _bench import RESULTS
+from _bench import RESULTS, add_malloc_arg, apply_malloc
 
-from vptq_lab import load_model, load_wikitext2, release_freed_memory
+from vptq_lab import load_model, load_wikitext2
 from vptq_lab.io.data import tokenize
 from vptq_lab.lab.compare import code_commit, peak_rss
 from vptq_lab.model.finetune import DISTILL_WINDOWS, DistillConfig, distill_, split_heldout
@@ -39,14 +39,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--student", type=Path, required=True, help="a saved quantized model folder")
     parser.add_argument("--mode", choices=["plain", "checkpointing"], default="plain")
-    parser.add_argument("--malloc", choices=["default", "release"], default="default")
+    add_malloc_arg(parser)
     parser.add_argument("--steps", type=int, default=3)
     args = parser.parse_args()
     if not (args.student / "model.safetensors").is_file():
         parser.error(f"{args.student} holds no model.safetensors: pass a folder written by `vptq-lab quantize`")
     commit = code_commit()
-    if args.malloc == "release" and not release_freed_memory():
-        parser.error("--malloc release needs glibc (Linux)")
+    apply_malloc(parser, args)
     peaks = {}  # phase -> peak RSS (GiB) while it ran
     with peak_rss(0.01) as mem:
         student, tokenizer = load_model(str(args.student))
