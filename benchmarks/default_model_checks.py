@@ -7,6 +7,9 @@ Three 2-bit quantizations of SmolLM2-135M with the same preset and seed:
 * ``resume``  (process B, then B'): ``vptq-lab quantize --checkpoint-dir`` killed with SIGKILL after a random
   block, then ``--resume``; the folder is evaluated from disk.
 * run A is ``benchmarks/memory.py --save FOLDER`` (it also records peak RSS).
+* ``reload-distilled``: the 2-bit preset (quantized here, or its block checkpoints from ``--from-checkpoints``, copied
+  first), then end-to-end distillation (``--steps``, cosine from lr 5e-4 as the best 2-bit recipe, fewer steps), then
+  perplexity in memory, after a float32 save and reload, and after the default 16-bit save and reload.
 * ``verify``: A, B and C must hold bit-identical tensors (A vs C: two uninterrupted processes; A vs B: an
   interrupted and resumed run against an uninterrupted one), and equal perplexity from disk.
 
@@ -14,6 +17,8 @@ Three 2-bit quantizations of SmolLM2-135M with the same preset and seed:
     OMP_NUM_THREADS=1 python benchmarks/default_model_checks.py reload --work work
     OMP_NUM_THREADS=1 python benchmarks/default_model_checks.py resume --work work
     OMP_NUM_THREADS=1 python benchmarks/default_model_checks.py verify --work work
+    OMP_NUM_THREADS=1 python benchmarks/default_model_checks.py reload-distilled --work work \
+        --from-checkpoints artifacts/accuracy-checkpoints/vptq2-e2e-cos240-lr5e-4
 
 Results go to ``benchmarks/results/default_model_checks.json`` (one key per step, merged).
 """
@@ -118,6 +123,72 @@ def cmd_reload(work: Path) -> None:
     )
 
 
+def cmd_reload_distilled(work: Path, steps: int, source: Path | None) -> None:
+    import shutil
+
+    import torch
+
+    from vptq_lab.core.config import preset
+    from vptq_lab.io.checkpoint import save_quantized
+    from vptq_lab.io.data import calibration_windows, load_wikitext2, tokenize
+    from vptq_lab.io.models import load_model
+    from vptq_lab.lab.eval import perplexity
+    from vptq_lab.model.calibrate import quantize_
+    from vptq_lab.model.finetune import DISTILL_WINDOWS, DistillConfig, distill_, split_heldout
+
+    config = preset(2)
+    ck = work / "D-checkpoints"
+    if source is not None and not ck.exists():
+        if not (source / "progress.json").is_file():
+            raise SystemExit(f"{source} holds no block checkpoints (progress.json): pass a --checkpoint-dir folder")
+        shutil.copytree(source, ck)  # a copy: the source folder is left as it is
+    model, tokenizer = load_model("default")
+    valid = load_wikitext2("validation")
+    calib = calibration_windows(tokenizer, valid, config.nsamples, config.seqlen, config.seed)
+    t0 = time.perf_counter()
+    quantize_(model, config, calib, progress=False, checkpoint_dir=ck, resume=ck.exists())
+    quant_s = time.perf_counter() - t0
+    teacher, _ = load_model("default")
+    train, held = split_heldout(tokenize(tokenizer, valid), **DISTILL_WINDOWS, seed=config.seed)
+    distill = DistillConfig(steps=steps, lr=5e-4, schedule="cosine", eval_every=max(1, steps // 2))
+    report = distill_(model, teacher, train, held, distill, progress=False)
+    del teacher
+    test = load_wikitext2("test")
+    window = tokenize(tokenizer, test)[:, :2048]
+    in_memory = perplexity(model, tokenizer, test, max_windows=EVAL_WINDOWS, progress=False)
+    with torch.no_grad():
+        logits_mem = model(window).logits
+    found = {}
+    for name, dtype in (("float32", torch.float32), ("default", None)):
+        folder = save_quantized(model, tokenizer, work / f"D-{name}", overwrite=True, dtype=dtype)
+        reloaded, tok2 = load_model(str(folder))
+        with torch.no_grad():
+            diff = float((logits_mem - reloaded(window).logits).abs().max())
+        again = perplexity(reloaded, tok2, test, max_windows=EVAL_WINDOWS, progress=False)
+        found[name] = {
+            "perplexity_reloaded": again.perplexity,
+            "first_window_max_abs_logit_diff": diff,
+            "stored_dtype": json.loads((folder / "config.json").read_text())["dtype"],
+            "folder": str(folder),
+        }
+        del reloaded
+    _record(
+        "reload-distilled",
+        {
+            "what": "2-bit preset + end-to-end distillation in this process; perplexity in memory, then after "
+            "save -> load_model with float32 storage (an exact copy) and with the default 16-bit storage",
+            "quantize_seconds": round(quant_s, 1),
+            "quantization_from": str(source) if source is not None else None,
+            "distill": {"config": distill.to_dict(), "best": report.best, "seconds": report.seconds},
+            "windows": EVAL_WINDOWS,
+            "seqlen": 2048,
+            "perplexity_in_memory": in_memory.perplexity,
+            "reloaded": found,
+            "float32_equal": found["float32"]["perplexity_reloaded"] == in_memory.perplexity,
+        },
+    )
+
+
 def _progress(ck: Path) -> int:
     from vptq_lab.model.resume import PROGRESS
 
@@ -206,13 +277,21 @@ def cmd_verify(work: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("step", choices=("reload", "resume", "verify"))
+    parser.add_argument("step", choices=("reload", "resume", "verify", "reload-distilled"))
     parser.add_argument("--work", type=Path, required=True, help="scratch folder holding A, B and C (kept)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the kill point (default: random)")
+    parser.add_argument("--steps", type=int, default=20, help="reload-distilled: distillation steps")
+    parser.add_argument(
+        "--from-checkpoints", type=Path, default=None, help="reload-distilled: block checkpoints of the 2-bit preset"
+    )
     args = parser.parse_args()
+    if args.steps < 1:
+        parser.error(f"--steps {args.steps} must be >= 1")
     args.work.mkdir(parents=True, exist_ok=True)
     if args.step == "reload":
         cmd_reload(args.work)
+    elif args.step == "reload-distilled":
+        cmd_reload_distilled(args.work, args.steps, args.from_checkpoints)
     elif args.step == "resume":
         cmd_resume(args.work, args.seed)
     else:
