@@ -74,6 +74,8 @@ PLAN = {
     "vptq2-shared-e2e": (2, "2-bit, one v6/k2048 codebook per block + end-to-end", False, True, SHARED_2BIT),
     "vptq3-e2e": (3, "3-bit preset + end-to-end distillation", False, True, {}),
     "vptq4-e2e": (4, "4-bit preset + end-to-end distillation", False, True, {}),
+    "vptq3-e2e-cos240-lr5e-4": (3, "3-bit preset + end-to-end, 240 steps, cosine lr 5e-4", False, True, {}),
+    "vptq4-e2e-cos240-lr5e-4": (4, "4-bit preset + end-to-end, 240 steps, cosine lr 5e-4", False, True, {}),
 }
 # A row whose quantization is another row's, config for config: it starts from a copy of that row's block
 # checkpoints (quantization is deterministic for a seed and thread count), and its time and memory add that row's
@@ -91,6 +93,8 @@ DISTILL_CHANGES = {
     "vptq2-e2e-cos240-lr5e-4": {"steps": 240, "schedule": "cosine", "lr": 5e-4},
     "vptq2-e2e-cos240-lr1e-3": {"steps": 240, "schedule": "cosine", "lr": 1e-3},
     "vptq2-e2e-cos240-lr5e-4-head": {"steps": 240, "schedule": "cosine", "lr": 5e-4, "train_head": True},
+    "vptq3-e2e-cos240-lr5e-4": {"steps": 240, "schedule": "cosine", "lr": 5e-4},
+    "vptq4-e2e-cos240-lr5e-4": {"steps": 240, "schedule": "cosine", "lr": 5e-4},
 }
 
 
