@@ -8,7 +8,8 @@ Three 2-bit quantizations of SmolLM2-135M with the same preset and seed:
   block, then ``--resume``; the folder is evaluated from disk.
 * run A is ``benchmarks/memory.py --save FOLDER`` (it also records peak RSS).
 * ``reload-distilled``: the 2-bit preset (quantized here, or its block checkpoints from ``--from-checkpoints``, copied
-  first), then end-to-end distillation (``--steps``, cosine from lr 5e-4 as the best 2-bit recipe, fewer steps), then
+  first), then end-to-end distillation (``--steps``, cosine from lr 5e-4 with the head trained: the best 2-bit recipe
+  with fewer steps), then
   perplexity in memory, after a float32 save and reload, and after the default 16-bit save and reload.
 * ``verify``: A, B and C must hold bit-identical tensors (A vs C: two uninterrupted processes; A vs B: an
   interrupted and resumed run against an uninterrupted one), and equal perplexity from disk.
@@ -150,7 +151,7 @@ def cmd_reload_distilled(work: Path, steps: int, source: Path | None) -> None:
     quant_s = time.perf_counter() - t0
     teacher, _ = load_model("default")
     train, held = split_heldout(tokenize(tokenizer, valid), **DISTILL_WINDOWS, seed=config.seed)
-    distill = DistillConfig(steps=steps, lr=5e-4, schedule="cosine", eval_every=max(1, steps // 2))
+    distill = DistillConfig(steps=steps, lr=5e-4, schedule="cosine", eval_every=max(1, steps // 2), train_head=True)
     report = distill_(model, teacher, train, held, distill, progress=False)
     del teacher
     test = load_wikitext2("test")
