@@ -137,7 +137,7 @@ def cmd_reload_distilled(work: Path, steps: int, source: Path | None) -> None:
     from vptq_lab.model.calibrate import quantize_
     from vptq_lab.model.finetune import DISTILL_WINDOWS, DistillConfig, distill_, split_heldout
 
-    config = preset(2)
+    config = preset(2).replace(finetune_batch=1)  # as benchmarks/accuracy.py quantizes (its checkpoints resume here)
     ck = work / "D-checkpoints"
     if source is not None and not ck.exists():
         if not (source / "progress.json").is_file():
