@@ -77,6 +77,21 @@ def _eval_folder(folder: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _from_disk(folder: Path, test, window, logits_mem) -> tuple[float, float]:
+    """``folder`` loaded back with ``load_model``: its perplexity on the check's windows of ``test``, and the largest
+    absolute difference between its logits on ``window`` and ``logits_mem`` (the in-memory model's)."""
+    import torch
+
+    from vptq_lab.io.models import load_model
+    from vptq_lab.lab.eval import perplexity
+
+    reloaded, tokenizer = load_model(str(folder))
+    found = perplexity(reloaded, tokenizer, test, max_windows=EVAL_WINDOWS, progress=False)
+    with torch.no_grad():
+        diff = float((logits_mem - reloaded(window).logits).abs().max())
+    return found.perplexity, diff
+
+
 def cmd_reload(work: Path) -> None:
     import torch
 
@@ -102,10 +117,7 @@ def cmd_reload(work: Path) -> None:
     # float32: this check is about an exact copy (the 16-bit default is measured by benchmarks/storage_dtype.py)
     folder = save_quantized(model, tokenizer, work / "C", report=report.to_dict(), dtype=torch.float32)
     del model
-    reloaded, tok2 = load_model(str(folder))
-    from_disk = perplexity(reloaded, tok2, test, max_windows=EVAL_WINDOWS, progress=False)
-    with torch.no_grad():
-        logits_disk = reloaded(window).logits
+    from_disk, diff = _from_disk(folder, test, window, logits_mem)
     _record(
         "reload",
         {
@@ -115,10 +127,10 @@ def cmd_reload(work: Path) -> None:
             "windows": EVAL_WINDOWS,
             "seqlen": 2048,
             "perplexity_in_memory": in_memory.perplexity,
-            "perplexity_reloaded": from_disk.perplexity,
-            "equal": in_memory.perplexity == from_disk.perplexity,
+            "perplexity_reloaded": from_disk,
+            "equal": in_memory.perplexity == from_disk,
             "first_window_nll_in_memory": float(nll_mem),
-            "first_window_max_abs_logit_diff": float((logits_mem - logits_disk).abs().max()),
+            "first_window_max_abs_logit_diff": diff,
             "folder": str(folder),
         },
     )
@@ -162,17 +174,13 @@ def cmd_reload_distilled(work: Path, steps: int, source: Path | None) -> None:
     found = {}
     for name, dtype in (("float32", torch.float32), ("default", None)):
         folder = save_quantized(model, tokenizer, work / f"D-{name}", overwrite=True, dtype=dtype)
-        reloaded, tok2 = load_model(str(folder))
-        with torch.no_grad():
-            diff = float((logits_mem - reloaded(window).logits).abs().max())
-        again = perplexity(reloaded, tok2, test, max_windows=EVAL_WINDOWS, progress=False)
+        again, diff = _from_disk(folder, test, window, logits_mem)
         found[name] = {
-            "perplexity_reloaded": again.perplexity,
+            "perplexity_reloaded": again,
             "first_window_max_abs_logit_diff": diff,
             "stored_dtype": json.loads((folder / "config.json").read_text())["dtype"],
             "folder": str(folder),
         }
-        del reloaded
     _record(
         "reload-distilled",
         {
