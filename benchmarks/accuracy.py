@@ -76,6 +76,20 @@ PLAN = {
     "vptq4-e2e": (4, "4-bit preset + end-to-end distillation", False, True, {}),
     "vptq3-e2e-cos240-lr5e-4": (3, "3-bit preset + end-to-end, 240 steps, cosine lr 5e-4", False, True, {}),
     "vptq4-e2e-cos240-lr5e-4": (4, "4-bit preset + end-to-end, 240 steps, cosine lr 5e-4", False, True, {}),
+    "vptq3-e2e-cos240-lr5e-4-head": (
+        3,
+        "3-bit preset + end-to-end, 240 steps, cosine lr 5e-4, head and tied embeddings trained",
+        False,
+        True,
+        {},
+    ),
+    "vptq4-e2e-cos240-lr5e-4-head": (
+        4,
+        "4-bit preset + end-to-end, 240 steps, cosine lr 5e-4, head and tied embeddings trained",
+        False,
+        True,
+        {},
+    ),
 }
 # A row whose quantization is another row's, config for config: it starts from a copy of that row's block
 # checkpoints (quantization is deterministic for a seed and thread count), and its time and memory add that row's
@@ -95,6 +109,8 @@ DISTILL_CHANGES = {
     "vptq2-e2e-cos240-lr5e-4-head": {"steps": 240, "schedule": "cosine", "lr": 5e-4, "train_head": True},
     "vptq3-e2e-cos240-lr5e-4": {"steps": 240, "schedule": "cosine", "lr": 5e-4},
     "vptq4-e2e-cos240-lr5e-4": {"steps": 240, "schedule": "cosine", "lr": 5e-4},
+    "vptq3-e2e-cos240-lr5e-4-head": {"steps": 240, "schedule": "cosine", "lr": 5e-4, "train_head": True},
+    "vptq4-e2e-cos240-lr5e-4-head": {"steps": 240, "schedule": "cosine", "lr": 5e-4, "train_head": True},
 }
 
 
