@@ -90,6 +90,20 @@ PLAN = {
         True,
         {},
     ),
+    "vptq4-e2e-cos240-lr1e-4-kl": (
+        4,
+        "4-bit preset + end-to-end, 240 steps, cosine lr 1e-4, kept by KL",
+        False,
+        True,
+        {},
+    ),
+    "vptq3-e2e-cos240-lr2e-4-kl": (
+        3,
+        "3-bit preset + end-to-end, 240 steps, cosine lr 2e-4, kept by KL",
+        False,
+        True,
+        {},
+    ),
 }
 # A row whose quantization is another row's, config for config: it starts from a copy of that row's block
 # checkpoints (quantization is deterministic for a seed and thread count), and its time and memory add that row's
@@ -100,6 +114,7 @@ QUANTIZED_AS = {
     "vptq2-e2e-cos240-lr5e-4": "vptq2-e2e",
     "vptq2-e2e-cos240-lr1e-3": "vptq2-e2e",
     "vptq2-e2e-cos240-lr5e-4-head": "vptq2-e2e-cos240-lr5e-4",
+    "vptq4-e2e-cos240-lr1e-4-kl": "vptq4-e2e-cos240-lr5e-4-head",
 }
 # A row's changes to DISTILL (the rows not named here use DISTILL itself).
 DISTILL_CHANGES = {
@@ -111,6 +126,8 @@ DISTILL_CHANGES = {
     "vptq4-e2e-cos240-lr5e-4": {"steps": 240, "schedule": "cosine", "lr": 5e-4},
     "vptq3-e2e-cos240-lr5e-4-head": {"steps": 240, "schedule": "cosine", "lr": 5e-4, "train_head": True},
     "vptq4-e2e-cos240-lr5e-4-head": {"steps": 240, "schedule": "cosine", "lr": 5e-4, "train_head": True},
+    "vptq4-e2e-cos240-lr1e-4-kl": {"steps": 240, "schedule": "cosine", "lr": 1e-4, "select": "kl"},
+    "vptq3-e2e-cos240-lr2e-4-kl": {"steps": 240, "schedule": "cosine", "lr": 2e-4, "select": "kl"},
 }
 
 
