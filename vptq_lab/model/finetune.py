@@ -402,7 +402,8 @@ def distill_(
             running.append(_mean_loss(float(loss.detach()), world))
             state["step"] += 1
             bar.update(1)
-            bar.set_postfix(kl=f"{running[-1]:.4f}", best_ppl=f"{state['best']['ppl']:.3f}")
+            best = state["best"][config.select]  # the held-out figure that selects the kept state
+            bar.set_postfix({"kl": f"{running[-1]:.4f}", f"best_{config.select}": f"{best:.4g}"})
             if state["step"] % config.eval_every == 0 or state["step"] == config.steps:
                 mean_kl = sum(running) / len(running)
                 _evaluate(student, teacher, heldout_ids, config, params, names, state, mean_kl, world, chunked)
