@@ -174,13 +174,15 @@ def test_quantize_with_e2e_then_finetune_again(tiny_model_dir, tmp_path, capsys,
         "--distill-schedule",
         "cosine",
         "--distill-train-head",
+        "--distill-select",
+        "kl",
         "--no-progress",
         "--json",
     ]
     assert main(argv) == 0
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     config = json.loads((again / "report.json").read_text())["distill"]["config"]
-    assert config["schedule"] == "cosine" and config["train_head"] is True
+    assert config["schedule"] == "cosine" and config["train_head"] is True and config["select"] == "kl"
     from safetensors.torch import load_file
 
     embed = "model.embed_tokens.weight"  # tied: the trained head is stored as the input embeddings

@@ -34,6 +34,12 @@ def _add_distill_args(p: argparse.ArgumentParser) -> None:
         help="learning rate over the steps: constant (default) or cosine (down to 0 at the last step)",
     )
     p.add_argument(
+        "--distill-select",
+        choices=["ppl", "kl"],
+        default=None,
+        help="keep the state with the lowest held-out perplexity (ppl, default) or KL to the teacher (kl)",
+    )
+    p.add_argument(
         "--distill-train-head",
         action="store_true",
         help="train the output head too (and the input embeddings where they are tied to it): the same file and "
@@ -398,6 +404,8 @@ def _distill_settings(args: argparse.Namespace) -> dict:
         settings["lr"] = args.distill_lr
     if args.distill_schedule is not None:
         settings["schedule"] = args.distill_schedule
+    if args.distill_select is not None:
+        settings["select"] = args.distill_select
     if args.distill_train_head:
         settings["train_head"] = True
     return settings
