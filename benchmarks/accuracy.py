@@ -104,6 +104,10 @@ PLAN = {
         True,
         {},
     ),
+    # the presets as today's code quantizes them (the preset rows above come from vptq_table.py at an older commit):
+    # the starting points of the rows that reuse these quantizations, evaluated without fine-tuning
+    "vptq3-now": (3, "3-bit preset (quantized by the code of the 3-bit e2e rows)", False, False, {}),
+    "vptq4-now": (4, "4-bit preset (quantized by the code of the 4-bit e2e rows)", False, False, {}),
 }
 # A row whose quantization is another row's, config for config: it starts from a copy of that row's block
 # checkpoints (quantization is deterministic for a seed and thread count), and its time and memory add that row's
@@ -115,6 +119,8 @@ QUANTIZED_AS = {
     "vptq2-e2e-cos240-lr1e-3": "vptq2-e2e",
     "vptq2-e2e-cos240-lr5e-4-head": "vptq2-e2e-cos240-lr5e-4",
     "vptq4-e2e-cos240-lr1e-4-kl": "vptq4-e2e-cos240-lr5e-4-head",
+    "vptq3-now": "vptq3-e2e-cos240-lr2e-4-kl",
+    "vptq4-now": "vptq4-e2e-cos240-lr5e-4-head",
 }
 # A row's changes to DISTILL (the rows not named here use DISTILL itself).
 DISTILL_CHANGES = {
