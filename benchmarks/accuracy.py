@@ -104,6 +104,13 @@ PLAN = {
         True,
         {},
     ),
+    "vptq4-e2e-cos240-lr2e-4-kl": (
+        4,
+        "4-bit preset + end-to-end, 240 steps, cosine lr 2e-4, kept by KL",
+        False,
+        True,
+        {},
+    ),
     # the presets as today's code quantizes them (the preset rows above come from vptq_table.py at an older commit):
     # the starting points of the rows that reuse these quantizations, evaluated without fine-tuning
     "vptq3-now": (3, "3-bit preset (quantized by the code of the 3-bit e2e rows)", False, False, {}),
@@ -119,6 +126,7 @@ QUANTIZED_AS = {
     "vptq2-e2e-cos240-lr1e-3": "vptq2-e2e",
     "vptq2-e2e-cos240-lr5e-4-head": "vptq2-e2e-cos240-lr5e-4",
     "vptq4-e2e-cos240-lr1e-4-kl": "vptq4-e2e-cos240-lr5e-4-head",
+    "vptq4-e2e-cos240-lr2e-4-kl": "vptq4-e2e-cos240-lr5e-4-head",
     "vptq3-now": "vptq3-e2e-cos240-lr2e-4-kl",
     "vptq4-now": "vptq4-e2e-cos240-lr5e-4-head",
 }
@@ -134,6 +142,7 @@ DISTILL_CHANGES = {
     "vptq4-e2e-cos240-lr5e-4-head": {"steps": 240, "schedule": "cosine", "lr": 5e-4, "train_head": True},
     "vptq4-e2e-cos240-lr1e-4-kl": {"steps": 240, "schedule": "cosine", "lr": 1e-4, "select": "kl"},
     "vptq3-e2e-cos240-lr2e-4-kl": {"steps": 240, "schedule": "cosine", "lr": 2e-4, "select": "kl"},
+    "vptq4-e2e-cos240-lr2e-4-kl": {"steps": 240, "schedule": "cosine", "lr": 2e-4, "select": "kl"},
 }
 
 
