@@ -111,6 +111,7 @@ PLAN = {
         True,
         {},
     ),
+    "vptq4-calib128x512": (4, "4-bit preset, 128 x 512 calibration tokens", False, False, {"nsamples": 128}),
     # the presets as today's code quantizes them (the preset rows above come from vptq_table.py at an older commit):
     # the starting points of the rows that reuse these quantizations, evaluated without fine-tuning
     "vptq3-now": (3, "3-bit preset (quantized by the code of the 3-bit e2e rows)", False, False, {}),
