@@ -10,8 +10,9 @@ before, so the file and its bits stay the same; what changes is how many weights
 against about 1M codebook entries at the 2-bit preset) and the memory Adam needs for them.
 
 - Memory stays bounded: the teacher's logits are recomputed for each step's batch and never kept.
-- Selection is on held-out windows (never the test split): their perplexity is measured every ``eval_every``
-  steps, the best state is kept, and training stops after ``patience`` evaluations without improvement.
+- Selection is on held-out windows (never the test split): their perplexity and KL to the teacher are measured
+  every ``eval_every`` steps, the best state by ``config.select`` (perplexity by default, or KL) is kept, and
+  training stops after ``patience`` evaluations without improvement.
 - A run is deterministic for a seed and thread count, and with ``checkpoint_dir`` it can be killed and resumed
   bit-identically: every evaluation commits the trained tensors, Adam's state and the sampler's position (only
   safetensors and JSON, written atomically).
@@ -357,7 +358,8 @@ def distill_(
     device: str | torch.device | None = None,
 ) -> DistillReport:
     """Train ``student`` (quantized, in place) towards ``teacher`` on ``train_ids`` [n, seqlen]; keep the state
-    with the lowest perplexity on ``heldout_ids`` [m, seqlen] (see the module doc). Returns the report.
+    with the lowest held-out perplexity (or KL, ``config.select``) on ``heldout_ids`` [m, seqlen] (see the module
+    doc). Returns the report.
     ``device``: where to train (default: where the student is); both models move there for the run."""
     _check_ids(train_ids, "train_ids")
     _check_ids(heldout_ids, "heldout_ids")
