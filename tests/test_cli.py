@@ -176,13 +176,22 @@ def test_quantize_with_e2e_then_finetune_again(tiny_model_dir, tmp_path, capsys,
         "--distill-train-head",
         "--distill-select",
         "kl",
+        "--distill-code-every",
+        "1",
+        "--distill-code-lr",
+        "1e-3",
+        "--distill-code-fraction",
+        "0.05",
         "--no-progress",
         "--json",
     ]
     assert main(argv) == 0
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    config = json.loads((again / "report.json").read_text())["distill"]["config"]
+    distilled = json.loads((again / "report.json").read_text())["distill"]
+    config = distilled["config"]
     assert config["schedule"] == "cosine" and config["train_head"] is True and config["select"] == "kl"
+    assert (config["code_every"], config["code_lr"], config["code_fraction"]) == (1, 1e-3, 0.05)
+    assert [u["step"] for u in distilled["code_updates"]] == [1, 2]
     from safetensors.torch import load_file
 
     embed = "model.embed_tokens.weight"  # tied: the trained head is stored as the input embeddings

@@ -147,10 +147,12 @@ def test_train_head_without_an_output_head_is_refused(pair):
         trainable_parameters(student, train_head=True)
 
 
-@pytest.mark.parametrize("schedule", ["constant", "cosine"])
-def test_distillation_is_deterministic_and_resumes_bit_identically(pair, tmp_path, monkeypatch, schedule):
+@pytest.mark.parametrize("schedule,code_every", [("constant", 0), ("cosine", 0), ("cosine", 3)])
+def test_distillation_is_deterministic_and_resumes_bit_identically(pair, tmp_path, monkeypatch, schedule, code_every):
     teacher, student0, train, held = pair
-    DISTILL = DistillConfig(steps=12, lr=1e-3, batch=4, eval_every=4, patience=10, select="kl", schedule=schedule)
+    DISTILL = DistillConfig(
+        steps=12, lr=1e-3, batch=4, eval_every=4, patience=10, select="kl", schedule=schedule, code_every=code_every
+    ).replace(code_lr=3e-3, code_fraction=0.05)
     ref = copy.deepcopy(student0)
     ref_report = distill_(ref, teacher, train, held, DISTILL, progress=False)
 
@@ -175,9 +177,13 @@ def test_distillation_is_deterministic_and_resumes_bit_identically(pair, tmp_pat
     report = distill_(
         resumed, teacher, train, held, DISTILL, progress=False, checkpoint_dir=tmp_path / "ck", resume=True
     )
-    assert report.history == ref_report.history
+    assert report.history == ref_report.history and report.code_updates == ref_report.code_updates
     a, b = _codebooks(ref), _codebooks(resumed)
     assert all(torch.equal(a[n], b[n]) for n in a)
+    a, b = _indices(ref), _indices(resumed)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    if code_every:  # the kept state's codes moved, and the resumed run kept the same ones
+        assert any(not torch.equal(a[n], _indices(student0)[n]) for n in a)
     norms = [n for n, _ in ref.named_parameters() if "norm" in n]
     assert all(torch.equal(ref.get_parameter(n), resumed.get_parameter(n)) for n in norms)
 
@@ -189,6 +195,39 @@ def test_distilled_checkpoint_reloads_with_the_same_logits(pair, tmp_path):
     folder = save_quantized(student, None, tmp_path / "q", dtype=torch.float32)
     with torch.no_grad():
         assert torch.equal(load_quantized(folder)[0](held).logits, student(held).logits)
+
+
+def test_code_updates_move_at_most_the_given_fraction_and_lower_heldout_kl(pair, tmp_path):
+    """PV-tuning's discrete step: the codes follow straight-through weights, a bounded fraction at a time; the
+    indices of the kept state are stored, and the saved folder gives the logits of the model in memory."""
+    teacher, student0, train, held = pair
+    student = copy.deepcopy(student0)
+    config = DISTILL.replace(code_every=2, code_lr=3e-3, code_fraction=0.05)
+    report = distill_(student, teacher, train, held, config, progress=False)
+    assert [u["step"] for u in report.code_updates] == [2, 4, 6, 8, 10, 12]
+    assert all(0 <= u["changed"] <= 0.05 for u in report.code_updates)
+    assert all(u["error_after"] <= u["error_before"] for u in report.code_updates)
+    moved = sum(int((a != b).sum()) for a, b in zip(_indices(student).values(), _indices(student0).values()))
+    assert report.best["step"] > 0 and moved > 0
+    assert report.best["kl"] < report.initial["kl"]
+    assert report.final["kl"] == pytest.approx(report.best["kl"], rel=1e-3)  # the kept codes are the ones in use
+    folder = save_quantized(student, None, tmp_path / "q", dtype=torch.float32)
+    with torch.no_grad():
+        assert torch.equal(load_quantized(folder)[0](held).logits, student(held).logits)
+
+
+def test_code_updates_take_their_own_learning_rate_on_the_schedule(pair, monkeypatch):
+    teacher, student0, train, held = pair
+    config = DistillConfig(steps=4, lr=1e-3, eval_every=2, select="kl", schedule="cosine", code_every=2, code_lr=4e-3)
+    seen, step = [], torch.optim.Adam.step
+
+    def recording(self, *args, **kwargs):
+        seen.append([g["lr"] for g in self.param_groups])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording)
+    distill_(copy.deepcopy(student0), teacher, train, held, config, progress=False)
+    assert seen == [[config.lr_at(s), 4 * config.lr_at(s)] for s in range(4)]
 
 
 def test_cosine_schedule_sets_every_steps_learning_rate(pair, monkeypatch):
@@ -214,6 +253,12 @@ def test_bad_settings_are_refused():
         DistillConfig(steps=0)
     with pytest.raises(ValueError, match="lr=-1"):
         DistillConfig(lr=-1)
+    with pytest.raises(ValueError, match="code_every=-1 must be an int >= 0"):
+        DistillConfig(code_every=-1)
+    with pytest.raises(ValueError, match="code_fraction=1.5 must be in"):
+        DistillConfig(code_fraction=1.5)
+    with pytest.raises(ValueError, match="code_lr=0 must be a positive number"):
+        DistillConfig(code_lr=0)
     with pytest.raises(ValueError, match="unknown DistillConfig keys .*'step': did you mean 'steps'"):
         DistillConfig.from_dict({"step": 3})
     teacher = tiny_llama(vocab_size=128, hidden=32, layers=2)

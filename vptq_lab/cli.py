@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -44,6 +45,22 @@ def _add_distill_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="train the output head too (and the input embeddings where they are tied to it): the same file and "
         "bits, more weights to train and more memory (Adam's state for them)",
+    )
+    p.add_argument(
+        "--distill-code-every",
+        type=_positive_int,
+        default=None,
+        help="code updates (PV-tuning): every N steps the indices move towards straight-through copies of the "
+        "weights (same file and bits; the copies and their Adam state cost 3 x 4 bytes per weight). Default: off",
+    )
+    p.add_argument(
+        "--distill-code-lr", type=float, default=None, help="learning rate of the straight-through weights (5e-4)"
+    )
+    p.add_argument(
+        "--distill-code-fraction",
+        type=float,
+        default=None,
+        help="at most this fraction of a layer's vectors changes code at one update (default 0.01)",
     )
 
 
@@ -408,6 +425,19 @@ def _distill_settings(args: argparse.Namespace) -> dict:
         settings["select"] = args.distill_select
     if args.distill_train_head:
         settings["train_head"] = True
+    if args.distill_code_every is not None:
+        settings["code_every"] = args.distill_code_every
+    for flag in ("code_lr", "code_fraction"):
+        value = getattr(args, f"distill_{flag}")
+        if value is not None:
+            if not (0 < value <= (1 if flag == "code_fraction" else math.inf)):
+                raise VPTQLabError(
+                    f"--distill-{flag.replace('_', '-')} {value} must be "
+                    + ("in (0, 1] (try 0.01)" if flag == "code_fraction" else "> 0 (try 5e-4)")
+                )
+            if args.distill_code_every is None:
+                raise VPTQLabError(f"--distill-{flag.replace('_', '-')} needs --distill-code-every N (code updates)")
+            settings[flag] = value
     return settings
 
 

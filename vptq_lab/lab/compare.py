@@ -111,6 +111,9 @@ _KEY_OMIT_AT_DEFAULT = {
     "codebook_scope": "per-linear",
     "schedule": "constant",
     "train_head": False,
+    "code_every": 0,
+    "code_lr": 5e-4,
+    "code_fraction": 0.01,
 }
 
 

@@ -3,7 +3,9 @@
 After quantization, the whole quantized model (the student) is trained to match the full-precision model (the
 teacher): the loss is the KL divergence between their next-token distributions on calibration text, minimised by
 Adam. Only the codebooks (main, residual, outlier), the RMSNorm weights and, with ``enable_norm``, the per-column
-``weight_scale``/``weight_bias`` train; the indices never change, so the file format and the bits stay the same.
+``weight_scale``/``weight_bias`` train; the indices stay fixed unless ``code_every`` is set (PV-tuning's code
+updates, docs/algorithm.md step 12: the codes follow straight-through copies of the weights), so the file format
+and the bits stay the same either way.
 The embeddings and ``lm_head`` stay frozen unless ``train_head=True``: then the output head trains too (and with it
 the input embeddings where the model ties them, as SmolLM2 does). Those are the model's 16-bit tensors, stored as
 before, so the file and its bits stay the same; what changes is how many weights train (28M more on SmolLM2-135M,
@@ -84,19 +86,35 @@ class DistillConfig(JsonConfig):
     train_head: bool = False  # the output head too (and the input embeddings where they are tied to it)
     select: str = "ppl"  # keep the state with the lowest held-out "ppl" (perplexity) or "kl" (to the teacher)
     seed: int = 0
+    # Code updates (PV-tuning's discrete step; 0: the indices never change). Every `code_every` steps the codes
+    # move towards straight-through copies of the weights, which Adam trains at `code_lr` (on the same schedule)
+    # from the gradient w.r.t. the dequantized weights; at most `code_fraction` of a layer's vectors change at once.
+    code_every: int = 0
+    code_lr: float = 5e-4
+    code_fraction: float = 0.01
 
     def lr_at(self, step: int) -> float:
         """The learning rate of step ``step`` (0-based): a function of the step alone, so a resumed run has it."""
+        return self.lr * self.lr_factor(step)
+
+    def lr_factor(self, step: int) -> float:
+        """The schedule's factor at step ``step`` (0-based): 1 throughout for "constant"."""
         if self.schedule == "cosine":
-            return self.lr * 0.5 * (1.0 + math.cos(math.pi * step / self.steps))
-        return self.lr
+            return 0.5 * (1.0 + math.cos(math.pi * step / self.steps))
+        return 1.0
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch", "eval_every", "patience"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}={value!r} must be an int >= 1")
-        for name in ("lr", "temperature"):
+        if not isinstance(self.code_every, int) or isinstance(self.code_every, bool) or self.code_every < 0:
+            raise ValueError(f"code_every={self.code_every!r} must be an int >= 0 (0: the codes never change)")
+        if isinstance(self.code_fraction, bool) or not (
+            isinstance(self.code_fraction, (int, float)) and 0.0 < self.code_fraction <= 1.0
+        ):
+            raise ValueError(f"code_fraction={self.code_fraction!r} must be in (0, 1] (try 0.01)")
+        for name in ("lr", "temperature", "code_lr"):
             value = getattr(self, name)
             if (
                 isinstance(value, bool)
@@ -125,6 +143,8 @@ class DistillReport:
     stopped_early: bool
     history: list[dict[str, float]] = field(default_factory=list)  # per evaluation: step, train_kl, heldout ppl/kl
     seconds: float = 0.0
+    # code updates (code_every > 0): per update, the step and the fraction of all vectors that took a new code
+    code_updates: list[dict[str, float]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -373,19 +393,25 @@ def distill_(
     teacher.to(world.device).eval()
     train_ids, heldout_ids = train_ids.to(world.device), heldout_ids.to(world.device)
     params = trainable_parameters(student, config.train_norms, config.train_head)
-    names = sorted(params)
-    optimizer = torch.optim.Adam([params[n] for n in names], lr=config.lr)
+    layers = _code_layers(student, params) if config.code_every else {}
+    targets = sorted(f"{n}.{TARGET}" for n in layers)
+    names = sorted(n for n in params if n not in targets) + targets  # the optimizer's order (see _commit)
+    groups = [{"params": [params[n] for n in names[: len(names) - len(targets)]], "base_lr": config.lr}]
+    if targets:  # the straight-through weights: their own learning rate
+        groups.append({"params": [params[n] for n in targets], "base_lr": config.code_lr})
+    optimizer = torch.optim.Adam([{**g, "lr": g["base_lr"]} for g in groups])
     chunked = head_path(student, teacher)  # logits a chunk of positions at a time (see _kl)
     gen = torch.Generator().manual_seed(config.seed)
     state = _new_state()
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     try:
         if folder is not None:
-            state = _open(folder, config, names, params, optimizer, gen, resume, writer=world.main) or state
+            state = _open(folder, config, names, params, optimizer, gen, resume, layers, writer=world.main) or state
         if not state["history"]:
             state["initial"] = _heldout(student, teacher, heldout_ids, config.temperature, world, chunked)
             state["best"] = {"step": 0, **state["initial"]}
             state["best_tensors"] = {n: params[n].detach().clone() for n in names}
+            state["best_codes"] = _codes_of(layers)
         bar = tqdm(total=config.steps, initial=state["step"], desc="distilling", disable=not progress or not world.main)
         running = []
         while state["step"] < config.steps and state["bad_evals"] < config.patience:
@@ -399,23 +425,26 @@ def distill_(
             if world.distributed:
                 _average_gradients([params[n] for n in names], world)
             for group in optimizer.param_groups:
-                group["lr"] = config.lr_at(state["step"])
+                group["lr"] = group["base_lr"] * config.lr_factor(state["step"])
             optimizer.step()
             running.append(_mean_loss(float(loss.detach()), world))
             state["step"] += 1
+            if layers and state["step"] % config.code_every == 0:
+                state["code_updates"].append({"step": state["step"], **_update_codes(layers, config.code_fraction)})
             bar.update(1)
             best = state["best"][config.select]  # the held-out figure that selects the kept state
             bar.set_postfix({"kl": f"{running[-1]:.4f}", f"best_{config.select}": f"{best:.4g}"})
             if state["step"] % config.eval_every == 0 or state["step"] == config.steps:
                 mean_kl = sum(running) / len(running)
-                _evaluate(student, teacher, heldout_ids, config, params, names, state, mean_kl, world, chunked)
+                _evaluate(student, teacher, heldout_ids, config, params, names, state, mean_kl, world, chunked, layers)
                 running = []
                 if folder is not None and world.main:
-                    _commit(folder, config, names, params, optimizer, gen, state)
+                    _commit(folder, config, names, params, optimizer, gen, state, layers)
         bar.close()
         with torch.no_grad():  # the best state, then the codebooks' own dtype
             for n in names:
                 params[n].copy_(state["best_tensors"][n])
+        _set_codes(layers, state["best_codes"])
     finally:
         _end_training(student)
     final = _heldout(student, teacher, heldout_ids, config.temperature, world, chunked)
@@ -430,6 +459,7 @@ def distill_(
         state["bad_evals"] >= config.patience,
         state["history"],
         round(time.perf_counter() - start, 2),
+        state["code_updates"],
     )
 
 
@@ -447,11 +477,68 @@ def _check_ids(ids: Any, what: str) -> None:
 
 
 def _new_state() -> dict[str, Any]:
-    return {"step": 0, "bad_evals": 0, "history": [], "initial": None, "best": None, "best_tensors": {}}
+    return {
+        "step": 0,
+        "bad_evals": 0,
+        "history": [],
+        "code_updates": [],
+        "initial": None,
+        "best": None,
+        "best_tensors": {},
+        "best_codes": {},
+    }
+
+
+TARGET = "straight_through"  # the name suffix of a layer's straight-through weight among the trained tensors
+
+
+def _code_layers(student: nn.Module, params: dict[str, nn.Parameter]) -> dict[str, QuantizedLinear]:
+    """Start code updates: every quantized layer gets its straight-through weight, added to ``params`` (so that
+    Adam, the checkpoints and the kept state carry it like any trained tensor). Returns name -> layer."""
+    layers = {n: m for n, m in student.named_modules() if isinstance(m, QuantizedLinear)}
+    for name, layer in layers.items():
+        params[f"{name}.{TARGET}"] = layer.straight_through_target()
+    return layers
+
+
+def _update_codes(layers: dict[str, QuantizedLinear], fraction: float) -> dict[str, float]:
+    """One code update of every layer; the fraction of all vectors that changed and the relative squared error to
+    the straight-through weights before and after."""
+    changed = vectors = 0
+    before = after = 0.0
+    with torch.no_grad():
+        for layer in layers.values():
+            found = layer.reencode_codes(fraction)
+            changed, vectors = changed + found.changed, vectors + found.vectors
+            before, after = before + found.error_before, after + found.error_after
+    return {"changed": changed / max(vectors, 1), "error_before": before, "error_after": after}
+
+
+def _codes_of(layers: dict[str, QuantizedLinear]) -> dict[str, torch.Tensor]:
+    """The layers' packed codes, copied: ``{name.indices: ..., name.outlier_indices: ...}``."""
+    out = {}
+    for name, layer in layers.items():
+        out[f"{name}.indices"] = layer.indices.detach().clone()
+        if layer.outlier_indices is not None:
+            out[f"{name}.outlier_indices"] = layer.outlier_indices.detach().clone()
+    return out
+
+
+def _set_codes(layers: dict[str, QuantizedLinear], codes: dict[str, torch.Tensor]) -> None:
+    """Put packed codes from :func:`_codes_of` back into the layers (their unpacked copies too)."""
+    from vptq_lab.core.packing import split_codes, unpack_codes
+
+    for name, layer in layers.items():
+        b1, b2 = layer.qweight.index_bits
+        merged = unpack_codes(codes[f"{name}.indices"].to(layer.indices.device), b1 + b2, layer.qweight.group_size)
+        idx, res_idx = split_codes(merged, b1, b2)
+        outliers = codes.get(f"{name}.outlier_indices")
+        outliers = None if outliers is None else outliers.to(torch.int64) & 0xFFFF
+        layer.set_codes(idx, res_idx, outliers)
 
 
 def _evaluate(
-    student, teacher, heldout, config, params, names, state, train_kl: float, world: World, chunked: bool
+    student, teacher, heldout, config, params, names, state, train_kl: float, world: World, chunked: bool, layers
 ) -> None:
     found = _heldout(student, teacher, heldout, config.temperature, world, chunked)
     state["history"].append(
@@ -460,6 +547,7 @@ def _evaluate(
     if found[config.select] < state["best"][config.select]:
         state["best"] = {"step": state["step"], **found}
         state["best_tensors"] = {n: params[n].detach().clone() for n in names}
+        state["best_codes"] = _codes_of(layers)
         state["bad_evals"] = 0
     else:
         state["bad_evals"] += 1
@@ -475,11 +563,13 @@ def _fingerprint(config: DistillConfig, names: list[str], params: dict[str, nn.P
     return {"config": json.loads(config.to_json()), "params": {n: list(params[n].shape) for n in names}}
 
 
-def _commit(folder: Path, config, names, params, optimizer, gen, state) -> None:
+def _commit(folder: Path, config, names, params, optimizer, gen, state, layers) -> None:
     from safetensors.torch import save
 
     tensors = {f"param.{n}": params[n].detach() for n in names}
     tensors.update({f"best.{n}": t for n, t in state["best_tensors"].items()})
+    tensors.update({f"codes.{n}": t for n, t in _codes_of(layers).items()})
+    tensors.update({f"best_codes.{n}": t for n, t in state["best_codes"].items()})
     adam = optimizer.state_dict()["state"]
     for i, n in enumerate(names):
         for key in ("exp_avg", "exp_avg_sq", "step"):
@@ -488,7 +578,7 @@ def _commit(folder: Path, config, names, params, optimizer, gen, state) -> None:
     tensors["sampler"] = gen.get_state()
     data = save({k: v.contiguous().cpu() for k, v in tensors.items()})
     atomic_write_bytes(folder / TENSORS, data)
-    meta = {k: v for k, v in state.items() if k != "best_tensors"}
+    meta = {k: v for k, v in state.items() if k not in ("best_tensors", "best_codes")}
     record = {
         "version": STATE_VERSION,
         "fingerprint": _fingerprint(config, names, params),
@@ -499,7 +589,7 @@ def _commit(folder: Path, config, names, params, optimizer, gen, state) -> None:
 
 
 def _open(
-    folder: Path, config, names, params, optimizer, gen, resume: bool, writer: bool = True
+    folder: Path, config, names, params, optimizer, gen, resume: bool, layers, writer: bool = True
 ) -> dict[str, Any] | None:
     """Start a new checkpoint folder, or restore the committed state of an earlier run (``resume``).
     ``writer=False``: another rank writes the folder; this one only reads it."""
@@ -546,6 +636,8 @@ def _open(
     gen.set_state(tensors["sampler"])
     state = dict(record["state"])
     state["best_tensors"] = {n: tensors[f"best.{n}"].clone() for n in names}
+    state["best_codes"] = {k.partition(".")[2]: t.clone() for k, t in tensors.items() if k.startswith("best_codes.")}
+    _set_codes(layers, {k.partition(".")[2]: t for k, t in tensors.items() if k.startswith("codes.")})
     log.info("resumed distillation from %s at step %d", folder, state["step"])
     return state
 

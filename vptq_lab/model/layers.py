@@ -9,7 +9,9 @@ import torch
 from torch import nn
 
 from vptq_lab.core.format import layer_config
+from vptq_lab.core.packing import as_int16_bits, merge_codes, pack_codes
 from vptq_lab.core.qweight import QuantizedWeight, dequantize
+from vptq_lab.core.reencode import ReencodeResult, reencode
 
 __all__ = ["QuantizedLinear", "module_tensors"]
 
@@ -35,6 +37,7 @@ class QuantizedLinear(nn.Module):
         # Fine-tuning parameters live outside the module tree: they never reach state_dict or repr.
         self.__dict__["_trainable"] = None
         self.__dict__["_codes"] = None  # during fine-tuning: qweight.codes(), unpacked once
+        self.__dict__["_target"] = None  # during fine-tuning with code updates: the straight-through weight
         self._rebuild()
 
     def _rebuild(self) -> None:
@@ -44,6 +47,8 @@ class QuantizedLinear(nn.Module):
         module = super()._apply(fn, recurse)
         if self._codes is not None:  # moved with the layer during a fine-tuning run (integer: dtype casts skip it)
             self.__dict__["_codes"] = tuple(None if c is None else c.to(self.indices.device) for c in self._codes)
+        if self._target is not None:
+            self._target.data = self._target.data.to(self.indices.device)
         self._rebuild()
         return module
 
@@ -75,13 +80,44 @@ class QuantizedLinear(nn.Module):
         self.__dict__["_trainable"] = {
             name: nn.Parameter(getattr(self, name).float().clone()) for name in names if getattr(self, name) is not None
         }
-        self.__dict__["_codes"] = self.qweight.codes()  # unpacked once for the run: the indices never change
+        self.__dict__["_codes"] = self.qweight.codes()  # unpacked once for the run (they change only by set_codes)
         return list(self._trainable.values())
 
     @property
     def trainable(self) -> dict[str, nn.Parameter]:
         """The parameters of the fine-tuning in progress (name -> fp32 parameter), empty outside one."""
         return dict(self._trainable or {})
+
+    def straight_through_target(self) -> nn.Parameter:
+        """Start code updates (during a fine-tuning run): an fp32 [out, in] parameter that starts at the weight as
+        it is now and receives, in backward, the gradient w.r.t. the dequantized weight (the straight-through
+        estimate). An optimizer moves it; :meth:`reencode_codes` then moves the codes towards it."""
+        if self._trainable is None:
+            raise RuntimeError("straight_through_target() needs a fine-tuning run: call trainable_centroids() first")
+        with torch.no_grad():
+            w = self._dequantize_trainable(list(self._trainable.values()))  # [out, in]
+        self.__dict__["_target"] = nn.Parameter(w)
+        return self._target
+
+    def reencode_codes(self, max_fraction: float) -> ReencodeResult:
+        """New codes towards the straight-through target, the trained codebooks as they are now (at most
+        ``max_fraction`` of the vectors change; see :func:`vptq_lab.core.reencode.reencode`)."""
+        qw = replace(self.qweight, **{n: p.detach() for n, p in self._trainable.items()})
+        found = reencode(qw, self._codes, self._target.detach(), max_fraction)
+        self.set_codes(found.idx, found.res_idx, found.outlier_idx)
+        return found
+
+    def set_codes(self, idx: torch.Tensor, res_idx: torch.Tensor | None, outlier_idx: torch.Tensor | None) -> None:
+        """Replace the codes (unpacked int64: [G, R, S] each, and [1, R0, O] for the outliers): the packed
+        buffers in the official layout and, during fine-tuning, the unpacked copy the forward pass reads."""
+        b1, b2 = self.qweight.index_bits
+        with torch.no_grad():
+            self.indices = pack_codes(merge_codes(idx, res_idx, b1), b1 + b2).to(self.indices.device)
+            if outlier_idx is not None:
+                self.outlier_indices = as_int16_bits(outlier_idx).to(self.outlier_indices.device)
+        if self._codes is not None:
+            self.__dict__["_codes"] = (idx, res_idx)
+        self._rebuild()
 
     def _dequantize_trainable(self, values: list[torch.Tensor]) -> torch.Tensor:
         """fp32 W [out, in] from the trainable tensors' ``values`` (in ``self._trainable``'s order)."""
@@ -94,6 +130,7 @@ class QuantizedLinear(nn.Module):
                 setattr(self, name, param.detach().to(getattr(self, name).dtype))
         self.__dict__["_trainable"] = None
         self.__dict__["_codes"] = None
+        self.__dict__["_target"] = None
         self._rebuild()
 
 
@@ -118,6 +155,9 @@ class _RecomputedLinear(torch.autograd.Function):
             w = ctx.layer._dequantize_trainable(leaves)  # [out, in]
             grad_w = grad_out.reshape(-1, grad_out.shape[-1]).T.to(w.dtype) @ x.reshape(-1, x.shape[-1]).to(w.dtype)
             grads = torch.autograd.grad(w, leaves, grad_w, allow_unused=True)
+        target = ctx.layer._target
+        if target is not None:  # code updates: the straight-through target takes the gradient w.r.t. W
+            target.grad = grad_w.detach().clone() if target.grad is None else target.grad + grad_w.detach()
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
         grad_x = (grad_out.to(w.dtype) @ w).to(x.dtype) if ctx.needs_input_grad[0] else None
         grad_b = grad_out.reshape(-1, grad_out.shape[-1]).sum(0) if ctx.needs_input_grad[1] else None
