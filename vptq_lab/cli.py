@@ -51,7 +51,8 @@ def _add_distill_args(p: argparse.ArgumentParser) -> None:
         type=_positive_int,
         default=None,
         help="code updates (PV-tuning): every N steps the indices move towards straight-through copies of the "
-        "weights (same file and bits; the copies and their Adam state cost 3 x 4 bytes per weight). Default: off",
+        "weights (same file and bits; while training, the fp32 copies, their gradients, Adam state and the kept "
+        "state's copy take 20 bytes per weight: about 2 GB more on the default model). Default: off",
     )
     p.add_argument(
         "--distill-code-lr", type=float, default=None, help="learning rate of the straight-through weights (5e-4)"
