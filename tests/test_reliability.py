@@ -570,6 +570,17 @@ def test_L9_nonexistent_data_dir(tmp_path, tiny_model_dir, cfg_file, capsys):
     assert "does not exist: pass an existing folder" in line and not (tmp_path / "o").exists()
 
 
+def test_L11_code_update_settings_without_code_updates(tmp_path, capsys):
+    for flag, value in (("--distill-code-lr", "1e-3"), ("--distill-code-fraction", "0.05")):
+        argv = ["quantize", "--out", str(tmp_path / "o"), "--finetune", "e2e", flag, value]
+        line = _cli_error(argv, capsys)
+        assert f"{flag} needs --distill-code-every N (code updates)" in line and not (tmp_path / "o").exists()
+    line = _cli_error(
+        ["quantize", "--out", str(tmp_path / "o"), "--finetune", "e2e", "--distill-code-fraction", "2"], capsys
+    )
+    assert "--distill-code-fraction 2.0 must be in (0, 1] (try 0.01)" in line
+
+
 def test_L10_eval_of_a_damaged_checkpoint_is_one_line(saved, tmp_path, capsys):
     folder = _copy(saved, tmp_path / "q")
     _tamper(folder)
