@@ -50,12 +50,12 @@ def _add_distill_args(p: argparse.ArgumentParser) -> None:
         "--distill-code-every",
         type=_positive_int,
         default=None,
-        help="code updates (PV-tuning): every N steps the indices move towards straight-through copies of the "
-        "weights (same file and bits; while training, the fp32 copies, their gradients, Adam state and the kept "
-        "state's copy take 20 bytes per weight: about 2 GB more on the default model). Default: off",
+        help="code updates (PV-tuning): every N steps the indices move towards the weights plus straight-through "
+        "displacements (same file and bits; while training, the fp32 displacements, their gradients, Adam state "
+        "and the kept state's copy take 20 bytes per weight: about 2 GB more on the default model). Default: off",
     )
     p.add_argument(
-        "--distill-code-lr", type=float, default=None, help="learning rate of the straight-through weights (5e-4)"
+        "--distill-code-lr", type=float, default=None, help="learning rate of the straight-through displacements (5e-4)"
     )
     p.add_argument(
         "--distill-code-fraction",

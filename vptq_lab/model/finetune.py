@@ -4,7 +4,7 @@ After quantization, the whole quantized model (the student) is trained to match 
 teacher): the loss is the KL divergence between their next-token distributions on calibration text, minimised by
 Adam. Only the codebooks (main, residual, outlier), the RMSNorm weights and, with ``enable_norm``, the per-column
 ``weight_scale``/``weight_bias`` train; the indices stay fixed unless ``code_every`` is set (PV-tuning's code
-updates, docs/algorithm.md step 12: the codes follow straight-through copies of the weights), so the file format
+updates, docs/algorithm.md step 12: the codes follow straight-through displacements of the weights), so the file format
 and the bits stay the same either way.
 The embeddings and ``lm_head`` stay frozen unless ``train_head=True``: then the output head trains too (and with it
 the input embeddings where the model ties them, as SmolLM2 does). Those are the model's 16-bit tensors, stored as
@@ -87,8 +87,9 @@ class DistillConfig(JsonConfig):
     select: str = "ppl"  # keep the state with the lowest held-out "ppl" (perplexity) or "kl" (to the teacher)
     seed: int = 0
     # Code updates (PV-tuning's discrete step; 0: the indices never change). Every `code_every` steps the codes
-    # move towards straight-through copies of the weights, which Adam trains at `code_lr` (on the same schedule)
-    # from the gradient w.r.t. the dequantized weights; at most `code_fraction` of a layer's vectors change at once.
+    # move towards the weights plus straight-through displacements, which Adam trains at `code_lr` (on the same
+    # schedule) from the gradient w.r.t. the dequantized weights; at most `code_fraction` of a layer's vectors
+    # change at once.
     code_every: int = 0
     code_lr: float = 5e-4
     code_fraction: float = 0.01
@@ -397,7 +398,7 @@ def distill_(
     targets = sorted(f"{n}.{TARGET}" for n in layers)
     names = sorted(n for n in params if n not in targets) + targets  # the optimizer's order (see _commit)
     groups = [{"params": [params[n] for n in names[: len(names) - len(targets)]], "base_lr": config.lr}]
-    if targets:  # the straight-through weights: their own learning rate
+    if targets:  # the straight-through displacements: their own learning rate
         groups.append({"params": [params[n] for n in targets], "base_lr": config.code_lr})
     optimizer = torch.optim.Adam([{**g, "lr": g["base_lr"]} for g in groups])
     chunked = head_path(student, teacher)  # logits a chunk of positions at a time (see _kl)
@@ -489,11 +490,11 @@ def _new_state() -> dict[str, Any]:
     }
 
 
-TARGET = "straight_through"  # the name suffix of a layer's straight-through weight among the trained tensors
+TARGET = "straight_through"  # the name suffix of a layer's straight-through displacement among the trained tensors
 
 
 def _code_layers(student: nn.Module, params: dict[str, nn.Parameter]) -> dict[str, QuantizedLinear]:
-    """Start code updates: every quantized layer gets its straight-through weight, added to ``params`` (so that
+    """Start code updates: every quantized layer gets its straight-through displacement, added to ``params`` (so that
     Adam, the checkpoints and the kept state carry it like any trained tensor). Returns name -> layer."""
     layers = {n: m for n, m in student.named_modules() if isinstance(m, QuantizedLinear)}
     for name, layer in layers.items():
@@ -502,8 +503,8 @@ def _code_layers(student: nn.Module, params: dict[str, nn.Parameter]) -> dict[st
 
 
 def _update_codes(layers: dict[str, QuantizedLinear], fraction: float) -> dict[str, float]:
-    """One code update of every layer; the fraction of all vectors that changed and the relative squared error to
-    the straight-through weights before and after."""
+    """One code update of every layer; the fraction of all vectors that changed and the squared error to the
+    targets (weights plus displacements) before and after, summed over the layers."""
     changed = vectors = 0
     before = after = 0.0
     with torch.no_grad():

@@ -37,7 +37,7 @@ class QuantizedLinear(nn.Module):
         # Fine-tuning parameters live outside the module tree: they never reach state_dict or repr.
         self.__dict__["_trainable"] = None
         self.__dict__["_codes"] = None  # during fine-tuning: qweight.codes(), unpacked once
-        self.__dict__["_target"] = None  # during fine-tuning with code updates: the straight-through weight
+        self.__dict__["_target"] = None  # during fine-tuning with code updates: the straight-through displacement
         self._rebuild()
 
     def _rebuild(self) -> None:
@@ -89,22 +89,25 @@ class QuantizedLinear(nn.Module):
         return dict(self._trainable or {})
 
     def straight_through_target(self) -> nn.Parameter:
-        """Start code updates (during a fine-tuning run): an fp32 [out, in] parameter that starts at the weight as
-        it is now and receives, in backward, the gradient w.r.t. the dequantized weight (the straight-through
-        estimate). An optimizer moves it; :meth:`reencode_codes` then moves the codes towards it."""
+        """Start code updates (during a fine-tuning run): the straight-through displacement, an fp32 [out, in]
+        parameter that starts at zero and receives, in backward, the gradient w.r.t. the dequantized weight. An
+        optimizer moves it; :meth:`reencode_codes` then moves the codes towards the weight as it is now plus
+        this displacement (so the target follows the codebooks as they train)."""
         if self._trainable is None:
             raise RuntimeError("straight_through_target() needs a fine-tuning run: call trainable_centroids() first")
-        with torch.no_grad():
-            w = self._dequantize_trainable(list(self._trainable.values()))  # [out, in]
-        self.__dict__["_target"] = nn.Parameter(w)
+        self.__dict__["_target"] = nn.Parameter(torch.zeros(self.out_features, self.in_features))
         return self._target
 
     def reencode_codes(self, max_fraction: float) -> ReencodeResult:
-        """New codes towards the straight-through target, the trained codebooks as they are now (at most
-        ``max_fraction`` of the vectors change; see :func:`vptq_lab.core.reencode.reencode`)."""
-        qw = replace(self.qweight, **{n: p.detach() for n, p in self._trainable.items()})
-        found = reencode(qw, self._codes, self._target.detach(), max_fraction)
+        """New codes towards the weight plus its straight-through displacement, the trained codebooks as they are
+        now (at most ``max_fraction`` of the vectors change; see :func:`vptq_lab.core.reencode.reencode`). What a
+        new code realises leaves the displacement: it keeps the rest, target minus the new weight."""
+        values = [p.detach() for p in self._trainable.values()]
+        target = self._dequantize_trainable(values) + self._target.detach()  # [out, in]
+        qw = replace(self.qweight, **dict(zip(self._trainable, values)))
+        found = reencode(qw, self._codes, target, max_fraction)
         self.set_codes(found.idx, found.res_idx, found.outlier_idx)
+        self._target.data = target - self._dequantize_trainable(values)
         return found
 
     def set_codes(self, idx: torch.Tensor, res_idx: torch.Tensor | None, outlier_idx: torch.Tensor | None) -> None:
@@ -156,7 +159,7 @@ class _RecomputedLinear(torch.autograd.Function):
             grad_w = grad_out.reshape(-1, grad_out.shape[-1]).T.to(w.dtype) @ x.reshape(-1, x.shape[-1]).to(w.dtype)
             grads = torch.autograd.grad(w, leaves, grad_w, allow_unused=True)
         target = ctx.layer._target
-        if target is not None:  # code updates: the straight-through target takes the gradient w.r.t. W
+        if target is not None:  # code updates: the straight-through displacement takes the gradient w.r.t. W
             target.grad = grad_w.detach().clone() if target.grad is None else target.grad + grad_w.detach()
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
         grad_x = (grad_out.to(w.dtype) @ w).to(x.dtype) if ctx.needs_input_grad[0] else None
