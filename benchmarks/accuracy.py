@@ -118,6 +118,20 @@ PLAN = {
         True,
         {},
     ),
+    "vptq3-e2e-cos240-lr5e-4-head-kl": (
+        3,
+        "3-bit preset + end-to-end, 240 steps, cosine lr 5e-4, head and tied embeddings trained, kept by KL",
+        False,
+        True,
+        {},
+    ),
+    "vptq4-e2e-cos240-lr5e-4-kl": (
+        4,
+        "4-bit preset + end-to-end, 240 steps, cosine lr 5e-4, kept by KL",
+        False,
+        True,
+        {},
+    ),
     "vptq4-calib128x512": (4, "4-bit preset, 128 x 512 calibration tokens", False, False, {"nsamples": 128}),
     # the presets as today's code quantizes them (the preset rows above come from vptq_table.py at an older commit):
     # the starting points of the rows that reuse these quantizations, evaluated without fine-tuning
@@ -137,6 +151,8 @@ QUANTIZED_AS = {
     "vptq4-e2e-cos240-lr2e-4-kl": "vptq4-e2e-cos240-lr5e-4-head",
     "vptq3-now": "vptq3-e2e-cos240-lr2e-4-kl",
     "vptq3-e2e-cos240-lr5e-4-kl": "vptq3-e2e-cos240-lr2e-4-kl",
+    "vptq3-e2e-cos240-lr5e-4-head-kl": "vptq3-e2e-cos240-lr2e-4-kl",
+    "vptq4-e2e-cos240-lr5e-4-kl": "vptq4-e2e-cos240-lr5e-4-head",
     "vptq4-now": "vptq4-e2e-cos240-lr5e-4-head",
 }
 # A row's changes to DISTILL (the rows not named here use DISTILL itself).
@@ -153,6 +169,14 @@ DISTILL_CHANGES = {
     "vptq3-e2e-cos240-lr2e-4-kl": {"steps": 240, "schedule": "cosine", "lr": 2e-4, "select": "kl"},
     "vptq4-e2e-cos240-lr2e-4-kl": {"steps": 240, "schedule": "cosine", "lr": 2e-4, "select": "kl"},
     "vptq3-e2e-cos240-lr5e-4-kl": {"steps": 240, "schedule": "cosine", "lr": 5e-4, "select": "kl"},
+    "vptq3-e2e-cos240-lr5e-4-head-kl": {
+        "steps": 240,
+        "schedule": "cosine",
+        "lr": 5e-4,
+        "select": "kl",
+        "train_head": True,
+    },
+    "vptq4-e2e-cos240-lr5e-4-kl": {"steps": 240, "schedule": "cosine", "lr": 5e-4, "select": "kl"},
 }
 
 
