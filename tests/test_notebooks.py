@@ -90,6 +90,7 @@ CONCEPTS = {
     "2.8 groups": ("04", [r"group_num=g"]),
     "2.9 per-column normalisation": ("04", [r"enable_norm=True"]),
     "2.10 layer-wise fine-tuning": ("05", [r"finetune=True"]),
+    "2.11 end-to-end distillation, indices fixed": ("05", [r"distill_\(student, teacher", r"indices_before"]),
     "3 index and codebook bits by hand, against bits_per_weight": ("01", [r"bits_per_weight\(cfg, \(out_f, in_f\)"]),
     "3 paper checks: 1.002 bits, 2.02 (7B), 2.19 (13B), 3.27 for 'v8-k65536-256'": (
         "01",

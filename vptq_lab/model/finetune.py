@@ -4,7 +4,7 @@ After quantization, the whole quantized model (the student) is trained to match 
 teacher): the loss is the KL divergence between their next-token distributions on calibration text, minimised by
 Adam. Only the codebooks (main, residual, outlier), the RMSNorm weights and, with ``enable_norm``, the per-column
 ``weight_scale``/``weight_bias`` train; the indices stay fixed unless ``code_every`` is set (PV-tuning's code
-updates, docs/algorithm.md step 12: the codes follow straight-through displacements of the weights), so the file format
+updates, docs/algorithm.md step 11: the codes follow straight-through displacements of the weights), so the file format
 and the bits stay the same either way.
 The embeddings and ``lm_head`` stay frozen unless ``train_head=True``: then the output head trains too (and with it
 the input embeddings where the model ties them, as SmolLM2 does). Those are the model's 16-bit tensors, stored as
