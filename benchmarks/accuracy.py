@@ -132,6 +132,13 @@ PLAN = {
         True,
         {},
     ),
+    "vptq4-e2e-cos240-lr2e-4-head-kl": (
+        4,
+        "4-bit preset + end-to-end, 240 steps, cosine lr 2e-4, head and tied embeddings trained, kept by KL",
+        False,
+        True,
+        {},
+    ),
     "vptq4-calib128x512": (4, "4-bit preset, 128 x 512 calibration tokens", False, False, {"nsamples": 128}),
     # the presets as today's code quantizes them (the preset rows above come from vptq_table.py at an older commit):
     # the starting points of the rows that reuse these quantizations, evaluated without fine-tuning
@@ -153,6 +160,7 @@ QUANTIZED_AS = {
     "vptq3-e2e-cos240-lr5e-4-kl": "vptq3-e2e-cos240-lr2e-4-kl",
     "vptq3-e2e-cos240-lr5e-4-head-kl": "vptq3-e2e-cos240-lr2e-4-kl",
     "vptq4-e2e-cos240-lr5e-4-kl": "vptq4-e2e-cos240-lr5e-4-head",
+    "vptq4-e2e-cos240-lr2e-4-head-kl": "vptq4-e2e-cos240-lr5e-4-head",
     "vptq4-now": "vptq4-e2e-cos240-lr5e-4-head",
 }
 # A row's changes to DISTILL (the rows not named here use DISTILL itself).
@@ -177,6 +185,13 @@ DISTILL_CHANGES = {
         "train_head": True,
     },
     "vptq4-e2e-cos240-lr5e-4-kl": {"steps": 240, "schedule": "cosine", "lr": 5e-4, "select": "kl"},
+    "vptq4-e2e-cos240-lr2e-4-head-kl": {
+        "steps": 240,
+        "schedule": "cosine",
+        "lr": 2e-4,
+        "select": "kl",
+        "train_head": True,
+    },
 }
 
 
