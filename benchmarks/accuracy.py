@@ -1,4 +1,4 @@
-"""2-bit recipes on the default model: presets, layer-wise and end-to-end fine-tuning, on the same test windows.
+"""Recipes per budget (2, 3 and 4 bits) on the default model: presets and fine-tuning, on the same test windows.
 
 Every row is quantized (and fine-tuned) from the same default model and evaluated on the first ``--windows``
 WikiText-2 test windows of 2048 tokens. Rows already measured by ``benchmarks/vptq_table.py`` (the presets and
