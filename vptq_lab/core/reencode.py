@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 import torch
 
+from vptq_lab.core.kmeans import nearest
 from vptq_lab.core.qweight import QuantizedWeight
 
 __all__ = ["ReencodeResult", "reencode"]
 
-_CHUNK = 1 << 15  # vectors per distance block: 32k x 512 centroids x 4 bytes = 64 MB
 _SEARCHED = 8  # vectors searched per vector allowed to change: those with the largest error (see _encode_part)
 
 
@@ -101,16 +101,11 @@ def _nearest(x: torch.Tensor, m: torch.Tensor, cb: torch.Tensor) -> torch.Tensor
     """Index of the nearest codeword of ``cb`` [k, v] to each row of ``x`` [n, v], counting only the dimensions
     where the mask ``m`` [n, v] is 1 (ties: the lowest index)."""
     best = torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
-    sq = cb.square()  # [k, v]
-    full = m.all(dim=1)  # [n]: vectors with no padding, the common case: one fused matmul
-    rows = full.nonzero().squeeze(1)
-    csq = sq.sum(1)  # [k]
-    for start in range(0, rows.numel(), _CHUNK):
-        part = rows[start : start + _CHUNK]
-        best[part] = torch.addmm(csq, x[part], cb.T, alpha=-2.0).argmin(dim=1)  # [c, k]: |c|^2 - 2 x.c
+    full = m.all(dim=1)  # [n]: vectors with no padding, the common case
+    best[full] = nearest(x[full], cb)
     part = (~full).nonzero().squeeze(1)  # the padded last vector row: masked distances
     if part.numel():
-        dist = m[part] @ sq.T - 2.0 * ((x[part] * m[part]) @ cb.T)  # [p, k]
+        dist = m[part] @ cb.square().T - 2.0 * ((x[part] * m[part]) @ cb.T)  # [p, k]
         best[part] = dist.argmin(dim=1)
     return best
 

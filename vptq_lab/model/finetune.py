@@ -527,15 +527,8 @@ def _codes_of(layers: dict[str, QuantizedLinear]) -> dict[str, torch.Tensor]:
 
 def _set_codes(layers: dict[str, QuantizedLinear], codes: dict[str, torch.Tensor]) -> None:
     """Put packed codes from :func:`_codes_of` back into the layers (their unpacked copies too)."""
-    from vptq_lab.core.packing import split_codes, unpack_codes
-
     for name, layer in layers.items():
-        b1, b2 = layer.qweight.index_bits
-        merged = unpack_codes(codes[f"{name}.indices"].to(layer.indices.device), b1 + b2, layer.qweight.group_size)
-        idx, res_idx = split_codes(merged, b1, b2)
-        outliers = codes.get(f"{name}.outlier_indices")
-        outliers = None if outliers is None else outliers.to(torch.int64) & 0xFFFF
-        layer.set_codes(idx, res_idx, outliers)
+        layer.set_packed_codes(codes[f"{name}.indices"], codes.get(f"{name}.outlier_indices"))
 
 
 def _evaluate(

@@ -122,6 +122,17 @@ class QuantizedLinear(nn.Module):
             self.__dict__["_codes"] = (idx, res_idx)
         self._rebuild()
 
+    def set_packed_codes(self, indices: torch.Tensor, outlier_indices: torch.Tensor | None) -> None:
+        """Replace the codes from their stored form (the ``indices`` and ``outlier_indices`` buffers' layout, as
+        :meth:`set_codes` leaves them); during fine-tuning the unpacked copy follows."""
+        with torch.no_grad():
+            self.indices = indices.to(self.indices.device)
+            if outlier_indices is not None:
+                self.outlier_indices = outlier_indices.to(self.outlier_indices.device)
+        self._rebuild()
+        if self._codes is not None:
+            self.__dict__["_codes"] = self.qweight.codes()
+
     def _dequantize_trainable(self, values: list[torch.Tensor]) -> torch.Tensor:
         """fp32 W [out, in] from the trainable tensors' ``values`` (in ``self._trainable``'s order)."""
         return dequantize(replace(self.qweight, **dict(zip(self._trainable, values))), self._codes)
