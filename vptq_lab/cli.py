@@ -51,8 +51,8 @@ def _add_distill_args(p: argparse.ArgumentParser) -> None:
         type=_positive_int,
         default=None,
         help="code updates (PV-tuning): every N steps the indices move towards the weights plus straight-through "
-        "displacements (same file and bits; while training, the fp32 displacements, their gradients, Adam state "
-        "and the kept state's copy take 20 bytes per weight: about 2 GB more on the default model). Default: off",
+        "displacements (same file and bits; while training, the fp32 displacements, their gradients and Adam "
+        "state take 16 bytes per weight: about 1.7 GB more on the default model). Default: off",
     )
     p.add_argument(
         "--distill-code-lr", type=float, default=None, help="learning rate of the straight-through displacements (5e-4)"

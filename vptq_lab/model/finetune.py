@@ -396,8 +396,9 @@ def distill_(
     params = trainable_parameters(student, config.train_norms, config.train_head)
     layers = _code_layers(student, params) if config.code_every else {}
     targets = sorted(f"{n}.{TARGET}" for n in layers)
-    names = sorted(n for n in params if n not in targets) + targets  # the optimizer's order (see _commit)
-    groups = [{"params": [params[n] for n in names[: len(names) - len(targets)]], "base_lr": config.lr}]
+    kept = sorted(n for n in params if n not in targets)  # the kept state: not the displacements, which end here
+    names = kept + targets  # the optimizer's order (see _commit)
+    groups = [{"params": [params[n] for n in kept], "base_lr": config.lr}]
     if targets:  # the straight-through displacements: their own learning rate
         groups.append({"params": [params[n] for n in targets], "base_lr": config.code_lr})
     optimizer = torch.optim.Adam([{**g, "lr": g["base_lr"]} for g in groups])
@@ -411,7 +412,7 @@ def distill_(
         if not state["history"]:
             state["initial"] = _heldout(student, teacher, heldout_ids, config.temperature, world, chunked)
             state["best"] = {"step": 0, **state["initial"]}
-            state["best_tensors"] = {n: params[n].detach().clone() for n in names}
+            state["best_tensors"] = {n: params[n].detach().clone() for n in kept}
             state["best_codes"] = _codes_of(layers)
         bar = tqdm(total=config.steps, initial=state["step"], desc="distilling", disable=not progress or not world.main)
         running = []
@@ -437,13 +438,13 @@ def distill_(
             bar.set_postfix({"kl": f"{running[-1]:.4f}", f"best_{config.select}": f"{best:.4g}"})
             if state["step"] % config.eval_every == 0 or state["step"] == config.steps:
                 mean_kl = sum(running) / len(running)
-                _evaluate(student, teacher, heldout_ids, config, params, names, state, mean_kl, world, chunked, layers)
+                _evaluate(student, teacher, heldout_ids, config, params, kept, state, mean_kl, world, chunked, layers)
                 running = []
                 if folder is not None and world.main:
                     _commit(folder, config, names, params, optimizer, gen, state, layers)
         bar.close()
         with torch.no_grad():  # the best state, then the codebooks' own dtype
-            for n in names:
+            for n in kept:
                 params[n].copy_(state["best_tensors"][n])
         _set_codes(layers, state["best_codes"])
     finally:
@@ -629,7 +630,7 @@ def _open(
     optimizer.load_state_dict({"state": adam, "param_groups": saved["param_groups"]})
     gen.set_state(tensors["sampler"])
     state = dict(record["state"])
-    state["best_tensors"] = {n: tensors[f"best.{n}"].clone() for n in names}
+    state["best_tensors"] = {k.partition(".")[2]: t.clone() for k, t in tensors.items() if k.startswith("best.")}
     state["best_codes"] = {k.partition(".")[2]: t.clone() for k, t in tensors.items() if k.startswith("best_codes.")}
     _set_codes(layers, {k.partition(".")[2]: t for k, t in tensors.items() if k.startswith("codes.")})
     log.info("resumed distillation from %s at step %d", folder, state["step"])

@@ -171,7 +171,8 @@ class _RecomputedLinear(torch.autograd.Function):
             grads = torch.autograd.grad(w, leaves, grad_w, allow_unused=True)
         target = ctx.layer._target
         if target is not None:  # code updates: the straight-through displacement takes the gradient w.r.t. W
-            target.grad = grad_w.detach().clone() if target.grad is None else target.grad + grad_w.detach()
+            grad_w = grad_w.detach()  # a new tensor: no copy needed
+            target.grad = grad_w if target.grad is None else target.grad + grad_w
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
         grad_x = (grad_out.to(w.dtype) @ w).to(x.dtype) if ctx.needs_input_grad[0] else None
         grad_b = grad_out.reshape(-1, grad_out.shape[-1]).sum(0) if ctx.needs_input_grad[1] else None
