@@ -125,6 +125,13 @@ PLAN = {
         True,
         {},
     ),
+    "vptq3-e2e-cos480-lr5e-4-head-kl": (
+        3,
+        "3-bit preset + end-to-end, 480 steps, cosine lr 5e-4, head and tied embeddings trained, kept by KL",
+        False,
+        True,
+        {},
+    ),
     "vptq4-e2e-cos240-lr5e-4-kl": (
         4,
         "4-bit preset + end-to-end, 240 steps, cosine lr 5e-4, kept by KL",
@@ -159,6 +166,7 @@ QUANTIZED_AS = {
     "vptq3-now": "vptq3-e2e-cos240-lr2e-4-kl",
     "vptq3-e2e-cos240-lr5e-4-kl": "vptq3-e2e-cos240-lr2e-4-kl",
     "vptq3-e2e-cos240-lr5e-4-head-kl": "vptq3-e2e-cos240-lr2e-4-kl",
+    "vptq3-e2e-cos480-lr5e-4-head-kl": "vptq3-e2e-cos240-lr2e-4-kl",
     "vptq4-e2e-cos240-lr5e-4-kl": "vptq4-e2e-cos240-lr5e-4-head",
     "vptq4-e2e-cos240-lr2e-4-head-kl": "vptq4-e2e-cos240-lr5e-4-head",
     "vptq4-now": "vptq4-e2e-cos240-lr5e-4-head",
@@ -179,6 +187,13 @@ DISTILL_CHANGES = {
     "vptq3-e2e-cos240-lr5e-4-kl": {"steps": 240, "schedule": "cosine", "lr": 5e-4, "select": "kl"},
     "vptq3-e2e-cos240-lr5e-4-head-kl": {
         "steps": 240,
+        "schedule": "cosine",
+        "lr": 5e-4,
+        "select": "kl",
+        "train_head": True,
+    },
+    "vptq3-e2e-cos480-lr5e-4-head-kl": {
+        "steps": 480,
         "schedule": "cosine",
         "lr": 5e-4,
         "select": "kl",
