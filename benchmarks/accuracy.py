@@ -151,6 +151,13 @@ PLAN = {
     # the starting points of the rows that reuse these quantizations, evaluated without fine-tuning
     "vptq3-now": (3, "3-bit preset (quantized by the code of the 3-bit e2e rows)", False, False, {}),
     "vptq4-now": (4, "4-bit preset (quantized by the code of the 4-bit e2e rows)", False, False, {}),
+    "vptq4-e2e-now": (
+        4,
+        "4-bit preset + end-to-end distillation (quantized by the code of the 4-bit e2e rows)",
+        False,
+        True,
+        {},
+    ),
 }
 # A row whose quantization is another row's, config for config: it starts from a copy of that row's block
 # checkpoints (quantization is deterministic for a seed and thread count), and its time and memory add that row's
@@ -170,6 +177,7 @@ QUANTIZED_AS = {
     "vptq4-e2e-cos240-lr5e-4-kl": "vptq4-e2e-cos240-lr5e-4-head",
     "vptq4-e2e-cos240-lr2e-4-head-kl": "vptq4-e2e-cos240-lr5e-4-head",
     "vptq4-now": "vptq4-e2e-cos240-lr5e-4-head",
+    "vptq4-e2e-now": "vptq4-e2e-cos240-lr5e-4-head",
 }
 # A row's changes to DISTILL (the rows not named here use DISTILL itself).
 DISTILL_CHANGES = {
