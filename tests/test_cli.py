@@ -232,8 +232,8 @@ def test_finetune_refuses_a_teacher_of_another_shape(tiny_model_dir, tmp_path, c
 
 
 def test_finetune_layer_on_a_preset_is_the_measured_recipe(tmp_path, monkeypatch, capsys):
-    """`--bits 2 --finetune layer+e2e` is the accuracy table's best 2-bit row: layer-wise steps of one sequence; a
-    --config file keeps its own finetune_batch."""
+    """`--bits 2 --finetune layer+e2e`: layer-wise steps of one sequence (the measured recipe), then the 2-bit
+    distillation recipe; a --config file keeps its own finetune_batch."""
     import vptq_lab.cli as cli
 
     seen = []
@@ -243,7 +243,7 @@ def test_finetune_layer_on_a_preset_is_the_measured_recipe(tmp_path, monkeypatch
     from vptq_lab import preset
 
     assert config == preset(2).replace(finetune=True, finetune_batch=1)
-    assert rest[6] == {}  # distillation with the DistillConfig defaults
+    assert rest[6] == {"steps": 240, "schedule": "cosine", "lr": 5e-4, "train_head": True}  # DISTILL_RECIPES[2]
     args = [
         "quantize",
         "--config",
@@ -255,3 +255,48 @@ def test_finetune_layer_on_a_preset_is_the_measured_recipe(tmp_path, monkeypatch
     ]
     assert main(args) == 0
     assert seen[-1][0].finetune and seen[-1][0].finetune_batch == 0
+
+
+def test_e2e_starts_from_the_budgets_recipe_and_flags_change_it(tmp_path, monkeypatch):
+    """On a preset, `--finetune e2e` distils by the recipe measured best at its budget (DISTILL_RECIPES); each
+    --distill-* flag given changes one field, --no-distill-train-head included; a --config file starts from
+    DistillConfig's defaults; `finetune --recipe N` starts where `quantize --bits N` does."""
+    import vptq_lab.cli as cli
+    from vptq_lab import DistillConfig, distill_recipe
+    from vptq_lab.model.finetune import DISTILL_RECIPES
+
+    seen = []
+    monkeypatch.setattr(cli, "_quantize", lambda model, config, *a, **k: seen.append(a[6]) or {"ok": 1})
+
+    def settings(*argv):
+        assert main(["quantize", *argv, "--finetune", "e2e", "--out", str(tmp_path / f"o{len(seen)}")]) == 0
+        return seen[-1]
+
+    for bits in (2, 3, 4):
+        assert settings("--bits", str(bits)) == DISTILL_RECIPES[bits]
+        assert DistillConfig(**seen[-1]) == distill_recipe(bits)
+    assert DISTILL_RECIPES[2] != DISTILL_RECIPES[4] and DISTILL_RECIPES[2]["train_head"] is True
+    assert distill_recipe(2, steps=5).steps == 5
+    with pytest.raises(ValueError, match=r"no distillation recipe for bits=5; available: \[2, 3, 4\]"):
+        distill_recipe(5)
+    changed = settings("--bits", "2", "--distill-steps", "10", "--no-distill-train-head", "--distill-select", "kl")
+    assert changed == {**DISTILL_RECIPES[2], "steps": 10, "train_head": False, "select": "kl"}
+    assert settings("--bits", "4", "--distill-train-head") == {**DISTILL_RECIPES[4], "train_head": True}
+    assert settings("--config", str(_tiny_config_file(tmp_path))) == {}  # DistillConfig's defaults
+    assert settings("--config", str(_tiny_config_file(tmp_path)), "--distill-lr", "1e-3") == {"lr": 1e-3}
+
+    distilled = []
+    keys = ("initial", "best", "final", "steps_run", "stopped_early", "seconds")
+    monkeypatch.setattr(
+        cli, "_distill", lambda student, tok, teacher, data, s, *a: distilled.append(s) or dict.fromkeys(keys)
+    )
+    monkeypatch.setattr("vptq_lab.io.checkpoint.load_quantized", lambda folder: (None, object()))
+    monkeypatch.setattr("vptq_lab.io.checkpoint.save_quantized", lambda *a, **k: None)
+    folder = tmp_path / "q"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    cases = [([], {}), (["--recipe", "3"], DISTILL_RECIPES[3]), (["--recipe", "2", "--distill-lr", "1e-4"], None)]
+    for i, (extra, expected) in enumerate(cases):
+        argv = ["finetune", "--model", str(folder), "--out", str(tmp_path / f"f{i}"), "--json", *extra]
+        assert main(argv) == 0
+        assert distilled[-1] == (expected if expected is not None else {**DISTILL_RECIPES[2], "lr": 1e-4})

@@ -169,6 +169,30 @@ def test_accuracy_table_marks_the_best_recipe_within_each_budget():
     assert {"2-bit preset", "2-bit preset + end-to-end distillation"} <= set(table.recipe)
 
 
+def test_each_budgets_distillation_recipe_is_the_one_its_best_row_measured(monkeypatch):
+    """`vptq-lab quantize --bits N --finetune e2e` (DISTILL_RECIPES) distils as the accuracy table's best row at N
+    bits did (benchmarks/accuracy.py's DistillConfig for that row)."""
+    import importlib.util
+
+    import pandas as pd
+
+    from vptq_lab import distill_recipe
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.syspath_prepend(str(root / "benchmarks"))  # accuracy.py imports its neighbour _bench
+    spec = importlib.util.spec_from_file_location("accuracy_benchmark", root / "benchmarks" / "accuracy.py")
+    accuracy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(accuracy)
+    by_recipe = {plan[1]: name for name, plan in accuracy.PLAN.items()}
+    assert len(by_recipe) == len(accuracy.PLAN)  # one row per recipe text
+    table = pd.read_csv(root / "benchmarks" / "results" / "accuracy.csv")
+    for budget in (2, 3, 4):
+        (recipe,) = table[table.best & (table.budget == budget)].recipe
+        name = by_recipe[recipe]
+        assert accuracy.PLAN[name][3], f"{budget}-bit: the best row does not distil"
+        assert distill_recipe(budget) == accuracy.distill_config(name), f"{budget}-bit: {name}"
+
+
 def test_code_commit_is_dirty_for_code_changes_only(tmp_path):
     """A benchmark appending to its own results file must not mark its later rows "+dirty"; a code change must."""
     import subprocess

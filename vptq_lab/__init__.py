@@ -10,6 +10,9 @@ evaluate it and save it in the official VPTQ layout::
     report = quantize_(model, preset(2), calib)
     print(perplexity(model, tokenizer, max_windows=8).perplexity)
 
+End-to-end distillation from the unquantized model (``distill_``, by ``distill_recipe(2)``, the recipe measured
+best at the 2-bit preset) follows the same in-place style.
+
 The package is layered, each layer importing only from the ones before it (``tests/test_architecture.py``
 enforces this):
 
@@ -48,6 +51,10 @@ _API: dict[str, str] = {
     "quantize_": "vptq_lab.model.calibrate",
     "QuantizationReport": "vptq_lab.model.calibrate",
     "QuantizedLinear": "vptq_lab.model.layers",
+    "DistillConfig": "vptq_lab.model.finetune",
+    "distill_": "vptq_lab.model.finetune",
+    "distill_recipe": "vptq_lab.model.finetune",
+    "split_heldout": "vptq_lab.model.finetune",
     "save_quantized": "vptq_lab.io.checkpoint",
     "load_quantized": "vptq_lab.io.checkpoint",
     "load_model": "vptq_lab.io.models",
@@ -65,6 +72,7 @@ __all__ = [
     "BASELINE_NOTE",
     "METHODS",
     "CompareSettings",
+    "DistillConfig",
     "GPTQConfig",
     "QuantizationReport",
     "QuantizedLinear",
@@ -76,6 +84,8 @@ __all__ = [
     "calibration_windows",
     "compare",
     "dequantize",
+    "distill_",
+    "distill_recipe",
     "load_model",
     "load_quantized",
     "load_wikitext2",
@@ -85,6 +95,7 @@ __all__ = [
     "quantize_",
     "release_freed_memory",
     "save_quantized",
+    "split_heldout",
     "suggest",
     "vptq_quantize",
 ]  # exactly the keys of _API (tests/test_architecture.py checks)
@@ -105,6 +116,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time names load laz
     from vptq_lab.lab.eval import perplexity
     from vptq_lab.memory import release_freed_memory
     from vptq_lab.model.calibrate import QuantizationReport, quantize_
+    from vptq_lab.model.finetune import DistillConfig, distill_, distill_recipe, split_heldout
     from vptq_lab.model.layers import QuantizedLinear
 
 

@@ -26,23 +26,27 @@ FINETUNE_CHOICES = ("none", "layer", "e2e", "layer+e2e")
 
 
 def _add_distill_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--distill-steps", type=_positive_int, default=None, help="Adam steps at most (default 80)")
-    p.add_argument("--distill-lr", type=float, default=None, help="learning rate (default 2e-4)")
+    # Every default below is the recipe's (DISTILL_RECIPES for a preset's budget, else DistillConfig's own).
+    p.add_argument(
+        "--distill-steps", type=_positive_int, default=None, help="Adam steps at most (default: the recipe's)"
+    )
+    p.add_argument("--distill-lr", type=float, default=None, help="learning rate (default: the recipe's)")
     p.add_argument(
         "--distill-schedule",
         choices=["constant", "cosine"],
         default=None,
-        help="learning rate over the steps: constant (default) or cosine (down to 0 at the last step)",
+        help="learning rate over the steps: constant or cosine (down to 0 at the last step)",
     )
     p.add_argument(
         "--distill-select",
         choices=["ppl", "kl"],
         default=None,
-        help="keep the state with the lowest held-out perplexity (ppl, default) or KL to the teacher (kl)",
+        help="keep the state with the lowest held-out perplexity (ppl) or KL to the teacher (kl)",
     )
     p.add_argument(
         "--distill-train-head",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="train the output head too (and the input embeddings where they are tied to it): the same file and "
         "bits, more weights to train and more memory (Adam's state for them)",
     )
@@ -136,7 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=FINETUNE_CHOICES,
         default="none",
         help="layer: layer-wise fine-tuning after each block; e2e: end-to-end distillation from the unquantized "
-        "model afterwards; layer+e2e: both (default none)",
+        "model afterwards, by the recipe measured best at the --bits budget (DISTILL_RECIPES in "
+        "vptq_lab.model.finetune; with --config, DistillConfig's defaults), which --distill-* flags change; "
+        "layer+e2e: both (default none)",
     )
     _add_distill_args(p)
     _add_device_args(p)
@@ -151,6 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--checkpoint-dir", default=None, help="commit progress here so a killed run can be resumed")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --checkpoint-dir")
+    p.add_argument(
+        "--recipe",
+        type=int,
+        choices=(2, 3, 4),
+        default=None,
+        help="start from the distillation recipe measured best at this preset's budget, as `quantize --bits N "
+        "--finetune e2e` does (default: DistillConfig's defaults, 80 constant steps at lr 2e-4)",
+    )
     _add_distill_args(p)
     _add_device_args(p)
     p.set_defaults(func=cmd_finetune)
@@ -412,8 +426,12 @@ def _start_ranks(args: argparse.Namespace) -> None:
     init_distributed(args.device, args.timeout)
 
 
-def _distill_settings(args: argparse.Namespace) -> dict:
-    settings = {}
+def _distill_settings(args: argparse.Namespace, recipe: int | None = None) -> dict:
+    """DistillConfig fields: the recipe measured best at ``recipe`` bits (none: DistillConfig's defaults), changed
+    by the --distill-* flags given."""
+    from vptq_lab.model.finetune import DISTILL_RECIPES
+
+    settings = dict(DISTILL_RECIPES[recipe]) if recipe is not None else {}
     if args.distill_steps is not None:
         settings["steps"] = args.distill_steps
     if args.distill_lr is not None:
@@ -424,8 +442,8 @@ def _distill_settings(args: argparse.Namespace) -> dict:
         settings["schedule"] = args.distill_schedule
     if args.distill_select is not None:
         settings["select"] = args.distill_select
-    if args.distill_train_head:
-        settings["train_head"] = True
+    if args.distill_train_head is not None:
+        settings["train_head"] = args.distill_train_head
     if args.distill_code_every is not None:
         settings["code_every"] = args.distill_code_every
     for flag in ("code_lr", "code_fraction"):
@@ -450,7 +468,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         # On a preset, the measured recipe (benchmarks/accuracy.py, vptq_table.py): one sequence per Adam step.
         # A --config file keeps its own finetune_batch.
         config = config.replace(finetune=True, **({} if args.config else {"finetune_batch": 1}))
-    distill = _distill_settings(args) if "e2e" in args.finetune else None
+    # On a preset, distillation starts from the recipe measured best at its budget; a --config file, from the defaults
+    distill = _distill_settings(args, None if args.config else args.bits) if "e2e" in args.finetune else None
     _print_record(
         _quantize(
             args.model,
@@ -491,7 +510,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         tokenizer,
         args.teacher,
         args.data_dir,
-        _distill_settings(args),
+        _distill_settings(args, args.recipe),
         not args.no_progress,
         args.checkpoint_dir,
         args.resume,

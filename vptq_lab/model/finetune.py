@@ -58,6 +58,8 @@ __all__ = [
     "trainable_parameters",
     "split_heldout",
     "DISTILL_WINDOWS",
+    "DISTILL_RECIPES",
+    "distill_recipe",
     "remove_distill_checkpoint",
 ]
 
@@ -132,6 +134,26 @@ class DistillConfig(JsonConfig):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a bool")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ValueError(f"seed={self.seed!r} must be an int >= 0")
+
+
+# The recipe measured best for each preset's budget on the default model (benchmarks/accuracy.py, the `best` row of
+# benchmarks/results/accuracy.csv): DistillConfig's fields that differ from its defaults. `vptq-lab quantize --bits N
+# --finetune e2e` starts from these; explicit --distill-* flags change them.
+DISTILL_RECIPES: dict[int, dict[str, Any]] = {
+    # 78.1 -> 42.6 (row vptq2-e2e-cos240-lr5e-4-head)
+    2: {"steps": 240, "schedule": "cosine", "lr": 5e-4, "train_head": True},
+    # 32.4 -> 27.4 (row vptq3-e2e-cos240-lr5e-4-head-kl)
+    3: {"steps": 240, "schedule": "cosine", "lr": 5e-4, "train_head": True, "select": "kl"},
+    # the defaults, 80 constant steps at lr 2e-4: 24.4 -> 23.3 (row vptq4-e2e)
+    4: {},
+}
+
+
+def distill_recipe(bits: int, **changes: Any) -> DistillConfig:
+    """The distillation recipe measured best at the ``bits`` preset (:data:`DISTILL_RECIPES`), with ``changes``."""
+    if bits not in DISTILL_RECIPES:
+        raise ValueError(f"no distillation recipe for bits={bits!r}; available: {sorted(DISTILL_RECIPES)}")
+    return DistillConfig(**{**DISTILL_RECIPES[bits], **changes})
 
 
 @dataclass
