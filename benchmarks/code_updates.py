@@ -47,10 +47,10 @@ class _StopAt(Exception):
     pass
 
 
-def run_variant(student0, teacher, train, held, changes: dict, steps: int) -> dict:
-    """The first ``steps`` steps of BASE with ``changes``: held-out KL every 10 steps, code changes per update."""
+def run_variant(student0, teacher, train, held, changes: dict, steps: int, base: DistillConfig = BASE) -> dict:
+    """The first ``steps`` steps of ``base`` with ``changes``: held-out KL every 10 steps, code changes per update."""
     student = copy.deepcopy(student0)
-    config = BASE.replace(**changes)
+    config = base.replace(**changes)
     history, updates = [], []
     real_evaluate, real_update = finetune._evaluate, finetune._update_codes
 

@@ -63,6 +63,41 @@ def test_distillation_lowers_heldout_kl_and_keeps_every_index(pair):
     assert all(not p.requires_grad for p in student.parameters())  # training is over: nothing left trainable
 
 
+def test_hidden_loss_is_the_blocks_relative_squared_error(pair):
+    teacher, student0, train, _ = pair
+    t = [torch.ones(1, 2, 3), torch.full((1, 2, 3), 2.0), torch.full((1, 2, 3), -1.0)]
+    s = [torch.zeros(1, 2, 3), torch.full((1, 2, 3), 3.0), torch.full((1, 2, 3), -1.0)]
+    # the embeddings (first) are skipped; blocks: (3-2)^2/2^2 = 0.25 and 0, mean 0.125
+    assert float(ft._hidden_loss(tuple(s), tuple(t))) == pytest.approx(0.125)
+    assert float(ft._hidden_loss(tuple(t), tuple(t))) == 0.0
+    student = copy.deepcopy(student0)
+    trainable_parameters(student)
+    for chunked in (False, True):
+        parts = {}
+        plain = float(_kl(student, teacher, train[:2], 1.0, chunked=chunked).detach())
+        total = float(_kl(student, teacher, train[:2], 1.0, chunked, hidden_weight=2.0, parts=parts).detach())
+        assert parts["kl"] == pytest.approx(plain, rel=1e-6) and parts["hidden"] > 0  # the quantized blocks differ
+        assert total == pytest.approx(plain + 2.0 * parts["hidden"], rel=1e-6)
+    same = float(_kl(teacher, teacher, train[:2], 1.0, hidden_weight=1.0, parts=parts).detach())
+    assert same == pytest.approx(0, abs=1e-6)
+    assert parts["hidden"] == 0.0
+
+
+def test_distillation_with_the_hidden_state_term_lowers_heldout_kl_and_keeps_every_index(pair):
+    teacher, student0, train, held = pair
+    plain, student = copy.deepcopy(student0), copy.deepcopy(student0)
+    indices = _indices(student)
+    ref = distill_(plain, teacher, train, held, DISTILL, progress=False)
+    report = distill_(student, teacher, train, held, DISTILL.replace(hidden_weight=5.0), progress=False)
+    assert report.best["kl"] < report.initial["kl"] and report.config["hidden_weight"] == 5.0
+    assert report.history != ref.history  # the term changed the training
+    assert all(torch.equal(indices[n], _indices(student)[n]) for n in indices)
+    with pytest.raises(ValueError, match="hidden_weight=-1.0 must be a number >= 0"):
+        DistillConfig(hidden_weight=-1.0)
+    with pytest.raises(ValueError, match="hidden_weight=nan"):
+        DistillConfig(hidden_weight=float("nan"))
+
+
 @pytest.mark.parametrize("temperature,train_head", [(1.0, False), (2.0, False), (1.5, True)])
 def test_chunked_kl_matches_the_full_logits_in_value_and_gradient(pair, monkeypatch, temperature, train_head):
     teacher, student0, train, _ = pair

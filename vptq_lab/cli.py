@@ -51,6 +51,13 @@ def _add_distill_args(p: argparse.ArgumentParser) -> None:
         "bits, more weights to train and more memory (Adam's state for them)",
     )
     p.add_argument(
+        "--distill-hidden-weight",
+        type=float,
+        default=None,
+        help="add this times the blocks' hidden-state error to the teacher's (relative squared error, the mean over "
+        "the blocks) to the KL loss (default 0: KL alone)",
+    )
+    p.add_argument(
         "--distill-code-every",
         type=_positive_int,
         default=None,
@@ -444,6 +451,10 @@ def _distill_settings(args: argparse.Namespace, recipe: int | None = None) -> di
         settings["select"] = args.distill_select
     if args.distill_train_head is not None:
         settings["train_head"] = args.distill_train_head
+    if args.distill_hidden_weight is not None:
+        if not (math.isfinite(args.distill_hidden_weight) and args.distill_hidden_weight >= 0):
+            raise VPTQLabError(f"--distill-hidden-weight {args.distill_hidden_weight} must be >= 0 (try 1.0)")
+        settings["hidden_weight"] = args.distill_hidden_weight
     if args.distill_code_every is not None:
         settings["code_every"] = args.distill_code_every
     for flag in ("code_lr", "code_fraction"):

@@ -114,6 +114,7 @@ _KEY_OMIT_AT_DEFAULT = {
     "code_every": 0,
     "code_lr": 5e-4,
     "code_fraction": 0.01,
+    "hidden_weight": 0.0,
 }
 
 

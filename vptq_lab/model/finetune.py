@@ -11,6 +11,8 @@ the input embeddings where the model ties them, as SmolLM2 does). Those are the 
 before, so the file and its bits stay the same; what changes is how many weights train (28M more on SmolLM2-135M,
 against about 1M codebook entries at the 2-bit preset) and the memory Adam needs for them.
 
+- ``hidden_weight`` > 0 adds a second term to the loss: each block's output matched to the teacher's (relative
+  squared error, the mean over the blocks), a signal per block rather than only at the logits. Off by default.
 - Memory stays bounded: the teacher's logits are recomputed for each step's batch and never kept.
 - Selection is on held-out windows (never the test split): their perplexity and KL to the teacher are measured
   every ``eval_every`` steps, the best state by ``config.select`` (perplexity by default, or KL) is kept, and
@@ -95,6 +97,9 @@ class DistillConfig(JsonConfig):
     code_every: int = 0
     code_lr: float = 5e-4
     code_fraction: float = 0.01
+    # > 0: the loss adds this times the blocks' hidden-state error to the teacher's (relative squared error, the
+    # mean over the blocks); the held-out figures and selection stay KL and perplexity
+    hidden_weight: float = 0.0
 
     def lr_at(self, step: int) -> float:
         """The learning rate of step ``step`` (0-based): a function of the step alone, so a resumed run has it."""
@@ -125,6 +130,12 @@ class DistillConfig(JsonConfig):
                 or not (math.isfinite(value) and value > 0)
             ):
                 raise ValueError(f"{name}={value!r} must be a positive number (lr: try 1e-4)")
+        if (
+            isinstance(self.hidden_weight, bool)
+            or not isinstance(self.hidden_weight, (int, float))
+            or not (math.isfinite(self.hidden_weight) and self.hidden_weight >= 0)
+        ):
+            raise ValueError(f"hidden_weight={self.hidden_weight!r} must be a number >= 0 (0: KL alone; try 1.0)")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule={self.schedule!r} must be one of {SCHEDULES}")
         if self.select not in ("ppl", "kl"):
@@ -228,24 +239,53 @@ def _end_training(model: nn.Module) -> None:
 
 
 def _kl(
-    student: nn.Module, teacher: nn.Module, ids: torch.Tensor, temperature: float, chunked: bool | None = None
+    student: nn.Module,
+    teacher: nn.Module,
+    ids: torch.Tensor,
+    temperature: float,
+    chunked: bool | None = None,
+    hidden_weight: float = 0.0,
+    parts: dict[str, float] | None = None,
 ) -> torch.Tensor:
     """Mean per-token KL(teacher || student) of the next-token distributions; the teacher's logits are
     recomputed here and dropped after the step.
 
     ``chunked`` (default: :func:`head_path` decides): the logits are made ``_KL_CHUNK`` positions at a time from
     the last hidden states and the gradient w.r.t. those is formed as they go (:class:`_ChunkedKL`), so no
-    [tokens, vocab] tensor outlives its chunk. Otherwise the full logits are made at once."""
+    [tokens, vocab] tensor outlives its chunk. Otherwise the full logits are made at once.
+    ``hidden_weight`` > 0 adds that times :func:`_hidden_loss` (every block's output matched to the teacher's);
+    ``parts``, when given, receives the two terms' values ("kl", "hidden")."""
+    hidden = hidden_weight > 0
     if chunked if chunked is not None else head_path(student, teacher):
         with torch.no_grad():
-            h_t = teacher.base_model(ids).last_hidden_state.flatten(0, 1)  # [b*seqlen, d]
-        h_s = student.base_model(ids).last_hidden_state.flatten(0, 1)  # [b*seqlen, d]
+            out_t = teacher.base_model(ids, output_hidden_states=hidden)
+        out_s = student.base_model(ids, output_hidden_states=hidden)
+        h_s, h_t = out_s.last_hidden_state.flatten(0, 1), out_t.last_hidden_state.flatten(0, 1)  # [b*seqlen, d]
         heads = (student.get_output_embeddings(), teacher.get_output_embeddings())
-        return _ChunkedKL.apply(h_s, heads[0].weight, h_t, heads, temperature) / h_s.shape[0]
-    with torch.no_grad():
-        target = F.log_softmax(teacher(ids).logits.float() / temperature, dim=-1)  # [b, seqlen, vocab]
-    logp = F.log_softmax(student(ids).logits.float() / temperature, dim=-1)  # [b, seqlen, vocab]
-    return F.kl_div(logp.flatten(0, 1), target.flatten(0, 1), log_target=True, reduction="batchmean")
+        kl = _ChunkedKL.apply(h_s, heads[0].weight, h_t, heads, temperature) / h_s.shape[0]
+    else:
+        with torch.no_grad():
+            out_t = teacher(ids, output_hidden_states=hidden)
+            target = F.log_softmax(out_t.logits.float() / temperature, dim=-1)  # [b, seqlen, vocab]
+        out_s = student(ids, output_hidden_states=hidden)
+        logp = F.log_softmax(out_s.logits.float() / temperature, dim=-1)  # [b, seqlen, vocab]
+        kl = F.kl_div(logp.flatten(0, 1), target.flatten(0, 1), log_target=True, reduction="batchmean")
+    term = _hidden_loss(out_s.hidden_states, out_t.hidden_states) if hidden else None
+    if parts is not None:
+        parts.update(kl=float(kl.detach()), hidden=float(term.detach()) if term is not None else 0.0)
+    return kl if term is None else kl + hidden_weight * term
+
+
+def _hidden_loss(student_states: tuple, teacher_states: tuple) -> torch.Tensor:
+    """Mean over the blocks of the squared error of the block's output to the teacher's, relative to the teacher's
+    (``||h_s - h_t||^2 / ||h_t||^2`` over the batch's tokens). The states are a model's ``hidden_states``: the
+    embeddings first (skipped: with a trained head, tied embeddings are trained), then each block's output (the
+    last one after the final norm)."""
+    terms = [
+        (s.float() - t.float()).pow(2).sum() / t.float().pow(2).sum().clamp_min(1e-12)
+        for s, t in zip(student_states[1:], teacher_states[1:])
+    ]
+    return torch.stack(terms).mean()
 
 
 _KL_CHUNK = 64  # positions per chunk of logits: 64 x 49k vocabulary x 4 bytes = 12.6 MB per [chunk, vocab] tensor
@@ -443,7 +483,8 @@ def distill_(
             rows = torch.randint(train_ids.shape[0], (config.batch * world.size,), generator=gen)  # [batch x ranks]
             rows = rows[world.rank * config.batch : (world.rank + 1) * config.batch].to(world.device)  # [batch]
             with torch.enable_grad():
-                loss = _kl(student, teacher, train_ids[rows], config.temperature, chunked)
+                parts = {}
+                loss = _kl(student, teacher, train_ids[rows], config.temperature, chunked, config.hidden_weight, parts)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
             if world.distributed:
@@ -451,7 +492,7 @@ def distill_(
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * config.lr_factor(state["step"])
             optimizer.step()
-            running.append(_mean_loss(float(loss.detach()), world))
+            running.append(_mean_loss(parts.get("kl", float(loss.detach())), world))  # the KL part alone
             state["step"] += 1
             if layers and state["step"] % config.code_every == 0:
                 state["code_updates"].append({"step": state["step"], **_update_codes(layers, config.code_fraction)})
