@@ -179,6 +179,11 @@ QUANTIZED_AS = {
     "vptq4-now": "vptq4-e2e-cos240-lr5e-4-head",
     "vptq4-e2e-now": "vptq4-e2e-cos240-lr5e-4-head",
 }
+# Rows measured on a quantization that today's code no longer makes (the quantizer changed after them, see the
+# README): they stay in the table, marked, and are never `best`, since their command would not reproduce them; the row
+# named measures the same recipe on today's quantization.
+SUPERSEDED = {"vptq4-e2e": "vptq4-e2e-now"}
+SUPERSEDED_MARK = "[older quantization]"
 # A row's changes to DISTILL (the rows not named here use DISTILL itself).
 DISTILL_CHANGES = {
     "vptq2-e2e-cos240": {"steps": 240, "schedule": "cosine"},
@@ -297,7 +302,12 @@ def _reuse_quantization(name: str, ckpt: Path) -> dict | None:
 
 def table_rows() -> list[dict]:
     """This script's cached rows, plus the preset and layer-wise rows of vptq_table's cache."""
-    rows = [r for r in current_rows(CACHE).values()]
+    rows = []
+    for key, r in current_rows(CACHE).items():
+        name = json.loads(key)["row"]
+        if name in SUPERSEDED:
+            r = {**r, "recipe": f"{r['recipe']} {SUPERSEDED_MARK} (today's: row {SUPERSEDED[name]})"}
+        rows.append(r)
     for r in current_rows(RESULTS / "vptq_table.cache.jsonl").values():
         if r["method"] == "fp":
             continue
@@ -326,7 +336,7 @@ def write(windows: int) -> pd.DataFrame:
     table = pd.DataFrame(table_rows())
     table = table[table.windows == windows].copy()
     table["fp_perplexity"] = fp["perplexity"]
-    within = table.bits_per_weight <= table.budget
+    within = (table.bits_per_weight <= table.budget) & ~table.recipe.str.contains(SUPERSEDED_MARK, regex=False)
     best = table[within].groupby("budget").perplexity.idxmin()
     table["best"] = table.index.isin(best.values)
     table = table.sort_values(["budget", "perplexity"])[COLUMNS]
