@@ -47,10 +47,10 @@ class _StopAt(Exception):
     pass
 
 
-def run_variant(student0, teacher, train, held, changes: dict, steps: int, base: DistillConfig = BASE) -> dict:
-    """The first ``steps`` steps of ``base`` with ``changes``: held-out KL every 10 steps, code changes per update."""
+def run_variant(student0, teacher, train, held, changes: dict, steps: int) -> dict:
+    """The first ``steps`` steps of BASE with ``changes``: held-out KL every 10 steps, code changes per update."""
     student = copy.deepcopy(student0)
-    config = base.replace(**changes)
+    config = BASE.replace(**changes)
     history, updates = [], []
     real_evaluate, real_update = finetune._evaluate, finetune._update_codes
 
@@ -83,15 +83,17 @@ def run_variant(student0, teacher, train, held, changes: dict, steps: int, base:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_probe_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bits", type=int, default=4, choices=[2, 3, 4])
     parser.add_argument("--steps", type=int, default=20, help="steps per variant (a multiple of 10)")
     parser.add_argument("--from-checkpoints", type=Path, default=None, help="block checkpoints of the quantization")
-    args = parser.parse_args()
-    commit = code_commit()
+
+
+def prepare(args: argparse.Namespace, work: Path) -> tuple:
+    """The quantized student (the ``--bits`` preset; from a copy of ``--from-checkpoints`` under ``work``, else
+    quantized there, resumable), the teacher, and the training and held-out windows of the CLI's distillation."""
     config = preset(args.bits).replace(finetune_batch=1)
-    ckpt = WORK / f"quantized-{args.bits}bit"
+    ckpt = work / f"quantized-{args.bits}bit"
     if args.from_checkpoints is not None and not ckpt.exists():
         if not args.from_checkpoints.is_dir():
             raise SystemExit(f"--from-checkpoints {args.from_checkpoints} is not a folder of block checkpoints")
@@ -102,8 +104,15 @@ def main() -> None:
     quantize_(student, config, calib, checkpoint_dir=ckpt, resume=ckpt.exists())
     teacher, _ = load_model("default")
     train, held = split_heldout(tokenize(tokenizer, valid), **DISTILL_WINDOWS, seed=config.seed)
+    return student, teacher, train, held
+
+
+def run_probe(args: argparse.Namespace, models: tuple, variants: dict[str, dict], out: Path, **extra) -> None:
+    """Every variant (name -> DistillConfig changes to BASE) from the ``prepare``d ``models``; writes ``out``."""
+    commit = code_commit()
+    student, teacher, train, held = models
     rows = {}
-    for name, changes in VARIANTS.items():
+    for name, changes in variants.items():
         print(f"--- {name}", flush=True)
         rows[name] = run_variant(student, teacher, train, held, changes, args.steps)
         print(json.dumps(rows[name]["heldout"]), flush=True)
@@ -114,10 +123,18 @@ def main() -> None:
         "base": BASE.to_dict(),
         "threads": torch.get_num_threads(),
         "quantization_from": str(args.from_checkpoints) if args.from_checkpoints else "quantized here",
+        **extra,
         "variants": rows,
     }
-    OUT.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"wrote {OUT}")
+    out.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_probe_args(parser)
+    args = parser.parse_args()
+    run_probe(args, prepare(args, WORK), VARIANTS, OUT)
 
 
 if __name__ == "__main__":

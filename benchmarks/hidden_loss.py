@@ -10,25 +10,21 @@ It also records both terms on the first training window before training, to show
     OMP_NUM_THREADS=1 python benchmarks/hidden_loss.py --from-checkpoints artifacts/accuracy-checkpoints/vptq4-now
 
 ``--from-checkpoints``: block checkpoints of that quantization (``accuracy.py`` leaves them per row); a copy is
-used. Without it the preset is quantized here first (into ``artifacts/hidden-loss``, resumable).
+used. Without it the preset is quantized here first (into ``artifacts/hidden-loss``, resumable:
+``code_updates.prepare``).
 Writes ``benchmarks/results/hidden_loss.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 from pathlib import Path
 
 import torch
 from _bench import RESULTS
-from code_updates import BASE, run_variant
+from code_updates import add_probe_args, prepare, run_probe
 
-from vptq_lab import calibration_windows, load_model, load_wikitext2, preset, quantize_
-from vptq_lab.io.data import tokenize
-from vptq_lab.lab.compare import code_commit
-from vptq_lab.model.finetune import DISTILL_WINDOWS, _kl, split_heldout
+from vptq_lab.model.finetune import _kl
 
 OUT = RESULTS / "hidden_loss.json"
 WORK = Path("artifacts") / "hidden-loss"
@@ -36,47 +32,16 @@ WORK = Path("artifacts") / "hidden-loss"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bits", type=int, default=4, choices=[2, 3, 4])
-    parser.add_argument("--steps", type=int, default=20, help="steps per variant (a multiple of 10)")
+    add_probe_args(parser)
     parser.add_argument("--weights", default="0,1,10", help="comma-separated hidden_weight values (0: KL alone)")
-    parser.add_argument("--from-checkpoints", type=Path, default=None, help="block checkpoints of the quantization")
     args = parser.parse_args()
-    weights = [float(w) for w in args.weights.split(",")]
-    commit = code_commit()
-    config = preset(args.bits).replace(finetune_batch=1)
-    ckpt = WORK / f"quantized-{args.bits}bit"
-    if args.from_checkpoints is not None and not ckpt.exists():
-        if not args.from_checkpoints.is_dir():
-            raise SystemExit(f"--from-checkpoints {args.from_checkpoints} is not a folder of block checkpoints")
-        shutil.copytree(args.from_checkpoints, ckpt)
-    student, tokenizer = load_model("default")
-    valid = load_wikitext2("validation")
-    calib = calibration_windows(tokenizer, valid, config.nsamples, config.seqlen, config.seed)
-    quantize_(student, config, calib, checkpoint_dir=ckpt, resume=ckpt.exists())
-    teacher, _ = load_model("default")
-    train, held = split_heldout(tokenize(tokenizer, valid), **DISTILL_WINDOWS, seed=config.seed)
+    models = prepare(args, WORK)
     scales = {}
     with torch.no_grad():
-        _kl(student, teacher, train[:1], 1.0, hidden_weight=1.0, parts=scales)
+        _kl(models[0], models[1], models[2][:1], 1.0, hidden_weight=1.0, parts=scales)
     print("terms on the first training window:", scales, flush=True)
-    rows = {}
-    for weight in weights:
-        name = f"hidden_weight {weight:g}"
-        print(f"--- {name}", flush=True)
-        rows[name] = run_variant(student, teacher, train, held, {"hidden_weight": weight}, args.steps, BASE)
-        print(json.dumps(rows[name]["heldout"]), flush=True)
-    record = {
-        "commit": commit,
-        "bits": args.bits,
-        "steps": args.steps,
-        "base": BASE.to_dict(),
-        "threads": torch.get_num_threads(),
-        "quantization_from": str(args.from_checkpoints) if args.from_checkpoints else "quantized here",
-        "terms_before_training": {k: round(v, 6) for k, v in scales.items()},
-        "variants": rows,
-    }
-    OUT.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"wrote {OUT}")
+    variants = {f"hidden_weight {float(w):g}": {"hidden_weight": float(w)} for w in args.weights.split(",")}
+    run_probe(args, models, variants, OUT, terms_before_training={k: round(v, 6) for k, v in scales.items()})
 
 
 if __name__ == "__main__":
