@@ -132,6 +132,14 @@ PLAN = {
         True,
         {},
     ),
+    "vptq3-e2e-cos240-lr5e-4-head-kl-h10": (
+        3,
+        "3-bit preset + end-to-end, 240 steps, cosine lr 5e-4, head and tied embeddings trained, kept by KL, "
+        "hidden-state term x10",
+        False,
+        True,
+        {},
+    ),
     "vptq4-e2e-cos240-lr2e-4-head-kl-h10": (
         4,
         "4-bit preset + end-to-end, 240 steps, cosine lr 2e-4, head and tied embeddings trained, kept by KL, "
@@ -186,6 +194,7 @@ QUANTIZED_AS = {
     "vptq4-e2e-cos240-lr2e-4-head-kl": "vptq4-e2e-cos240-lr5e-4-head",
     "vptq4-now": "vptq4-e2e-cos240-lr5e-4-head",
     "vptq4-e2e-cos240-lr2e-4-head-kl-h10": "vptq4-e2e-cos240-lr5e-4-head",
+    "vptq3-e2e-cos240-lr5e-4-head-kl-h10": "vptq3-e2e-cos240-lr2e-4-kl",
     "vptq4-e2e-now": "vptq4-e2e-cos240-lr5e-4-head",
 }
 # Rows measured on a quantization that today's code no longer makes (the quantizer changed after them, see the
@@ -222,6 +231,14 @@ DISTILL_CHANGES = {
         "train_head": True,
     },
     "vptq4-e2e-cos240-lr5e-4-kl": {"steps": 240, "schedule": "cosine", "lr": 5e-4, "select": "kl"},
+    "vptq3-e2e-cos240-lr5e-4-head-kl-h10": {
+        "steps": 240,
+        "schedule": "cosine",
+        "lr": 5e-4,
+        "select": "kl",
+        "train_head": True,
+        "hidden_weight": 10.0,
+    },
     "vptq4-e2e-cos240-lr2e-4-head-kl-h10": {
         "steps": 240,
         "schedule": "cosine",
