@@ -140,6 +140,13 @@ PLAN = {
         True,
         {},
     ),
+    "vptq4-e2e-cos480-lr2e-4-head-kl": (
+        4,
+        "4-bit preset + end-to-end, 480 steps, cosine lr 2e-4, head and tied embeddings trained, kept by KL",
+        False,
+        True,
+        {},
+    ),
     "vptq4-e2e-cos240-lr2e-4-head-kl-h10": (
         4,
         "4-bit preset + end-to-end, 240 steps, cosine lr 2e-4, head and tied embeddings trained, kept by KL, "
@@ -194,6 +201,7 @@ QUANTIZED_AS = {
     "vptq4-e2e-cos240-lr2e-4-head-kl": "vptq4-e2e-cos240-lr5e-4-head",
     "vptq4-now": "vptq4-e2e-cos240-lr5e-4-head",
     "vptq4-e2e-cos240-lr2e-4-head-kl-h10": "vptq4-e2e-cos240-lr5e-4-head",
+    "vptq4-e2e-cos480-lr2e-4-head-kl": "vptq4-e2e-cos240-lr5e-4-head",
     "vptq3-e2e-cos240-lr5e-4-head-kl-h10": "vptq3-e2e-cos240-lr2e-4-kl",
     "vptq4-e2e-now": "vptq4-e2e-cos240-lr5e-4-head",
 }
@@ -238,6 +246,13 @@ DISTILL_CHANGES = {
         "select": "kl",
         "train_head": True,
         "hidden_weight": 10.0,
+    },
+    "vptq4-e2e-cos480-lr2e-4-head-kl": {
+        "steps": 480,
+        "schedule": "cosine",
+        "lr": 2e-4,
+        "select": "kl",
+        "train_head": True,
     },
     "vptq4-e2e-cos240-lr2e-4-head-kl-h10": {
         "steps": 240,
