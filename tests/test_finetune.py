@@ -223,6 +223,58 @@ def test_distillation_is_deterministic_and_resumes_bit_identically(pair, tmp_pat
     assert all(torch.equal(ref.get_parameter(n), resumed.get_parameter(n)) for n in norms)
 
 
+def test_a_checkpoint_from_before_a_config_field_existed_resumes_at_its_default(pair, tmp_path, monkeypatch):
+    import json
+
+    teacher, student0, train, held = pair
+    ref = copy.deepcopy(student0)
+    ref_report = distill_(ref, teacher, train, held, DISTILL, progress=False)
+    real_kl, calls = ft._kl, {"n": 0}
+
+    def dies_at_step_7(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt
+        return real_kl(*args, **kwargs)
+
+    monkeypatch.setattr(ft, "_kl", dies_at_step_7)
+    with pytest.raises(KeyboardInterrupt):
+        distill_(copy.deepcopy(student0), teacher, train, held, DISTILL, progress=False, checkpoint_dir=tmp_path)
+    monkeypatch.setattr(ft, "_kl", real_kl)
+    state = tmp_path / ft.STATE
+    record = json.loads(state.read_text())
+    for added_later in ("hidden_weight", "code_every", "code_lr", "code_fraction"):  # as an older version wrote it
+        del record["fingerprint"]["config"][added_later]
+    del record["state"]["code_updates"]  # the run state had no code updates either
+    state.write_text(json.dumps(record))
+    # a field it lacks, now set away from its default: another run
+    with pytest.raises(VPTQLabError, match="another config"):
+        distill_(
+            copy.deepcopy(student0),
+            teacher,
+            train,
+            held,
+            DISTILL.replace(hidden_weight=1.0),
+            progress=False,
+            checkpoint_dir=tmp_path,
+            resume=True,
+        )
+    resumed = copy.deepcopy(student0)
+    report = distill_(resumed, teacher, train, held, DISTILL, progress=False, checkpoint_dir=tmp_path, resume=True)
+    assert report.history == ref_report.history
+    a, b = _codebooks(ref), _codebooks(resumed)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    # a field this version does not know (a newer version's checkpoint) never matches
+    record = json.loads(state.read_text())  # the resumed run committed again
+    assert "hidden_weight" in record["fingerprint"]["config"]  # and wrote today's fields
+    record["fingerprint"]["config"]["from_the_future"] = 1
+    state.write_text(json.dumps(record))
+    with pytest.raises(VPTQLabError, match="another config"):
+        distill_(
+            copy.deepcopy(student0), teacher, train, held, DISTILL, progress=False, checkpoint_dir=tmp_path, resume=True
+        )
+
+
 def test_distilled_checkpoint_reloads_with_the_same_logits(pair, tmp_path):
     teacher, student0, train, held = pair
     student = copy.deepcopy(student0)

@@ -621,6 +621,20 @@ def _fingerprint(config: DistillConfig, names: list[str], params: dict[str, nn.P
     return {"config": json.loads(config.to_json()), "params": {n: list(params[n].shape) for n in names}}
 
 
+def _same_run(saved: Any, current: dict[str, Any]) -> bool:
+    """Whether a checkpoint's fingerprint is this run's. A checkpoint written before a DistillConfig field existed
+    lacks it and ran with what is now its default (each added field defaults to the behaviour from before it), so
+    its missing fields are read at their defaults; an unknown field (a newer version's) never matches."""
+    if saved == current:
+        return True
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        return False
+    defaults = json.loads(DistillConfig().to_json())
+    if not set(saved["config"]) <= set(defaults):
+        return False
+    return {**saved, "config": {**defaults, **saved["config"]}} == current
+
+
 def _commit(folder: Path, config, names, params, optimizer, gen, state, layers) -> None:
     from safetensors.torch import save
 
@@ -676,7 +690,7 @@ def _open(
             f"{folder / TENSORS} does not match {STATE} (another version, or a damaged file): start "
             "again with a new --checkpoint-dir"
         )
-    if record.get("fingerprint") != _fingerprint(config, names, params):
+    if not _same_run(record.get("fingerprint"), _fingerprint(config, names, params)):
         raise VPTQLabError(
             f"cannot resume from {folder}: it was written for another config or model; resume with "
             "the same ones, or choose a new --checkpoint-dir"
@@ -693,6 +707,7 @@ def _open(
     optimizer.load_state_dict({"state": adam, "param_groups": saved["param_groups"]})
     gen.set_state(tensors["sampler"])
     state = dict(record["state"])
+    state.setdefault("code_updates", [])  # written before code updates existed
     state["best_tensors"] = {k.partition(".")[2]: t.clone() for k, t in tensors.items() if k.startswith("best.")}
     state["best_codes"] = {k.partition(".")[2]: t.clone() for k, t in tensors.items() if k.startswith("best_codes.")}
     _set_codes(layers, {k.partition(".")[2]: t for k, t in tensors.items() if k.startswith("codes.")})
