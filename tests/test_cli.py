@@ -257,7 +257,7 @@ def test_finetune_layer_on_a_preset_is_the_measured_recipe(tmp_path, monkeypatch
     assert seen[-1][0].finetune and seen[-1][0].finetune_batch == 0
 
 
-def test_e2e_starts_from_the_budgets_recipe_and_flags_change_it(tmp_path, monkeypatch):
+def test_e2e_starts_from_the_budgets_recipe_and_flags_change_it(tmp_path, monkeypatch, capsys):
     """On a preset, `--finetune e2e` distils by the recipe measured best at its budget (DISTILL_RECIPES); each
     --distill-* flag given changes one field, --no-distill-train-head included; a --config file starts from
     DistillConfig's defaults; `finetune --recipe N` starts where `quantize --bits N` does."""
@@ -301,3 +301,28 @@ def test_e2e_starts_from_the_budgets_recipe_and_flags_change_it(tmp_path, monkey
         argv = ["finetune", "--model", str(folder), "--out", str(tmp_path / f"f{i}"), "--json", *extra]
         assert main(argv) == 0
         assert distilled[-1] == (expected if expected is not None else {**DISTILL_RECIPES[2], "lr": 1e-4})
+
+    # without --recipe, the budget comes from the checkpoint's report: the smallest that holds its bits per weight
+    def layer(bits, out, inp):
+        return {"bits_per_weight": bits, "out_features": out, "in_features": inp}
+
+    def finetuned(report, *extra):
+        (folder / "report.json").write_text(json.dumps(report))
+        out = tmp_path / f"f{len(distilled)}"
+        assert main(["finetune", "--model", str(folder), "--out", str(out), "--json", *extra]) == 0
+        return distilled[-1]
+
+    # size-weighted: (2.5 * 1 + 3.1 * 3) / 4 = 2.95 -> the 3-bit recipe
+    assert finetuned({"layers": [layer(2.5, 8, 8), layer(3.1, 8, 24)]}) == DISTILL_RECIPES[3]
+    assert finetuned({"layers": [layer(1.985, 8, 8)]}) == DISTILL_RECIPES[2]
+    # (2.6 * 1 + 1.9 * 7) / 8 = 1.9875 -> 2 bits; the plain mean, 2.25, would give 3
+    assert finetuned({"layers": [layer(2.6, 8, 8), layer(1.9, 8, 56)]}) == DISTILL_RECIPES[2]
+    assert finetuned({"layers": [layer(3.958, 8, 8)]}) == DISTILL_RECIPES[4]
+    assert finetuned({"layers": [layer(5.0, 8, 8)]}) == {}  # above every budget: DistillConfig's defaults
+    assert finetuned({"layers": []}) == {}
+    assert finetuned({"layers": [layer(1.985, 8, 8)]}, "--recipe", "none") == {}
+    assert finetuned({"layers": [layer(1.985, 8, 8)]}, "--recipe", "4") == DISTILL_RECIPES[4]
+    with pytest.raises(SystemExit) as exc:
+        finetuned({}, "--recipe", "5")
+    assert exc.value.code == 2
+    assert "'5': pass one of 2, 3, 4 or none" in capsys.readouterr().err

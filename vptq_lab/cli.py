@@ -16,6 +16,8 @@ from vptq_lab.io.models import DEFAULT_NAMES
 
 __all__ = ["main", "build_parser"]
 
+log = logging.getLogger(__name__)
+
 DATA_DIR_HELP = (
     "folder with WikiText-2's wiki.*.raw (default: $VPTQ_LAB_DATA; with neither, the hub, else a "
     "labelled stand-in corpus)"
@@ -166,11 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run saved in --checkpoint-dir")
     p.add_argument(
         "--recipe",
-        type=int,
-        choices=(2, 3, 4),
+        type=_recipe,
         default=None,
-        help="start from the distillation recipe measured best at this preset's budget, as `quantize --bits N "
-        "--finetune e2e` does (default: DistillConfig's defaults, 80 constant steps at lr 2e-4)",
+        help="2, 3 or 4: start from the distillation recipe measured best at that preset's budget, as `quantize "
+        "--bits N --finetune e2e` does; none: DistillConfig's defaults (80 constant steps at lr 2e-4). Default: "
+        "the smallest budget that holds the checkpoint's bits per weight (its report.json), else none",
     )
     _add_distill_args(p)
     _add_device_args(p)
@@ -500,6 +502,35 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recipe(text: str) -> int:
+    """--recipe: a budget with a measured recipe (2, 3, 4), or none (0: DistillConfig's defaults)."""
+    from vptq_lab.model.finetune import DISTILL_RECIPES
+
+    if text.strip().lower() == "none":
+        return 0
+    if text.strip() not in {str(b) for b in DISTILL_RECIPES}:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: pass one of {', '.join(map(str, sorted(DISTILL_RECIPES)))} or none"
+        )
+    return int(text)
+
+
+def _budget_of(report: dict) -> int:
+    """The smallest budget with a distillation recipe that holds a saved report's bits per weight (its layers'
+    size-weighted mean, all overhead); 0 (DistillConfig's defaults) where the report has no layers or none does."""
+    from vptq_lab.model.finetune import DISTILL_RECIPES
+
+    layers = report.get("layers") or []
+    sizes = [layer["out_features"] * layer["in_features"] for layer in layers]
+    if not layers or not sum(sizes):
+        log.info("no layer records in report.json: distilling with DistillConfig's defaults (pass --recipe N)")
+        return 0
+    bits = sum(layer["bits_per_weight"] * n for layer, n in zip(layers, sizes)) / sum(sizes)
+    budget = next((b for b in sorted(DISTILL_RECIPES) if bits <= b + 1e-9), 0)
+    log.info("%.4f bits per weight: distilling with the %s recipe", bits, f"{budget}-bit" if budget else "default")
+    return budget
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
     from vptq_lab.io.checkpoint import load_quantized, save_quantized
 
@@ -516,12 +547,13 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if tokenizer is None:
         raise VPTQLabError(f"{folder} has no tokenizer: re-save it with its tokenizer")
     report = json.loads((folder / "report.json").read_text()) if (folder / "report.json").is_file() else {}
+    recipe = _budget_of(report) if args.recipe is None else args.recipe
     result = _distill(
         student,
         tokenizer,
         args.teacher,
         args.data_dir,
-        _distill_settings(args, args.recipe),
+        _distill_settings(args, recipe or None),
         not args.no_progress,
         args.checkpoint_dir,
         args.resume,
@@ -539,6 +571,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         "model": args.model,
         "teacher": args.teacher,
         "out": args.out,
+        "recipe": f"{recipe}-bit" if recipe else "DistillConfig defaults",
         **{k: result[k] for k in ("initial", "best", "final", "steps_run", "stopped_early", "seconds")},
     }
     _print_record(summary, args.json)
