@@ -576,13 +576,17 @@ def test_L11_code_update_settings_without_code_updates(tmp_path, capsys):
         line = _cli_error(argv, capsys)
         assert f"{flag} needs --distill-code-every N (code updates)" in line and not (tmp_path / "o").exists()
     line = _cli_error(
-        ["quantize", "--out", str(tmp_path / "o"), "--finetune", "e2e", "--distill-code-fraction", "2"], capsys
+        ["quantize", "--out", str(tmp_path / "o"), "--finetune", "e2e", "--distill-code-every", "10"]
+        + ["--distill-code-fraction", "2"],
+        capsys,
     )
-    assert "--distill-code-fraction 2.0 must be in (0, 1] (try 0.01)" in line
+    assert "--distill-code-fraction: code_fraction=2.0 must be in (0, 1] (try 0.01)" in line
     line = _cli_error(
         ["quantize", "--out", str(tmp_path / "o"), "--finetune", "e2e", "--distill-hidden-weight", "-1"], capsys
     )
-    assert "--distill-hidden-weight -1.0 must be >= 0 (try 1.0)" in line and not (tmp_path / "o").exists()
+    assert "--distill-hidden-weight: hidden_weight=-1.0 must be a number >= 0" in line and not (tmp_path / "o").exists()
+    line = _cli_error(["quantize", "--out", str(tmp_path / "o"), "--finetune", "e2e", "--distill-lr", "0"], capsys)
+    assert "--distill-lr: lr=0.0 must be a positive number (lr: try 1e-4)" in line and not (tmp_path / "o").exists()
 
 
 def test_L10_eval_of_a_damaged_checkpoint_is_one_line(saved, tmp_path, capsys):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -435,41 +434,38 @@ def _start_ranks(args: argparse.Namespace) -> None:
     init_distributed(args.device, args.timeout)
 
 
+DISTILL_FLAGS = (
+    "steps",
+    "lr",
+    "schedule",
+    "select",
+    "train_head",
+    "hidden_weight",
+    "code_every",
+    "code_lr",
+    "code_fraction",
+)  # the DistillConfig fields a --distill-* flag sets
+
+
 def _distill_settings(args: argparse.Namespace, recipe: int | None = None) -> dict:
     """DistillConfig fields: the recipe measured best at ``recipe`` bits (none: DistillConfig's defaults), changed
-    by the --distill-* flags given."""
-    from vptq_lab.model.finetune import DISTILL_RECIPES
+    by the --distill-* flags given, checked by DistillConfig itself before any long work starts."""
+    from vptq_lab.model.finetune import DISTILL_RECIPES, DistillConfig
 
     settings = dict(DISTILL_RECIPES[recipe]) if recipe is not None else {}
-    if args.distill_steps is not None:
-        settings["steps"] = args.distill_steps
-    if args.distill_lr is not None:
-        if not args.distill_lr > 0:
-            raise VPTQLabError(f"--distill-lr {args.distill_lr} must be > 0 (try 2e-4)")
-        settings["lr"] = args.distill_lr
-    if args.distill_schedule is not None:
-        settings["schedule"] = args.distill_schedule
-    if args.distill_select is not None:
-        settings["select"] = args.distill_select
-    if args.distill_train_head is not None:
-        settings["train_head"] = args.distill_train_head
-    if args.distill_hidden_weight is not None:
-        if not (math.isfinite(args.distill_hidden_weight) and args.distill_hidden_weight >= 0):
-            raise VPTQLabError(f"--distill-hidden-weight {args.distill_hidden_weight} must be >= 0 (try 1.0)")
-        settings["hidden_weight"] = args.distill_hidden_weight
-    if args.distill_code_every is not None:
-        settings["code_every"] = args.distill_code_every
-    for flag in ("code_lr", "code_fraction"):
-        value = getattr(args, f"distill_{flag}")
-        if value is not None:
-            if not (0 < value <= (1 if flag == "code_fraction" else math.inf)):
-                raise VPTQLabError(
-                    f"--distill-{flag.replace('_', '-')} {value} must be "
-                    + ("in (0, 1] (try 0.01)" if flag == "code_fraction" else "> 0 (try 5e-4)")
-                )
-            if args.distill_code_every is None:
-                raise VPTQLabError(f"--distill-{flag.replace('_', '-')} needs --distill-code-every N (code updates)")
-            settings[flag] = value
+    for name in DISTILL_FLAGS:
+        value = getattr(args, f"distill_{name}")
+        if value is None:
+            continue
+        if name in ("code_lr", "code_fraction") and args.distill_code_every is None:
+            raise VPTQLabError(f"--distill-{name.replace('_', '-')} needs --distill-code-every N (code updates)")
+        settings[name] = value
+    try:
+        DistillConfig(**settings)
+    except ValueError as exc:  # DistillConfig names the field first: "lr=-1.0 must be ..."
+        name = str(exc).partition("=")[0]
+        flag = f"--distill-{name.replace('_', '-')}" if name in DISTILL_FLAGS else "the distillation recipe"
+        raise VPTQLabError(f"{flag}: {exc}") from exc
     return settings
 
 
