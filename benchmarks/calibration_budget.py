@@ -44,6 +44,7 @@ ROWS = {  # name -> changes to the 2-bit preset
     "128x512": {"nsamples": 128},
     "64x2048": {"nsamples": 64, "seqlen": 2048},
     "32x512-iters20": {"kmeans_iters": 20},
+    "32x512-iters5": {"kmeans_iters": 5},
 }
 
 
