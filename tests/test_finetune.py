@@ -182,6 +182,23 @@ def test_train_head_without_an_output_head_is_refused(pair):
         trainable_parameters(student, train_head=True)
 
 
+def _killed_at_step_7(pair, config, checkpoint_dir, monkeypatch) -> None:
+    """A distillation killed between two checkpoints (after the one at step 4), leaving ``checkpoint_dir``."""
+    teacher, student0, train, held = pair
+    real_kl, calls = ft._kl, {"n": 0}
+
+    def dies_at_step_7(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt
+        return real_kl(*args, **kwargs)
+
+    monkeypatch.setattr(ft, "_kl", dies_at_step_7)
+    with pytest.raises(KeyboardInterrupt):
+        distill_(copy.deepcopy(student0), teacher, train, held, config, progress=False, checkpoint_dir=checkpoint_dir)
+    monkeypatch.setattr(ft, "_kl", real_kl)
+
+
 @pytest.mark.parametrize("schedule,code_every", [("constant", 0), ("cosine", 0), ("cosine", 3)])
 def test_distillation_is_deterministic_and_resumes_bit_identically(pair, tmp_path, monkeypatch, schedule, code_every):
     teacher, student0, train, held = pair
@@ -191,21 +208,7 @@ def test_distillation_is_deterministic_and_resumes_bit_identically(pair, tmp_pat
     ref = copy.deepcopy(student0)
     ref_report = distill_(ref, teacher, train, held, DISTILL, progress=False)
 
-    killed = copy.deepcopy(student0)
-    import vptq_lab.model.finetune as ft
-
-    real_kl, calls = ft._kl, {"n": 0}
-
-    def dies_at_step_7(*args, **kwargs):  # a kill between two checkpoints (after the one at step 4)
-        calls["n"] += 1
-        if calls["n"] == 7:
-            raise KeyboardInterrupt
-        return real_kl(*args, **kwargs)
-
-    monkeypatch.setattr(ft, "_kl", dies_at_step_7)
-    with pytest.raises(KeyboardInterrupt):
-        distill_(killed, teacher, train, held, DISTILL, progress=False, checkpoint_dir=tmp_path / "ck")
-    monkeypatch.setattr(ft, "_kl", real_kl)
+    _killed_at_step_7(pair, DISTILL, tmp_path / "ck", monkeypatch)
     with pytest.raises(VPTQLabError, match="pass resume=True"):
         distill_(copy.deepcopy(student0), teacher, train, held, DISTILL, progress=False, checkpoint_dir=tmp_path / "ck")
     resumed = copy.deepcopy(student0)
@@ -229,18 +232,7 @@ def test_a_checkpoint_from_before_a_config_field_existed_resumes_at_its_default(
     teacher, student0, train, held = pair
     ref = copy.deepcopy(student0)
     ref_report = distill_(ref, teacher, train, held, DISTILL, progress=False)
-    real_kl, calls = ft._kl, {"n": 0}
-
-    def dies_at_step_7(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 7:
-            raise KeyboardInterrupt
-        return real_kl(*args, **kwargs)
-
-    monkeypatch.setattr(ft, "_kl", dies_at_step_7)
-    with pytest.raises(KeyboardInterrupt):
-        distill_(copy.deepcopy(student0), teacher, train, held, DISTILL, progress=False, checkpoint_dir=tmp_path)
-    monkeypatch.setattr(ft, "_kl", real_kl)
+    _killed_at_step_7(pair, DISTILL, tmp_path, monkeypatch)
     state = tmp_path / ft.STATE
     record = json.loads(state.read_text())
     for added_later in ("hidden_weight", "code_every", "code_lr", "code_fraction"):  # as an older version wrote it
