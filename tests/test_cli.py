@@ -134,6 +134,8 @@ def _tiny_config_file(folder):
 
 @pytest.mark.slow
 def test_quantize_with_e2e_then_finetune_again(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    from vptq_lab import DistillConfig, distill_recipe
+
     monkeypatch.delenv("VPTQ_LAB_DATA", raising=False)  # the offline stand-in text: enough tokens, no data needed
     cfg = _tiny_config_file(tmp_path)
     out = tmp_path / "q"
@@ -197,6 +199,15 @@ def test_quantize_with_e2e_then_finetune_again(tiny_model_dir, tmp_path, capsys,
     embed = "model.embed_tokens.weight"  # tied: the trained head is stored as the input embeddings
     assert not torch.equal(load_file(again / "model.safetensors")[embed], load_file(out / "model.safetensors")[embed])
     assert record["steps_run"] == 2 and (again / "model.safetensors").is_file()
+    # no --recipe: the budget that holds the saved report's bits (1.37 here: 2); its learning rate is that
+    # recipe's (5e-4, not DistillConfig's 2e-4; flags set the rest)
+    layers = report["layers"]
+    bits = sum(r["bits_per_weight"] * r["out_features"] * r["in_features"] for r in layers) / sum(
+        r["out_features"] * r["in_features"] for r in layers
+    )
+    budget = next((b for b in (2, 3, 4) if bits <= b), None)
+    assert record["recipe"] == (f"{budget}-bit" if budget else "DistillConfig defaults"), bits
+    assert config["lr"] == (distill_recipe(budget).lr if budget else DistillConfig().lr)
     assert json.loads((again / "config.json").read_text())["quantization_config"]["config_for_layers"]
 
 
