@@ -294,6 +294,7 @@ def test_e2e_starts_from_the_budgets_recipe_and_flags_change_it(tmp_path, monkey
     assert changed == {**DISTILL_RECIPES[2], "steps": 10, "train_head": False, "select": "kl"}
     assert settings("--bits", "4", "--distill-train-head") == {**DISTILL_RECIPES[4], "train_head": True}
     assert settings("--bits", "4", "--distill-hidden-weight", "2") == {**DISTILL_RECIPES[4], "hidden_weight": 2.0}
+    assert settings("--bits", "3", "--distill-patience", "5") == {**DISTILL_RECIPES[3], "patience": 5}
     assert settings("--config", str(_tiny_config_file(tmp_path))) == {}  # DistillConfig's defaults
     assert settings("--config", str(_tiny_config_file(tmp_path)), "--distill-lr", "1e-3") == {"lr": 1e-3}
 

@@ -33,6 +33,13 @@ def _add_distill_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--distill-lr", type=float, default=None, help="learning rate (default: the recipe's)")
     p.add_argument(
+        "--distill-patience",
+        type=_positive_int,
+        default=None,
+        help="held-out evaluations (every 20 steps) without a better state before stopping early (default: the "
+        "recipe's; steps / 20 never stops early)",
+    )
+    p.add_argument(
         "--distill-schedule",
         choices=["constant", "cosine"],
         default=None,
@@ -437,6 +444,7 @@ def _start_ranks(args: argparse.Namespace) -> None:
 DISTILL_FLAGS = (
     "steps",
     "lr",
+    "patience",
     "schedule",
     "select",
     "train_head",
