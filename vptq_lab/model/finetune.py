@@ -153,8 +153,10 @@ class DistillConfig(JsonConfig):
 DISTILL_RECIPES: dict[int, dict[str, Any]] = {
     # 78.1 -> 42.58 (row vptq2-e2e-cos240-lr5e-4-head)
     2: {"steps": 240, "schedule": "cosine", "lr": 5e-4, "train_head": True},
-    # 32.4 -> 27.05 (row vptq3-e2e-cos480-lr5e-4-head-kl; 240 steps: 27.35)
-    3: {"steps": 480, "schedule": "cosine", "lr": 5e-4, "train_head": True, "select": "kl"},
+    # 32.4 -> 26.84 after layer-wise fine-tuning (row vptq3-lw-e2e-cos480-lr5e-4-head-kl-p24, `--finetune
+    # layer+e2e`); 27.05 without it (row vptq3-e2e-cos480-lr5e-4-head-kl, which never stopped early, so patience 24
+    # repeats it). Patience 24 never stops a 480-step run: from the layer-wise start, patience 3 stopped it at step 60
+    3: {"steps": 480, "schedule": "cosine", "lr": 5e-4, "train_head": True, "select": "kl", "patience": 24},
     # 24.7 -> 23.4 (row vptq4-e2e-cos240-lr2e-4-head-kl): 5e-4 moves the student away from its teacher at 4 bits
     4: {"steps": 240, "schedule": "cosine", "lr": 2e-4, "train_head": True, "select": "kl"},
 }
