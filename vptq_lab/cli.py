@@ -522,14 +522,17 @@ def _recipe(text: str) -> int:
 def _budget_of(report: dict) -> int:
     """The smallest budget with a distillation recipe that holds a saved report's bits per weight (its layers'
     size-weighted mean, all overhead); 0 (DistillConfig's defaults) where the report has no layers or none does."""
+    from vptq_lab.core.bits import size_weighted_mean
     from vptq_lab.model.finetune import DISTILL_RECIPES
 
-    layers = report.get("layers") or []
-    sizes = [layer["out_features"] * layer["in_features"] for layer in layers]
-    if not layers or not sum(sizes):
+    shaped = [
+        (layer["bits_per_weight"], (layer["out_features"], layer["in_features"]))
+        for layer in report.get("layers") or []
+    ]
+    if not any(out * inp for _, (out, inp) in shaped):
         log.info("no layer records in report.json: distilling with DistillConfig's defaults (pass --recipe N)")
         return 0
-    bits = sum(layer["bits_per_weight"] * n for layer, n in zip(layers, sizes)) / sum(sizes)
+    bits = size_weighted_mean(shaped)
     budget = next((b for b in sorted(DISTILL_RECIPES) if bits <= b + 1e-9), 0)
     log.info("%.4f bits per weight: distilling with the %s recipe", bits, f"{budget}-bit" if budget else "default")
     return budget
