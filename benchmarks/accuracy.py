@@ -298,37 +298,6 @@ DISTILL_CHANGES = {
         "train_head": True,
         "hidden_weight": 10.0,
     },
-    "vptq3-lw-e2e-cos240-lr5e-4-head-kl": {
-        "steps": 240,
-        "schedule": "cosine",
-        "lr": 5e-4,
-        "select": "kl",
-        "train_head": True,
-    },
-    "vptq3-lw-e2e-cos480-lr5e-4-head-kl": {
-        "steps": 480,
-        "schedule": "cosine",
-        "lr": 5e-4,
-        "select": "kl",
-        "train_head": True,
-    },
-    # patience 3 stopped the row above at step 60: its first three evaluations (lr near 5e-4) were all above the
-    # layer-wise start; 24 evaluations of patience never stop a 480-step run
-    "vptq3-lw-e2e-cos480-lr5e-4-head-kl-p24": {
-        "steps": 480,
-        "schedule": "cosine",
-        "lr": 5e-4,
-        "select": "kl",
-        "train_head": True,
-        "patience": 24,
-    },
-    "vptq4-lw-e2e-cos240-lr2e-4-head-kl": {
-        "steps": 240,
-        "schedule": "cosine",
-        "lr": 2e-4,
-        "select": "kl",
-        "train_head": True,
-    },
     "vptq4-e2e-cos240-lr2e-4-head-kl": {
         "steps": 240,
         "schedule": "cosine",
@@ -336,6 +305,20 @@ DISTILL_CHANGES = {
         "select": "kl",
         "train_head": True,
     },
+}
+
+# The layer-wise rows distil as the row without layer-wise fine-tuning named here.
+LAYERWISE_TWIN = {
+    "vptq3-lw-e2e-cos240-lr5e-4-head-kl": "vptq3-e2e-cos240-lr5e-4-head-kl",
+    "vptq3-lw-e2e-cos480-lr5e-4-head-kl": "vptq3-e2e-cos480-lr5e-4-head-kl",
+    "vptq4-lw-e2e-cos240-lr2e-4-head-kl": "vptq4-e2e-cos240-lr2e-4-head-kl",
+}
+DISTILL_CHANGES.update({row: DISTILL_CHANGES[twin] for row, twin in LAYERWISE_TWIN.items()})
+# patience 3 stopped the 480-step layer-wise row at step 60: its first three evaluations (lr near 5e-4) were all above
+# the layer-wise start; 24 evaluations of patience never stop a 480-step run
+DISTILL_CHANGES["vptq3-lw-e2e-cos480-lr5e-4-head-kl-p24"] = {
+    **DISTILL_CHANGES["vptq3-lw-e2e-cos480-lr5e-4-head-kl"],
+    "patience": 24,
 }
 
 
