@@ -28,7 +28,6 @@ from _bench import RESULTS
 from vptq_lab import calibration_windows, load_model, load_wikitext2, preset, quantize_
 from vptq_lab.io.data import tokenize
 from vptq_lab.lab.compare import code_commit
-from vptq_lab.model import finetune
 from vptq_lab.model.finetune import DISTILL_WINDOWS, DistillConfig, distill_, split_heldout
 
 OUT = RESULTS / "code_updates.json"
@@ -43,43 +42,23 @@ VARIANTS = {
 }
 
 
-class _StopAt(Exception):
-    pass
-
-
 def run_variant(student0, teacher, train, held, changes: dict, steps: int) -> dict:
     """The first ``steps`` steps of BASE with ``changes``: held-out KL every 10 steps, code changes per update."""
     student = copy.deepcopy(student0)
     config = BASE.replace(**changes)
-    history, updates = [], []
-    real_evaluate, real_update = finetune._evaluate, finetune._update_codes
+    history = []
 
-    def evaluate(*args, **kwargs):
-        real_evaluate(*args, **kwargs)
-        state = args[6]
-        history.append({k: round(v, 5) for k, v in state["history"][-1].items()})
-        if state["step"] >= steps:
-            raise _StopAt  # the rest of the 240 steps is not run: the probe compares the first ones
+    def evaluate(record: dict) -> bool:
+        history.append({k: round(v, 5) for k, v in record.items()})
+        return record["step"] >= steps  # the rest of the 240 steps is not run: the probe compares the first ones
 
-    def update(*args, **kwargs):
-        start = time.perf_counter()
-        found = real_update(*args, **kwargs)
-        updates.append({**{k: round(v, 6) for k, v in found.items()}, "seconds": round(time.perf_counter() - start, 1)})
-        return found
-
-    finetune._evaluate, finetune._update_codes = evaluate, update
     start = time.perf_counter()
-    try:
-        distill_(student, teacher, train, held, config)
-    except _StopAt:
-        pass
-    finally:
-        finetune._evaluate, finetune._update_codes = real_evaluate, real_update
+    report = distill_(student, teacher, train, held, config, on_evaluate=evaluate)
     return {
         "config": changes,
         "seconds": round(time.perf_counter() - start, 1),
         "heldout": history,
-        "code_updates": updates,
+        "code_updates": [{k: round(v, 6) for k, v in u.items() if k != "step"} for u in report.code_updates],
     }
 
 

@@ -20,11 +20,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
 from _bench import RESULTS
 from code_updates import add_probe_args, prepare, run_probe
 
-from vptq_lab.model.finetune import _kl
+from vptq_lab.model.finetune import distill_loss
 
 OUT = RESULTS / "hidden_loss.json"
 WORK = Path("artifacts") / "hidden-loss"
@@ -36,9 +35,8 @@ def main() -> None:
     parser.add_argument("--weights", default="0,1,10", help="comma-separated hidden_weight values (0: KL alone)")
     args = parser.parse_args()
     models = prepare(args, WORK)
-    scales = {}
-    with torch.no_grad():
-        _kl(models[0], models[1], models[2][:1], 1.0, hidden_weight=1.0, parts=scales)
+    scales = distill_loss(models[0], models[1], models[2][:1], hidden_weight=1.0)
+    del scales["loss"]  # the two terms, each at weight 1
     print("terms on the first training window:", scales, flush=True)
     variants = {f"hidden_weight {float(w):g}": {"hidden_weight": float(w)} for w in args.weights.split(",")}
     run_probe(args, models, variants, OUT, terms_before_training={k: round(v, 6) for k, v in scales.items()})

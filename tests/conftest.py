@@ -27,6 +27,26 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture
+def repo_script(monkeypatch):
+    """Import a script of this checkout that is not a package module, by its path from the repository root:
+    ``repo_script("benchmarks/accuracy.py")``. Its folder goes on ``sys.path`` for the test (a benchmark imports
+    its neighbour ``_bench``)."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+
+    def load(relative: str):
+        path = root / relative
+        monkeypatch.syspath_prepend(str(path.parent))
+        spec = importlib.util.spec_from_file_location(path.stem.replace("-", "_"), path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
 @pytest.fixture(scope="session")
 def wikitext_dir() -> Path:
     """The WikiText-2 raw folder: $VPTQ_LAB_DATA, else ../shared beside the checkout."""

@@ -174,16 +174,12 @@ def _tiny_notebook(path: Path, sources: list[str]) -> None:
     )
 
 
-def test_new_user_walkthrough_script(tmp_path, monkeypatch):
+def test_new_user_walkthrough_script(tmp_path, monkeypatch, repo_script):
     # benchmarks/new_user_walkthrough.py on a throwaway "checkout": one notebook that runs, one that fails.
     if not CHROMIUM.exists():
         pytest.skip("Debian chromium not found at /usr/bin/chromium (.ci/run installs it)")
     pytest.importorskip("playwright.sync_api", reason="playwright (the PyPI package) is not installed")
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("walkthrough", REPO / "benchmarks" / "new_user_walkthrough.py")
-    walkthrough = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(walkthrough)
+    walkthrough = repo_script("benchmarks/new_user_walkthrough.py")
     repo = tmp_path / "clone"
     (repo / "notebooks").mkdir(parents=True)
     _tiny_notebook(

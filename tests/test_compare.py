@@ -170,20 +170,15 @@ def test_accuracy_table_marks_the_best_recipe_within_each_budget():
     assert {"2-bit preset", "2-bit preset + end-to-end distillation"} <= set(table.recipe)
 
 
-def test_each_budgets_distillation_recipe_is_the_one_its_best_row_measured(monkeypatch):
+def test_each_budgets_distillation_recipe_is_the_one_its_best_row_measured(repo_script):
     """`vptq-lab quantize --bits N --finetune e2e` (DISTILL_RECIPES) distils as the accuracy table's best row at N
     bits did (benchmarks/accuracy.py's DistillConfig for that row)."""
-    import importlib.util
-
     import pandas as pd
 
     from vptq_lab import distill_recipe
 
     root = Path(__file__).resolve().parents[1]
-    monkeypatch.syspath_prepend(str(root / "benchmarks"))  # accuracy.py imports its neighbour _bench
-    spec = importlib.util.spec_from_file_location("accuracy_benchmark", root / "benchmarks" / "accuracy.py")
-    accuracy = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(accuracy)
+    accuracy = repo_script("benchmarks/accuracy.py")
     by_recipe = {plan[1]: name for name, plan in accuracy.PLAN.items()}
     assert set(accuracy.SUPERSEDED.values()) <= set(accuracy.PLAN)
     assert len(by_recipe) == len(accuracy.PLAN)  # one row per recipe text

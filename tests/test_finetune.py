@@ -33,6 +33,11 @@ def _indices(model):
     return {n: m.indices.clone() for n, m in model.named_modules() if isinstance(m, QuantizedLinear)}
 
 
+def _untimed(updates: list[dict]) -> list[dict]:
+    """A report's code updates without their seconds."""
+    return [{k: v for k, v in u.items() if k != "seconds"} for u in updates]
+
+
 def _codebooks(model):
     return {n: m.centroids.clone() for n, m in model.named_modules() if isinstance(m, QuantizedLinear)}
 
@@ -81,6 +86,42 @@ def test_hidden_loss_is_the_blocks_relative_squared_error(pair):
     same = float(_kl(teacher, teacher, train[:2], 1.0, hidden_weight=1.0, parts=parts).detach())
     assert same == pytest.approx(0, abs=1e-6)
     assert parts["hidden"] == 0.0
+
+
+def test_distill_loss_gives_the_training_loss_terms_without_training(pair):
+    teacher, student0, train, _ = pair
+    student = copy.deepcopy(student0)
+    before = {n: p.clone() for n, p in student.named_parameters()}
+    found = ft.distill_loss(student, teacher, train[:2], hidden_weight=2.0)
+    parts = {}
+    expected = float(_kl(student, teacher, train[:2], 1.0, hidden_weight=2.0, parts=parts).detach())
+    assert found == pytest.approx({**parts, "loss": expected}, rel=1e-6) and found["hidden"] > 0
+    assert ft.distill_loss(student, teacher, train[:2])["hidden"] == 0.0  # weight 0: the KL alone
+    assert ft.distill_loss(teacher, teacher, train[:2], hidden_weight=1.0)["loss"] == pytest.approx(0, abs=1e-6)
+    assert all(torch.equal(p, before[n]) for n, p in student.named_parameters())
+    with pytest.raises(ValueError, match="hidden_weight=-1.0 must be a number >= 0"):
+        ft.distill_loss(student, teacher, train[:2], hidden_weight=-1.0)
+    with pytest.raises(VPTQLabError, match="ids"):
+        ft.distill_loss(student, teacher, train[0].float())
+
+
+def test_on_evaluate_sees_each_evaluation_and_can_end_the_run(pair):
+    teacher, student0, train, held = pair
+    seen = []
+    full = distill_(copy.deepcopy(student0), teacher, train, held, DISTILL, progress=False, on_evaluate=seen.append)
+    assert seen == full.history and full.steps_run == 12  # None: the run goes on
+    seen.clear()
+    student = copy.deepcopy(student0)
+
+    def stop_at_8(record):
+        seen.append(record)
+        return record["step"] >= 8
+
+    report = distill_(student, teacher, train, held, DISTILL, progress=False, on_evaluate=stop_at_8)
+    assert [r["step"] for r in seen] == [4, 8] and report.history == full.history[:2]
+    assert report.steps_run == 8 and not report.stopped_early
+    assert report.best["step"] in (0, 4, 8)
+    assert report.final["kl"] == pytest.approx(report.best["kl"], rel=1e-3)  # the kept state is the model's
 
 
 def test_distillation_with_the_hidden_state_term_lowers_heldout_kl_and_keeps_every_index(pair):
@@ -215,7 +256,9 @@ def test_distillation_is_deterministic_and_resumes_bit_identically(pair, tmp_pat
     report = distill_(
         resumed, teacher, train, held, DISTILL, progress=False, checkpoint_dir=tmp_path / "ck", resume=True
     )
-    assert report.history == ref_report.history and report.code_updates == ref_report.code_updates
+    assert report.history == ref_report.history
+    assert _untimed(report.code_updates) == _untimed(ref_report.code_updates)  # seconds are the clock's
+    assert all(u["seconds"] >= 0 for u in report.code_updates + ref_report.code_updates)
     a, b = _codebooks(ref), _codebooks(resumed)
     assert all(torch.equal(a[n], b[n]) for n in a)
     a, b = _indices(ref), _indices(resumed)
@@ -385,3 +428,14 @@ def test_training_forward_matches_autograd_through_the_dequantization(norm):
     for name, got, want in zip(["x", *names], found, expected):
         assert want.abs().max() > 0, name
         torch.testing.assert_close(got, want, msg=name)
+
+
+def test_the_code_update_probe_runs_its_first_steps_through_the_public_hooks(pair, repo_script):
+    # benchmarks/code_updates.py ends each variant after `steps` by on_evaluate, and reads the updates off the report
+    probe = repo_script("benchmarks/code_updates.py")
+    teacher, student0, train, held = pair
+    plain = probe.run_variant(student0, teacher, train, held, {}, steps=10)
+    assert [h["step"] for h in plain["heldout"]] == [10] and plain["code_updates"] == []
+    moved = probe.run_variant(student0, teacher, train, held, {"code_every": 5, "code_fraction": 0.05}, steps=10)
+    assert [h["step"] for h in moved["heldout"]] == [10] and len(moved["code_updates"]) == 2
+    assert all({"changed", "error_before", "error_after", "seconds"} == set(u) for u in moved["code_updates"])

@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
-from pathlib import Path
 
 import torch
 
 from vptq_lab.testing import tiny_llama
 
 
-def _script(monkeypatch):
-    bench = Path(__file__).resolve().parents[1] / "benchmarks"
-    monkeypatch.syspath_prepend(str(bench))
-    spec = importlib.util.spec_from_file_location("quantizer_fingerprint", bench / "quantizer_fingerprint.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_block_hashes_find_the_block_that_changed(monkeypatch):
-    fingerprint = _script(monkeypatch)
+def test_block_hashes_find_the_block_that_changed(repo_script):
+    fingerprint = repo_script("benchmarks/quantizer_fingerprint.py")
     model = tiny_llama(vocab_size=64, hidden=16, layers=3, seed=1)
     same = fingerprint.block_hashes(copy.deepcopy(model))
     assert fingerprint.block_hashes(model) == same and len(same) == 3 and len(set(same)) == 3

@@ -1,18 +1,10 @@
 """The README's promises: two quick-start commands, CI runs the test one, the catalogue is in sync."""
 
-import importlib.util
 import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
-
-
-def _sync_module():
-    spec = importlib.util.spec_from_file_location("sync_readme", ROOT / "scripts" / "sync_readme.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_quick_start_has_exactly_two_commands_and_ci_runs_the_test_one():
@@ -22,7 +14,7 @@ def test_quick_start_has_exactly_two_commands_and_ci_runs_the_test_one():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 
-def test_troubleshooting_table_matches_the_catalogue():
-    sync = _sync_module()
+def test_troubleshooting_table_matches_the_catalogue(repo_script):
+    sync = repo_script("scripts/sync_readme.py")
     assert README == sync.synced(README), "run: python scripts/sync_readme.py"
     assert "| C1 |" in README and "| R1 |" in README

@@ -36,7 +36,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,7 @@ __all__ = [
     "DistillConfig",
     "DistillReport",
     "distill_",
+    "distill_loss",
     "trainable_parameters",
     "split_heldout",
     "DISTILL_WINDOWS",
@@ -179,7 +180,8 @@ class DistillReport:
     stopped_early: bool
     history: list[dict[str, float]] = field(default_factory=list)  # per evaluation: step, train_kl, heldout ppl/kl
     seconds: float = 0.0
-    # code updates (code_every > 0): per update, the step and the fraction of all vectors that took a new code
+    # code updates (code_every > 0): per update, the step, the fraction of all vectors that took a new code, the
+    # squared error to the targets before and after, and the seconds it took
     code_updates: list[dict[str, float]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -276,6 +278,21 @@ def _kl(
     if parts is not None:
         parts.update(kl=float(kl.detach()), hidden=float(term.detach()) if term is not None else 0.0)
     return kl if term is None else kl + hidden_weight * term
+
+
+def distill_loss(
+    student: nn.Module, teacher: nn.Module, ids: torch.Tensor, temperature: float = 1.0, hidden_weight: float = 0.0
+) -> dict[str, float]:
+    """The two terms of the distillation loss on ``ids`` [n, seqlen], without training: ``kl``, the mean per-token
+    KL(teacher || student), and ``hidden``, the blocks' relative hidden-state error (0.0 unless ``hidden_weight`` >
+    0), and ``loss``, ``kl + hidden_weight * hidden``: what one step of :func:`distill_` with that config minimises.
+    Use it to choose ``DistillConfig.hidden_weight`` (the scale of the two terms) or to score a model."""
+    _check_ids(ids, "ids")
+    config = DistillConfig(temperature=temperature, hidden_weight=hidden_weight)  # their checks
+    parts: dict[str, float] = {}
+    with torch.no_grad():
+        loss = _kl(student, teacher, ids, config.temperature, hidden_weight=config.hidden_weight, parts=parts)
+    return {**parts, "loss": float(loss)}
 
 
 def _hidden_loss(student_states: tuple, teacher_states: tuple) -> torch.Tensor:
@@ -441,11 +458,16 @@ def distill_(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     device: str | torch.device | None = None,
+    on_evaluate: Callable[[dict[str, float]], bool | None] | None = None,
 ) -> DistillReport:
     """Train ``student`` (quantized, in place) towards ``teacher`` on ``train_ids`` [n, seqlen]; keep the state
     with the lowest held-out perplexity (or KL, ``config.select``) on ``heldout_ids`` [m, seqlen] (see the module
     doc). Returns the report.
-    ``device``: where to train (default: where the student is); both models move there for the run."""
+    ``device``: where to train (default: where the student is); both models move there for the run.
+    ``on_evaluate``: called on every rank after each held-out evaluation with that evaluation's record (``step``,
+    ``train_kl``, ``heldout_ppl``, ``heldout_kl``; a copy), for example to draw the curve as it grows. Returning
+    True ends the run there, as if the steps were done: the kept state is restored and the report says
+    ``stopped_early=False`` with the steps run. Under ``torchrun`` every rank must return the same."""
     _check_ids(train_ids, "train_ids")
     _check_ids(heldout_ids, "heldout_ids")
     if resume and checkpoint_dir is None:
@@ -480,7 +502,8 @@ def distill_(
             state["best_codes"] = _codes_of(layers)
         bar = tqdm(total=config.steps, initial=state["step"], desc="distilling", disable=not progress or not world.main)
         running = []
-        while state["step"] < config.steps and state["bad_evals"] < config.patience:
+        stop = False
+        while state["step"] < config.steps and state["bad_evals"] < config.patience and not stop:
             # every rank draws the whole step's windows from the same sampler and takes its own share
             rows = torch.randint(train_ids.shape[0], (config.batch * world.size,), generator=gen)  # [batch x ranks]
             rows = rows[world.rank * config.batch : (world.rank + 1) * config.batch].to(world.device)  # [batch]
@@ -497,7 +520,10 @@ def distill_(
             running.append(_mean_loss(parts.get("kl", float(loss.detach())), world))  # the KL part alone
             state["step"] += 1
             if layers and state["step"] % config.code_every == 0:
-                state["code_updates"].append({"step": state["step"], **_update_codes(layers, config.code_fraction)})
+                begun = time.perf_counter()
+                found = _update_codes(layers, config.code_fraction)
+                seconds = round(time.perf_counter() - begun, 2)
+                state["code_updates"].append({"step": state["step"], **found, "seconds": seconds})
             bar.update(1)
             best = state["best"][config.select]  # the held-out figure that selects the kept state
             bar.set_postfix({"kl": f"{running[-1]:.4f}", f"best_{config.select}": f"{best:.4g}"})
@@ -507,6 +533,8 @@ def distill_(
                 running = []
                 if folder is not None and world.main:
                     _commit(folder, config, names, params, optimizer, gen, state, layers)
+                if on_evaluate is not None:
+                    stop = bool(on_evaluate(dict(state["history"][-1])))
         bar.close()
         with torch.no_grad():  # the best state, then the codebooks' own dtype
             for n in kept:
