@@ -439,3 +439,28 @@ def test_the_code_update_probe_runs_its_first_steps_through_the_public_hooks(pai
     moved = probe.run_variant(student0, teacher, train, held, {"code_every": 5, "code_fraction": 0.05}, steps=10)
     assert [h["step"] for h in moved["heldout"]] == [10] and len(moved["code_updates"]) == 2
     assert all({"changed", "error_before", "error_after", "seconds"} == set(u) for u in moved["code_updates"])
+
+
+def test_the_transfer_probe_splits_test_figures_by_position(repo_script):
+    # benchmarks/distill_transfer.py: per-bucket KL and cross-entropy gap, and their token-weighted "all" row
+    probe = repo_script("benchmarks/distill_transfer.py")
+    teacher = tiny_llama(vocab_size=64, hidden=32, layers=1, seed=4, max_positions=probe.SEQLEN)
+    windows = torch.randint(0, 64, (2, probe.SEQLEN), generator=torch.Generator().manual_seed(1))
+    states = probe.teacher_states(teacher, windows)
+    same = probe.position_metrics(copy.deepcopy(teacher), teacher, windows, states)
+    assert [r["positions"] for r in same] == ["0-511", "512-1023", "1024-2047", "all"]
+    assert all(abs(r["kl"]) < 1e-5 and abs(r["ce_gap"]) < 1e-5 for r in same)
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():
+        student.model.norm.weight.mul_(30.0)  # sharper next-token distributions than the teacher's
+    found = probe.position_metrics(student, teacher, windows, states)
+    with torch.no_grad():  # the whole-window figures, computed directly
+        ls = torch.log_softmax(student(windows).logits[:, :-1].double(), -1)
+        lt = torch.log_softmax(teacher(windows).logits[:, :-1].double(), -1)
+    kl = (lt.exp() * (lt - ls)).sum(-1)  # [2, SEQLEN - 1]
+    gap = (lt - ls).gather(-1, windows[:, 1:, None])[..., 0]
+    assert found[-1]["kl"] > 1e-3
+    assert found[-1]["kl"] == pytest.approx(kl.mean().item(), abs=2e-5)
+    assert found[-1]["ce_gap"] == pytest.approx(gap.mean().item(), abs=2e-5)
+    assert found[0]["kl"] == pytest.approx(kl[:, :512].mean().item(), abs=2e-5)
+    assert found[2]["kl"] == pytest.approx(kl[:, 1024:].mean().item(), abs=2e-5)

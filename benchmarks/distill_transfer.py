@@ -1,0 +1,130 @@
+"""Does what distillation gains on its validation windows carry over to the test windows the accuracy table uses?
+
+Two questions, from one quantization of the default model (the 4-bit preset unless ``--bits``; block checkpoints
+from ``--from-checkpoints``, as in ``code_updates.py``), distilled with the budget's recipe (``distill_recipe``,
+``--steps`` of it) on the CLI's 512-token validation windows:
+
+- **Context length.** Training windows hold 512 tokens, test windows 2048. The student's KL to the teacher and the
+  cross-entropy gap to the teacher on the first ``--windows`` WikiText-2 *test* windows are split by position
+  (0-511, 512-1023, 1024-2047), before and after distillation.
+- **Text.** At every held-out evaluation (``eval_every`` steps) the same test figures are taken beside the
+  held-out KL the run selects on, so the two curves can be compared: does test KL keep falling with held-out KL,
+  and does the test cross-entropy follow the KL?
+
+A diagnosis on test text: the run selects on held-out validation windows as always, and no recipe is chosen from
+these figures.
+
+    python benchmarks/distill_transfer.py --from-checkpoints artifacts/accuracy-checkpoints/vptq4-now --steps 80
+
+Writes ``benchmarks/results/distill_transfer_<bits>bit_<steps>steps.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from _bench import RESULTS
+from code_updates import prepare
+
+from vptq_lab import load_model, load_wikitext2
+from vptq_lab.io.data import tokenize
+from vptq_lab.lab.compare import code_commit
+from vptq_lab.model.finetune import distill_, distill_recipe
+
+BUCKETS = ((0, 512), (512, 1024), (1024, 2048))
+SEQLEN = 2048
+
+
+@torch.no_grad()
+def teacher_states(teacher, windows: torch.Tensor) -> list[torch.Tensor]:
+    """The teacher's last hidden states [SEQLEN, d] per window (its head is applied per chunk later)."""
+    return [teacher.model(w[None]).last_hidden_state[0] for w in windows]
+
+
+@torch.no_grad()
+def position_metrics(student, teacher, windows: torch.Tensor, states: list[torch.Tensor], chunk: int = 256) -> list:
+    """Per bucket of predicting positions: mean KL(teacher || student), the student's cross-entropy of the next
+    token and the teacher's, over ``windows`` [n, SEQLEN]; the last entry is over all positions."""
+    sums = torch.zeros(len(BUCKETS), 3, dtype=torch.float64)  # kl, student ce, teacher ce
+    counts = torch.zeros(len(BUCKETS), dtype=torch.float64)
+    was_training = student.training
+    student.eval()
+    for w, h_t in zip(windows, states):
+        h_s = student.model(w[None]).last_hidden_state[0]  # [SEQLEN, d]
+        for lo in range(0, SEQLEN - 1, chunk):
+            hi = min(lo + chunk, SEQLEN - 1)  # positions lo..hi-1 predict tokens lo+1..hi
+            ls = F.log_softmax(student.lm_head(h_s[lo:hi]).float(), -1)
+            lt = F.log_softmax(teacher.lm_head(h_t[lo:hi]).float(), -1)
+            target = w[lo + 1 : hi + 1, None]
+            terms = torch.stack(
+                [(lt.exp() * (lt - ls)).sum(-1), -ls.gather(-1, target)[:, 0], -lt.gather(-1, target)[:, 0]], -1
+            ).double()  # [hi - lo, 3]
+            pos = torch.arange(lo, hi)
+            for b, (a, z) in enumerate(BUCKETS):
+                inside = (pos >= a) & (pos < z)
+                sums[b] += terms[inside].sum(0)
+                counts[b] += inside.sum()
+    student.train(was_training)
+    rows = [(f"{a}-{z - 1}", sums[b] / counts[b]) for b, (a, z) in enumerate(BUCKETS)]
+    rows.append(("all", sums.sum(0) / counts.sum()))
+    return [
+        {"positions": name, "kl": round(float(kl), 5), "ce_gap": round(float(ce - ce_t), 5), "ce": round(float(ce), 5)}
+        for name, (kl, ce, ce_t) in rows
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bits", type=int, default=4, choices=[2, 3, 4])
+    parser.add_argument("--steps", type=int, default=80, help="steps of the budget's distillation recipe")
+    parser.add_argument("--windows", type=int, default=4, help="test windows of 2048 tokens")
+    parser.add_argument("--from-checkpoints", type=Path, default=None, help="block checkpoints of the quantization")
+    args = parser.parse_args()
+    commit = code_commit()
+    student, teacher, train, held = prepare(args, Path("artifacts") / "distill-transfer")
+    _, tokenizer = load_model("default")  # prepare() returns the models only
+    test = tokenize(tokenizer, load_wikitext2("test"))[0]
+    windows = test[: args.windows * SEQLEN].reshape(args.windows, SEQLEN)
+    states = teacher_states(teacher, windows)
+    start = time.perf_counter()
+    before = position_metrics(student, teacher, windows, states)
+    print(json.dumps(before), flush=True)
+    curve = []
+
+    def track(record: dict) -> bool:
+        test_all = position_metrics(student, teacher, windows, states)[-1]
+        figures = {"test_kl": test_all["kl"], "test_ce_gap": test_all["ce_gap"]}
+        curve.append({**{k: round(v, 5) for k, v in record.items()}, **figures})
+        print(json.dumps(curve[-1]), flush=True)
+        return False
+
+    config = distill_recipe(args.bits, steps=args.steps)
+    report = distill_(student, teacher, train, held, config, on_evaluate=track)
+    after = position_metrics(student, teacher, windows, states)  # the kept state
+    print(json.dumps(after), flush=True)
+    record = {
+        "commit": commit,
+        "bits": args.bits,
+        "quantization_from": str(args.from_checkpoints) if args.from_checkpoints else "quantized here",
+        "distill": config.to_dict(),
+        "heldout_initial": report.initial,
+        "kept": report.best,
+        "test_windows": args.windows,
+        "threads": torch.get_num_threads(),
+        "before": before,
+        "curve": curve,
+        "after": after,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    out = RESULTS / f"distill_transfer_{args.bits}bit_{args.steps}steps.json"
+    out.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
