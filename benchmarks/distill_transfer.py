@@ -11,6 +11,10 @@ from ``--from-checkpoints``, as in ``code_updates.py``), distilled with the budg
   held-out KL the run selects on, so the two curves can be compared: does test KL keep falling with held-out KL,
   and does the test cross-entropy follow the KL?
 
+``--average-last N``: the trainable tensors are also snapshot at every evaluation, and after the run the mean of
+the last N snapshots (a stochastic weight average) is stored in the student and measured the same way, beside the
+kept state, on the test windows and the held-out windows.
+
 A diagnosis on test text: the run selects on held-out validation windows as always, and no recipe is chosen from
 these figures.
 
@@ -34,7 +38,8 @@ from code_updates import prepare
 from vptq_lab import load_model, load_wikitext2
 from vptq_lab.io.data import tokenize
 from vptq_lab.lab.compare import code_commit
-from vptq_lab.model.finetune import distill_, distill_recipe
+from vptq_lab.model.finetune import distill_, distill_loss, distill_recipe, trainable_parameters
+from vptq_lab.model.layers import QuantizedLinear
 
 BUCKETS = ((0, 512), (512, 1024), (1024, 2048))
 SEQLEN = 2048
@@ -78,11 +83,39 @@ def position_metrics(student, teacher, windows: torch.Tensor, states: list[torch
     ]
 
 
+def trainable_state(student) -> dict[str, torch.Tensor]:
+    """A copy of the tensors a distillation run is training now, under :func:`trainable_parameters`' names."""
+    state = {
+        f"{name}.{key}": p.detach().clone()
+        for name, module in student.named_modules()
+        if isinstance(module, QuantizedLinear)
+        for key, p in module.trainable.items()
+    }
+    state.update({n: p.detach().clone() for n, p in student.named_parameters() if p.requires_grad})
+    return state
+
+
+@torch.no_grad()
+def store_average(student, snapshots: list[dict[str, torch.Tensor]], train_head: bool) -> None:
+    """Store the mean of ``snapshots`` in the (finished) student, as the end of a run stores its kept state."""
+    params = trainable_parameters(student, train_norms=True, train_head=train_head)
+    if set(params) != set(snapshots[0]):
+        raise RuntimeError("the snapshots' tensors are not the ones trainable_parameters() returns")
+    for name, param in params.items():
+        param.copy_(torch.stack([s[name] for s in snapshots]).mean(0))
+    for module in student.modules():
+        if isinstance(module, QuantizedLinear) and module.trainable:
+            module.commit_centroids()
+    for param in student.parameters():
+        param.requires_grad_(False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bits", type=int, default=4, choices=[2, 3, 4])
     parser.add_argument("--steps", type=int, default=80, help="steps of the budget's distillation recipe")
     parser.add_argument("--windows", type=int, default=4, help="test windows of 2048 tokens")
+    parser.add_argument("--average-last", type=int, default=0, help="also measure the mean of the last N snapshots")
     parser.add_argument("--from-checkpoints", type=Path, default=None, help="block checkpoints of the quantization")
     args = parser.parse_args()
     commit = code_commit()
@@ -94,9 +127,12 @@ def main() -> None:
     start = time.perf_counter()
     before = position_metrics(student, teacher, windows, states)
     print(json.dumps(before), flush=True)
-    curve = []
+    curve, snapshots = [], []
 
     def track(record: dict) -> bool:
+        if args.average_last:
+            snapshots.append(trainable_state(student))
+            del snapshots[: -args.average_last]
         test_all = position_metrics(student, teacher, windows, states)[-1]
         figures = {"test_kl": test_all["kl"], "test_ce_gap": test_all["ce_gap"]}
         curve.append({**{k: round(v, 5) for k, v in record.items()}, **figures})
@@ -107,6 +143,17 @@ def main() -> None:
     report = distill_(student, teacher, train, held, config, on_evaluate=track)
     after = position_metrics(student, teacher, windows, states)  # the kept state
     print(json.dumps(after), flush=True)
+    averaged = None
+    if args.average_last:
+        kept_heldout = distill_loss(student, teacher, held)["kl"]
+        store_average(student, snapshots, config.train_head)
+        averaged = {
+            "snapshots": [r["step"] for r in curve[-len(snapshots) :]],
+            "kept_heldout_kl": round(kept_heldout, 5),
+            "heldout_kl": round(distill_loss(student, teacher, held)["kl"], 5),
+            "test": position_metrics(student, teacher, windows, states),
+        }
+        print(json.dumps(averaged), flush=True)
     record = {
         "commit": commit,
         "bits": args.bits,
@@ -119,9 +166,11 @@ def main() -> None:
         "before": before,
         "curve": curve,
         "after": after,
+        "averaged": averaged,
         "seconds": round(time.perf_counter() - start, 1),
     }
-    out = RESULTS / f"distill_transfer_{args.bits}bit_{args.steps}steps.json"
+    suffix = f"_avg{args.average_last}" if args.average_last else ""
+    out = RESULTS / f"distill_transfer_{args.bits}bit_{args.steps}steps{suffix}.json"
     out.write_text(json.dumps(record, indent=1) + "\n")
     print(f"wrote {out}")
 

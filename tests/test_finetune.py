@@ -464,3 +464,30 @@ def test_the_transfer_probe_splits_test_figures_by_position(repo_script):
     assert found[-1]["ce_gap"] == pytest.approx(gap.mean().item(), abs=2e-5)
     assert found[0]["kl"] == pytest.approx(kl[:, :512].mean().item(), abs=2e-5)
     assert found[2]["kl"] == pytest.approx(kl[:, 1024:].mean().item(), abs=2e-5)
+
+
+def test_the_transfer_probe_stores_the_mean_of_its_snapshots(pair, repo_script):
+    # --average-last N: snapshots of the trained tensors at each evaluation, their mean stored after the run
+    probe = repo_script("benchmarks/distill_transfer.py")
+    teacher, student0, train, held = pair
+    student = copy.deepcopy(student0)
+    snapshots = []
+    distill_(
+        student,
+        teacher,
+        train,
+        held,
+        DISTILL,
+        progress=False,
+        on_evaluate=lambda r: snapshots.append(probe.trainable_state(student)) and False,
+    )
+    assert len(snapshots) == DISTILL.steps // DISTILL.eval_every
+    name = next(n for n in snapshots[0] if n.endswith(".centroids"))
+    assert not torch.equal(snapshots[0][name], snapshots[-1][name])  # the codebooks moved between evaluations
+    probe.store_average(student, snapshots[-2:], train_head=False)
+    layer = student.get_submodule(name.rpartition(".")[0])
+    want = ((snapshots[-2][name] + snapshots[-1][name]) / 2).to(layer.centroids.dtype)
+    torch.testing.assert_close(layer.centroids, want, rtol=0, atol=1e-6)
+    assert not layer.trainable and not any(p.requires_grad for p in student.parameters())
+    with pytest.raises(RuntimeError, match="trainable_parameters"):
+        probe.store_average(student, [{"nothing": torch.zeros(1)}], train_head=False)
