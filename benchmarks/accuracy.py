@@ -4,7 +4,9 @@ Every row is quantized (and fine-tuned) from the same default model and evaluate
 WikiText-2 test windows of 2048 tokens. Rows already measured by ``benchmarks/vptq_table.py`` (the presets and
 layer-wise fine-tuning) are taken from its cache; the others are computed here and cached in
 ``benchmarks/results/accuracy.cache.jsonl`` (one JSON line each, keyed like the compare caches), so an
-interrupted run resumes at the next row. Writes ``benchmarks/results/accuracy.csv`` and ``accuracy.md``.
+interrupted run resumes at the next row (a row killed during its quantization resumes from its block checkpoints,
+and its time adds the killed runs' time up to their last committed block, `quantize_s_before_resume`). Writes
+``benchmarks/results/accuracy.csv`` and ``accuracy.md``.
 
     OMP_NUM_THREADS=1 python benchmarks/accuracy.py --rows vptq2-e2e
 
@@ -397,6 +399,9 @@ def run_row(name: str, windows: int, malloc: str, reuse: bool = True) -> dict:
         if reused:
             details["quantization_from"] = reused
             seconds = round(seconds + reused["quantize_s"], 1)
+        elif report.seconds_before_resume != 0.0:  # resumed after a kill: the earlier runs' blocks count too
+            details["quantize_s_before_resume"] = report.seconds_before_resume  # None: a folder from before the record
+            seconds = round(seconds + (report.seconds_before_resume or 0.0), 1)
         details["stored_bits_per_weight"] = round(report.total_bits_per_weight(stored=True), 4)
         rec = perplexity(student, tokenizer, max_windows=windows)
     return {

@@ -380,6 +380,8 @@ def _quantize(
         "propagation": report.propagation,
         "calibration": f"{config.nsamples} x {config.seqlen} tokens of WikiText-2 validation",
         "seconds": report.seconds,
+        # resumed: the earlier runs' time up to their last committed block (None: an older checkpoint folder)
+        **({"seconds_before_resume": report.seconds_before_resume} if report.seconds_before_resume != 0.0 else {}),
         **extra,
         **cleanup,
     }

@@ -274,10 +274,14 @@ def load_quantized(folder: str | Path, device: str | torch.device = "cpu", verif
     return model.to(device).eval(), tokenizer
 
 
+_TIMINGS = ("seconds", "seconds_before_resume")
+
+
 def _without_timings(value: Any) -> Any:
-    """value with every ``seconds`` key removed, at any depth (wall-clock times differ between equal runs)."""
+    """value with every wall-clock time removed (``seconds`` and ``seconds_before_resume`` keys), at any depth:
+    they differ between equal runs, and a resumed run's also counts the runs before it."""
     if isinstance(value, dict):
-        return {k: _without_timings(v) for k, v in value.items() if k != "seconds"}
+        return {k: _without_timings(v) for k, v in value.items() if k not in _TIMINGS}
     if isinstance(value, list):
         return [_without_timings(v) for v in value]
     return value

@@ -100,7 +100,10 @@ class QuantizationReport:
     propagation: str
     records: list[LayerRecord] = field(default_factory=list)
     finetune: list[dict[str, Any]] = field(default_factory=list)  # per block: loss before/after
-    seconds: float = 0.0
+    seconds: float = 0.0  # this call's wall time
+    # resumed from a checkpoint folder: the wall time the earlier runs spent up to their last committed block
+    # (None: a folder written before this was recorded); 0.0 for a run from block 0
+    seconds_before_resume: float | None = 0.0
     store: dict[str, LayerStore] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -109,6 +112,7 @@ class QuantizationReport:
             "method": self.method,
             "propagation": self.propagation,
             "seconds": self.seconds,
+            "seconds_before_resume": self.seconds_before_resume,
             "finetune": self.finetune,
             "layers": [r.to_dict() for r in self.records],
         }
@@ -772,7 +776,7 @@ def quantize_(
     if first:
         inputs = _to(ckpt.restore_hidden(inputs, batches.mine, num_batches), world.device)
     bar = tqdm(total=len(blocks), initial=first, desc="quantizing blocks", disable=not progress or not world.main)
-    run = _Run(blocks, spec, config, method, _keep_predicate(keep), world, batches, home, report, ckpt, bar)
+    run = _Run(blocks, spec, config, method, _keep_predicate(keep), world, batches, home, report, ckpt, bar, start)
     with prefer_backend("torch"), bar:  # quantized blocks as dense matmuls (cached), on every device
         if world.distributed and propagation == "full_precision":
             _whole_blocks_by_rank(run, inputs, first)
@@ -798,6 +802,7 @@ class _Run:
     report: QuantizationReport
     ckpt: BlockCheckpoints | None
     bar: Any
+    start: float  # perf_counter() at the call's start
 
     def context(self, i: int, batches: _Batches | None, report: QuantizationReport | None = None) -> _BlockContext:
         return _BlockContext(
@@ -815,7 +820,9 @@ class _Run:
         """Rank 0 writes block ``i`` (on its home device) and the hidden states after it to the checkpoint folder."""
         if self.ckpt is not None and self.world.main:
             records = [r.to_dict() for r in self.report.records]
-            self.ckpt.save(i, self.blocks[i], records, self.report.finetune, hidden)
+            before = self.report.seconds_before_resume
+            seconds = None if before is None else before + time.perf_counter() - self.start
+            self.ckpt.save(i, self.blocks[i], records, self.report.finetune, hidden, seconds)
 
 
 def _block_by_block(run: _Run, inputs: Captured, first: int) -> None:
@@ -911,6 +918,7 @@ def _resume_from(ckpt: BlockCheckpoints, blocks: nn.ModuleList, report: Quantiza
         ckpt.apply(blocks[i], i)
     report.records = [LayerRecord(**r) for r in state.records]
     report.finetune = list(state.finetune)
+    report.seconds_before_resume = state.seconds if state.completed else 0.0
     if state.completed:
         log.info("resumed from %s: blocks 0..%d re-applied", ckpt.folder, state.completed - 1)
     return state.completed

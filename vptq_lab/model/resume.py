@@ -112,6 +112,8 @@ class ResumeState:
     completed: int  # blocks 0 .. completed-1 are done
     records: list[dict[str, Any]] = field(default_factory=list)
     finetune: list[dict[str, Any]] = field(default_factory=list)
+    # wall seconds the earlier runs spent up to their last committed block; None: the folder predates the record
+    seconds: float | None = 0.0
 
 
 class BlockCheckpoints:
@@ -128,6 +130,7 @@ class BlockCheckpoints:
             "hidden": None,
             "records": [],
             "finetune": [],
+            "seconds": 0.0,
         }
 
     @classmethod
@@ -166,7 +169,8 @@ class BlockCheckpoints:
     @property
     def state(self) -> ResumeState:
         p = self.progress
-        return ResumeState(int(p["completed"]), list(p["records"]), list(p["finetune"]))
+        seconds = p.get("seconds")  # written since the record exists; absent in older folders
+        return ResumeState(int(p["completed"]), list(p["records"]), list(p["finetune"]), seconds)
 
     # Reading ---------------------------------------------------------------------------------------------
     def _load(self, name: str, sha256: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -234,9 +238,16 @@ class BlockCheckpoints:
 
     # Writing ---------------------------------------------------------------------------------------------
     def save(
-        self, index: int, block: nn.Module, records: list[dict], finetune: list[dict], hidden: list[torch.Tensor]
+        self,
+        index: int,
+        block: nn.Module,
+        records: list[dict],
+        finetune: list[dict],
+        hidden: list[torch.Tensor],
+        seconds: float | None = None,
     ) -> None:
-        """Commit block ``index``: its tensors, the next block's inputs, then progress.json."""
+        """Commit block ``index``: its tensors, the next block's inputs, then progress.json. ``seconds``: the wall
+        time of every run of this folder so far (None: unknown)."""
         block_file, hidden_file = f"block-{index:04d}.safetensors", f"hidden-{index:04d}.safetensors"
         tensors, layers = module_tensors(block)
         block_sha = _atomic_save_tensors(self.folder / block_file, tensors, {"layers": json.dumps(layers)})
@@ -246,7 +257,11 @@ class BlockCheckpoints:
         )
         old_hidden = self.progress["hidden"]
         self.progress.update(
-            completed=index + 1, hidden={"file": hidden_file, "sha256": hidden_sha}, records=records, finetune=finetune
+            completed=index + 1,
+            hidden={"file": hidden_file, "sha256": hidden_sha},
+            records=records,
+            finetune=finetune,
+            seconds=None if seconds is None else round(seconds, 2),
         )
         self.progress["blocks"][str(index)] = {"file": block_file, "sha256": block_sha}
         atomic_write_bytes(self.folder / PROGRESS, json.dumps(self.progress, indent=1).encode())
