@@ -107,14 +107,19 @@ def test_interrupted_then_resumed_equals_uninterrupted(propagation, finetune, cr
     assert all(isinstance(m, QuantizedLinear) for n, m in model.named_modules() if n.endswith("_proj"))
 
 
+def _killed_after(blocks: int, ck, monkeypatch) -> dict:
+    """Run CFG into ``ck`` and crash in block ``blocks`` (blocks 0..blocks-1 committed); returns progress.json."""
+    with monkeypatch.context() as m:
+        _crash_at(m, blocks)
+        with pytest.raises(_Crash):
+            quantize_(_model(), CFG, _calib(), progress=False, checkpoint_dir=ck)
+    return json.loads((ck / PROGRESS).read_text())
+
+
 def test_a_resumed_run_reports_the_time_of_the_runs_before_it(tmp_path, monkeypatch):
     # progress.json carries the wall time up to each commit, so a resumed run can count the whole quantization
     ck = tmp_path / "ck"
-    with monkeypatch.context() as m:
-        _crash_at(m, 2)
-        with pytest.raises(_Crash):
-            quantize_(_model(), CFG, _calib(), progress=False, checkpoint_dir=ck)
-    before = json.loads((ck / PROGRESS).read_text())["seconds"]
+    before = _killed_after(2, ck, monkeypatch)["seconds"]
     assert before > 0
     report = quantize_(_model(), CFG, _calib(), progress=False, checkpoint_dir=ck, resume=True)
     assert report.seconds_before_resume == before and report.to_dict()["seconds_before_resume"] == before
@@ -125,11 +130,7 @@ def test_a_resumed_run_reports_the_time_of_the_runs_before_it(tmp_path, monkeypa
 
 def test_a_folder_without_the_time_record_resumes_with_the_time_unknown(tmp_path, monkeypatch):
     ck = tmp_path / "ck"
-    with monkeypatch.context() as m:
-        _crash_at(m, 1)
-        with pytest.raises(_Crash):
-            quantize_(_model(), CFG, _calib(), progress=False, checkpoint_dir=ck)
-    progress = json.loads((ck / PROGRESS).read_text())
+    progress = _killed_after(1, ck, monkeypatch)
     del progress["seconds"]  # as a folder written before the record existed
     (ck / PROGRESS).write_text(json.dumps(progress))
     report = quantize_(_model(), CFG, _calib(), progress=False, checkpoint_dir=ck, resume=True)
