@@ -38,7 +38,7 @@ from code_updates import prepare
 from vptq_lab import load_model, load_wikitext2
 from vptq_lab.io.data import tokenize
 from vptq_lab.lab.compare import code_commit
-from vptq_lab.model.finetune import distill_, distill_loss, distill_recipe, trainable_parameters
+from vptq_lab.model.finetune import distill_, distill_loss, distill_recipe, end_training, trainable_parameters
 from vptq_lab.model.layers import QuantizedLinear
 
 BUCKETS = ((0, 512), (512, 1024), (1024, 2048))
@@ -103,11 +103,7 @@ def store_average(student, snapshots: list[dict[str, torch.Tensor]], train_head:
         raise RuntimeError("the snapshots' tensors are not the ones trainable_parameters() returns")
     for name, param in params.items():
         param.copy_(torch.stack([s[name] for s in snapshots]).mean(0))
-    for module in student.modules():
-        if isinstance(module, QuantizedLinear) and module.trainable:
-            module.commit_centroids()
-    for param in student.parameters():
-        param.requires_grad_(False)
+    end_training(student)
 
 
 def main() -> None:

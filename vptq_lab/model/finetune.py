@@ -59,6 +59,7 @@ __all__ = [
     "distill_",
     "distill_loss",
     "trainable_parameters",
+    "end_training",
     "split_heldout",
     "DISTILL_WINDOWS",
     "DISTILL_RECIPES",
@@ -236,7 +237,9 @@ def trainable_parameters(
     return params
 
 
-def _end_training(model: nn.Module) -> None:
+def end_training(model: nn.Module) -> None:
+    """End training (what :func:`trainable_parameters` started): the trained codebooks stored back in their dtype,
+    every parameter frozen, gradients dropped."""
     for module in model.modules():
         if isinstance(module, QuantizedLinear) and module.trainable:
             module.commit_centroids()
@@ -544,7 +547,7 @@ def distill_(
                 params[n].copy_(state["best_tensors"][n])
         _set_codes(layers, state["best_codes"])
     finally:
-        _end_training(student)
+        end_training(student)
     final = _heldout(student, teacher, heldout_ids, config.temperature, world, chunked)
     student.to(home)
     teacher.to(teacher_home)

@@ -244,7 +244,7 @@ class BlockCheckpoints:
         records: list[dict],
         finetune: list[dict],
         hidden: list[torch.Tensor],
-        seconds: float | None = None,
+        seconds: float | None,
     ) -> None:
         """Commit block ``index``: its tensors, the next block's inputs, then progress.json. ``seconds``: the wall
         time of every run of this folder so far (None: unknown)."""
