@@ -1,7 +1,12 @@
-# Two commands for a fresh machine: `make demo` and `make test`. Each creates .venv when it is missing.
+# Two commands for a fresh machine: `make demo` and `make test`. Each creates .venv when it is missing, with the
+# versions locked in constraints.txt (the ones the suite passed with). `make test-latest` runs the same tests in
+# .venv-latest with the newest versions pyproject.toml allows.
 PYTHON ?= python3.11
-VENV := .venv
+VENV ?= .venv
 PY := $(VENV)/bin/python
+# LATEST=1: install without the lock (make test-latest sets it)
+BOOTSTRAP_FLAGS := $(if $(LATEST),--latest)
+LOCK_FILE := $(if $(LATEST),,constraints.txt)
 
 # WikiText-2: the folder in $VPTQ_LAB_DATA if you set one; else this project's data folder beside the checkout,
 # only where it exists. With neither, the library tries the Hugging Face hub, then a labelled stand-in corpus.
@@ -12,17 +17,27 @@ export VPTQ_LAB_DATA := $(PROJECT_DATA)
 endif
 endif
 
-.PHONY: demo test test-fast lint lab venv clean-venv
+.PHONY: demo test test-fast test-latest lock lint lab venv clean-venv
 
-$(VENV)/.installed: pyproject.toml scripts/bootstrap.py
+$(VENV)/.installed: pyproject.toml scripts/bootstrap.py $(LOCK_FILE)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) scripts/bootstrap.py
+	$(PY) scripts/bootstrap.py $(BOOTSTRAP_FLAGS)
 	touch $@
 
 venv: $(VENV)/.installed
 
 demo: venv
 	$(PY) -m vptq_lab.cli demo
+
+# The whole suite on the newest versions pyproject.toml allows (a fresh .venv-latest each time, so a release since
+# the last run is picked up); `make lock` then records them in constraints.txt.
+test-latest:
+	rm -rf .venv-latest
+	$(MAKE) test VENV=.venv-latest LATEST=1
+
+lock:
+	test -x .venv-latest/bin/python || { echo "run make test-latest first: the lock records what it passed with"; exit 1; }
+	.venv-latest/bin/python scripts/bootstrap.py --freeze constraints.txt
 
 # Tests never reach the network: the hub is switched off for them (make demo and make lab may use it).
 test test-fast: export HF_HUB_OFFLINE ?= 1
@@ -51,4 +66,4 @@ lab: venv
 	$(PY) -m jupyter lab notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf .venv .venv-latest

@@ -7,7 +7,7 @@
   them to ``tl.dot``; W is never written. Perm/norm are folded into how x is
   read, exactly as in :mod:`.gemv`.
 
-``benchmarks/kernels.py`` times both; :data:`DEFAULT_METHOD` is what the
+``benchmarks/kernel_speed.py`` times both; :data:`DEFAULT_METHOD` is what the
 dispatcher uses. Anatomy (Triton matmul tutorial): configs, the jitted kernel,
 a thin wrapper. Reference: :func:`vptq_lab.kernels.reference.vq_linear_ref`.
 """

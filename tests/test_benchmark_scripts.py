@@ -1,6 +1,6 @@
 """The GPU benchmark scripts, run in their CPU smoke mode, and the plot notebook 08 draws from their results.
 
-No GPU reaches CI, so this is what keeps `benchmarks/kernels.py` and `benchmarks/decode.py` working until one
+No GPU reaches CI, so this is what keeps `benchmarks/kernel_speed.py` and `benchmarks/decode.py` working until one
 does: the same code paths on tiny shapes (Triton under its interpreter), writing the same JSON layout.
 """
 
@@ -34,13 +34,13 @@ def _run(script: str, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def kernels_json(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("kernels")
-    proc = _run("kernels.py", "--cpu-smoke", "--out", str(out))
+    proc = _run("kernel_speed.py", "--cpu-smoke", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((out / "kernels_cpu-smoke.json").read_text())
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU refusal")
-@pytest.mark.parametrize("script", ["kernels.py", "decode.py"])
+@pytest.mark.parametrize("script", ["kernel_speed.py", "decode.py"])
 def test_refuses_to_time_without_a_gpu(script, tmp_path):
     proc = _run(script, "--out", str(tmp_path))
     assert proc.returncode != 0 and "no CUDA device" in proc.stderr and "--cpu-smoke" in proc.stderr

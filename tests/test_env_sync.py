@@ -54,3 +54,55 @@ def test_no_deps_packages_are_documented():
     _, _, text = _environment()
     for package in _pyproject()["tool"]["vptq-lab"]["no-deps"]:
         assert f"pip install --no-deps {package}" in text
+
+
+def _lock() -> dict[str, str]:
+    """constraints.txt as {normalised name: version}."""
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[canonicalize_name(name)] = version.strip()
+    return pins
+
+
+def test_lock_pins_every_dependency_within_pyproject_bounds():
+    """`make` installs from constraints.txt: each of pyproject's requirements (extras and --no-deps packages too)
+    must be pinned there, at a version its specifier allows."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = _lock()
+    no_deps = _pyproject()["tool"]["vptq-lab"]["no-deps"]
+    for text in sorted(_pyproject_requirements() | set(no_deps)):
+        req = Requirement(text)
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{req.name} is not pinned in constraints.txt (make lock)"
+        assert req.specifier.contains(pins[name], prereleases=True), f"constraints.txt pins {name}=={pins[name]}: {req}"
+
+
+def test_make_installs_from_the_lock_and_test_latest_does_not(repo_script, monkeypatch):
+    import subprocess
+
+    def bootstrap_line(*args: str) -> str:
+        out = subprocess.run(
+            ["make", "-n", "venv", "VENV=/no-such-venv", *args], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout
+        return next(line for line in out.splitlines() if "scripts/bootstrap.py" in line).strip()
+
+    assert bootstrap_line() == "/no-such-venv/bin/python scripts/bootstrap.py"
+    assert bootstrap_line("LATEST=1") == "/no-such-venv/bin/python scripts/bootstrap.py --latest"
+    make_test_latest = subprocess.run(["make", "-n", "test-latest"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert "VENV=.venv-latest LATEST=1" in make_test_latest
+
+    bootstrap = repo_script("scripts/bootstrap.py")
+    calls: list[tuple[str, ...]] = []
+    monkeypatch.setattr(bootstrap, "pip", lambda *args: calls.append(args))
+    bootstrap.main([])
+    project = next(c for c in calls if "-e" in c)
+    assert project[:2] == ("--constraint", str(ROOT / "constraints.txt"))
+    calls.clear()
+    bootstrap.main(["--latest"])
+    assert not any("--constraint" in c for c in calls) and any("-e" in c for c in calls)

@@ -487,7 +487,7 @@ def kernel_throughput(df, value: str | None = None, ax: Axes | None = None) -> F
     return fig
 
 
-# Columns of a ``benchmarks/kernels.py`` row (milliseconds per call) and the bar label each gets.
+# Columns of a ``benchmarks/kernel_speed.py`` row (milliseconds per call) and the bar label each gets.
 KERNEL_PATHS = {
     "dense_ms": "fp16 dense F.linear",
     "vq_linear_triton_ms": "vq_linear (Triton)",
@@ -496,7 +496,7 @@ KERNEL_PATHS = {
 
 
 def kernel_results(data: Mapping[str, Any], bits: str | None = None, ax: Axes | None = None) -> Figure:
-    """Time per call of each path in one ``benchmarks/kernels.py`` result file, for one bit budget.
+    """Time per call of each path in one ``benchmarks/kernel_speed.py`` result file, for one bit budget.
 
     data: the file's JSON, ``{"meta": {"device_name" or "device": ...}, "rows": [...]}``; each row has shape,
     out, in, batch, bits and the ``*_ms`` columns of :data:`KERNEL_PATHS`. bits: a row's ``bits`` name
@@ -504,7 +504,7 @@ def kernel_results(data: Mapping[str, Any], bits: str | None = None, ax: Axes | 
     """
     rows = pd.DataFrame(list(data.get("rows", [])))
     if rows.empty:
-        raise ValueError("kernel results hold no rows: rerun benchmarks/kernels.py")
+        raise ValueError("kernel results hold no rows: rerun benchmarks/kernel_speed.py")
     names = list(dict.fromkeys(rows["bits"]))
     bits = bits or names[0]
     if bits not in names:

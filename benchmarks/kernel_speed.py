@@ -1,7 +1,7 @@
 """Time the VQ kernels on LLaMA-2 7B/13B linear shapes against fp16 F.linear.
 
-    python benchmarks/kernels.py              # on a GPU machine
-    python benchmarks/kernels.py --cpu-smoke  # tiny shapes on CPU, checks the script only
+    python benchmarks/kernel_speed.py              # on a GPU machine
+    python benchmarks/kernel_speed.py --cpu-smoke  # tiny shapes on CPU, checks the script only
 
 For every layer shape, bit budget and batch (1 and 16 tokens) it times:
 fp16 ``F.linear`` on the dense weight; the torch-dequant path (reference
