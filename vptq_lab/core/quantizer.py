@@ -29,7 +29,7 @@ import torch
 
 from vptq_lab.core.config import VPTQConfig, layer_plan
 from vptq_lab.core.hessian_ops import act_order, column_loop, condition_hessian, inverse_cholesky_upper, proxy_loss
-from vptq_lab.core.kmeans import augment_centroids, nearest_augmented, weighted_kmeans
+from vptq_lab.core.kmeans import CHUNK_BYTES, codebook, nearest_in, weighted_kmeans
 from vptq_lab.core.packing import as_int16_bits, index_bits, merge_codes, pack_codes
 from vptq_lab.core.qweight import QuantizedWeight, dequantize
 
@@ -270,30 +270,52 @@ class _ColumnVQ:
         self.out = out
         self.parts = parts
         self.part_of = [i for i, p in enumerate(parts) for _ in range(p.start, p.stop)]  # [in]
-        self.c_aug = [augment_centroids(p.C) for p in parts]  # [v + 1, k] each
-        self.r_aug = [augment_centroids(p.C_res) if p.C_res is not None else None for p in parts]
+        self.main = [codebook(p.C) for p in parts]
+        self.res = [codebook(p.C_res) if p.C_res is not None else None for p in parts]
+        self.scratch = torch.empty(0)  # one search's distances, reused: a fresh [R, k] tensor per column is slow
         self.codes: dict[int, torch.Tensor] = {}
         self.res_codes: dict[int, torch.Tensor | None] = {}
 
+    def encode(self, X: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Vectors X [m, v] of part i -> (reconstruction [m, v], codes [m], residual codes [m] or None)."""
+        p = self.parts[i]
+        idx = nearest_in(X, self.main[i], buf=self._scratch(X))  # [m]
+        q = p.C[idx]  # [m, v]
+        ridx = None
+        if self.res[i] is not None:
+            ridx = nearest_in(X - q, self.res[i], buf=self._scratch(X))  # [m]
+            q = q + p.C_res[ridx]
+        return q, idx, ridx
+
+    def _scratch(self, X: torch.Tensor) -> torch.Tensor:
+        if self.scratch.device != X.device or not self.scratch.numel():
+            self.scratch = torch.empty(CHUNK_BYTES // 4, dtype=torch.float32, device=X.device)
+        return self.scratch
+
     def __call__(self, w: torch.Tensor, j: int) -> torch.Tensor:
         i = self.part_of[j]
-        p = self.parts[i]
-        x = torch.nn.functional.pad(w, (0, -w.shape[0] % p.v)).reshape(-1, p.v)  # [R, v]
-        idx = nearest_augmented(x, self.c_aug[i])  # [R]
-        q = p.C[idx]  # [R, v]
-        ridx = None
-        if p.C_res is not None:
-            ridx = nearest_augmented(x - q, self.r_aug[i])  # [R]
-            q = q + p.C_res[ridx]
-        self.codes[j], self.res_codes[j] = idx, ridx
+        x = torch.nn.functional.pad(w, (0, -w.shape[0] % self.parts[i].v)).reshape(-1, self.parts[i].v)  # [R, v]
+        q, self.codes[j], self.res_codes[j] = self.encode(x, i)
         return q.reshape(-1)[: self.out]  # [out]
+
+    def all_columns(self, W: torch.Tensor) -> torch.Tensor:
+        """Every column of W [out, in] quantized as it is (no feedback), one search per part -> Q [out, in]."""
+        Q = torch.empty_like(W)
+        for i, p in enumerate(self.parts):
+            X = to_vectors(W[:, p.start : p.stop], p.v)  # [S * R, v]: column by column
+            q, idx, ridx = self.encode(X, i)
+            Q[:, p.start : p.stop] = from_vectors(q, self.out, p.stop - p.start)
+            for s, codes in enumerate(idx.view(p.stop - p.start, -1)):  # [S, R]
+                self.codes[p.start + s] = codes
+            for s in range(p.stop - p.start):
+                self.res_codes[p.start + s] = None if ridx is None else ridx.view(p.stop - p.start, -1)[s]
+        return Q
 
 
 def _quantize_columns_once(W: torch.Tensor, parts: list[Part]) -> tuple[torch.Tensor, _ColumnVQ]:
     """No feedback: every column quantized as it is. W [out, in] -> Q [out, in]."""
     vq = _ColumnVQ(parts, W.shape[0])
-    Q = torch.stack([vq(W[:, j], j) for j in range(W.shape[1])], 1)  # [out, in]
-    return Q, vq
+    return vq.all_columns(W), vq
 
 
 def quantize_columns(prep: Prepared, parts: list[Part], blocksize: int = 128, feedback: bool = True) -> Pass:
