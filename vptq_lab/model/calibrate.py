@@ -182,6 +182,50 @@ def _hidden(captured: Captured) -> list[torch.Tensor]:
     return [args[0] if args else kwargs["hidden_states"] for args, kwargs in captured]
 
 
+class _ReplayQuantized:
+    """Within one block's quantization (quantized propagation), every stage's pass re-runs the block from its
+    inputs, and a final pass makes the next block's inputs. A linear quantized in an earlier stage sees the same
+    input in each later pass (its input depends only on the stages before it, quantized before it), so its output is
+    recorded the first time it runs quantized and replayed after: q/k/v/o are computed once instead of four times,
+    gate/up twice instead of three. Each replay is checked against the input it came from (``torch.equal``; a
+    mismatch recomputes), so what a pass computes never depends on this. Close it before the block trains.
+
+    ``batches``: the captured batches each pass runs, in order (a linear is reached in every batch of a pass or in
+    none, so its call count modulo ``batches`` is the batch).
+    """
+
+    def __init__(self, block: nn.Module, batches: int):
+        self.block, self.batches = block, batches
+        self.seen: dict[QuantizedLinear, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # (input, output) per batch
+        self.calls: dict[QuantizedLinear, int] = {}
+        self.handle = block.register_forward_pre_hook(self._wrap_new)
+
+    def _wrap_new(self, *_: Any) -> None:
+        for module in self.block.modules():
+            if isinstance(module, QuantizedLinear) and module not in self.seen:
+                self.seen[module], self.calls[module] = [], 0
+                module.forward = functools.partial(self._forward, module)  # the instance's, until close()
+
+    def _forward(self, module: QuantizedLinear, x: torch.Tensor) -> torch.Tensor:
+        batch = self.calls[module] % self.batches
+        self.calls[module] += 1
+        seen = self.seen[module]
+        if batch < len(seen) and torch.equal(seen[batch][0], x):
+            return seen[batch][1]
+        out = QuantizedLinear.forward(module, x)
+        if batch < len(seen):
+            seen[batch] = (x, out)
+        else:
+            seen.append((x, out))
+        return out
+
+    def close(self) -> None:
+        self.handle.remove()
+        for module in self.seen:
+            module.__dict__.pop("forward", None)
+        self.seen.clear()
+
+
 # Quantizing one block -----------------------------------------------------------------------------------
 
 
@@ -205,14 +249,14 @@ def _stage_hessians(
 ) -> dict[str, tuple]:
     """Hessians of the first linear of each stage (shared by the stage), in one pass over the inputs.
 
-    The pass stops right after the last of those linears has seen its input: the rest of the
+    The pass stops as soon as the last of those linears has seen its input (before its matmul): the rest of the
     block would only be thrown away. ``batches``: in a multi-process run, this rank's share; the sums are
     reduced over the ranks (:meth:`World.reduce_hessian`).
     """
     firsts = {stage[0]: get_module(block, stage[0]) for stage in stages}
     split = batches is not None and batches.world.distributed
     with hessian_hooks(firsts, batches.segments if split else None) as accs, torch.no_grad():
-        stop = list(firsts.values())[-1].register_forward_hook(_raise_stop)
+        stop = list(firsts.values())[-1].register_forward_pre_hook(_raise_stop)  # after H's hook: it sees the input
         try:
             for args, kwargs in inputs:
                 try:
@@ -834,7 +878,13 @@ def _block_by_block(run: _Run, inputs: Captured, first: int) -> None:
         block = blocks[i].to(world.device)
         ctx = run.context(i, run.batches)
         fp_outputs = run_block(block, inputs) if propagation == "full_precision" or finetune else None
-        _quantize_block(block, inputs, ctx)
+        replay = _ReplayQuantized(block, len(inputs)) if propagation == "quantized" else None
+        try:
+            _quantize_block(block, inputs, ctx)
+            next_inputs = run_block(block, inputs) if propagation == "quantized" and not finetune else None
+        finally:
+            if replay is not None:
+                replay.close()
         if finetune:
             stats = finetune_block(
                 block,
@@ -847,7 +897,10 @@ def _block_by_block(run: _Run, inputs: Captured, first: int) -> None:
                 config.finetune_batch,
             )
             run.report.finetune.append({"block": i, **stats})
-        inputs = fp_outputs if propagation == "full_precision" else run_block(block, inputs)
+        if propagation == "full_precision":
+            inputs = fp_outputs
+        else:
+            inputs = next_inputs if next_inputs is not None else run_block(block, inputs)
         blocks[i].to(run.home)
         if run.ckpt is not None:
             run.commit(i, _all_hidden(world, run.batches, _hidden(inputs)))

@@ -143,7 +143,8 @@ def hessian_hooks(
         for name, module in modules.items():
             n_in = getattr(module, "in_features", None) or module.weight.shape[0]
             acc = accs[name] = HessianAccumulator(n_in, module.weight.device, segments)
-            handles.append(module.register_forward_hook(lambda _m, args, _out, acc=acc: acc.add(args[0])))
+            # a pre-hook: the input is all H needs, and a pass that stops at this linear then skips its matmul
+            handles.append(module.register_forward_pre_hook(lambda _m, args, acc=acc: acc.add(args[0])))
         yield accs
     finally:
         for handle in handles:
