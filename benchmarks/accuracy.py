@@ -263,9 +263,9 @@ QUANTIZED_AS = {
     "vptq4-e2e-cos480-lr2e-4-head-kl-p24": "vptq4-e2e-cos240-lr5e-4-head",
     "vptq4-lw-e2e-cos480-lr2e-4-head-kl-p24": "vptq4-lw-e2e-cos240-lr2e-4-head-kl",
 }
-# Rows measured on a quantization that today's code no longer makes (the quantizer changed after them, see the
-# README): they stay in the table, marked, and are never `best`, since their command would not reproduce them; the row
-# named measures the same recipe on today's quantization.
+# Rows measured on a quantization that today's code no longer makes (the quantizer changed after them, see
+# docs/results.md): they stay in the table, marked, and are never `best`, since their command would not reproduce
+# them; the row named measures the same recipe on today's quantization.
 SUPERSEDED = {"vptq4-e2e": "vptq4-e2e-now"}
 SUPERSEDED_MARK = "[older quantization]"
 # A row's changes to DISTILL (the rows not named here use DISTILL itself).

@@ -5,7 +5,8 @@ Two modes:
 - ``"paper"``: the formula of the paper's appendix C.2. Index bits are
   ``out * in_outlier * log2(k0) / v0 + out * in_rest * (log2 k1 + log2 k2) / v``
   with ``in_outlier = npercent% * in`` (fractional, no padding); codebooks
-  ``16 * (v0*k0 + v*(k1 + k2)) * group_num``; plus 16 bits per input column
+  ``16 * v0*k0 + 16 * v*(k1 + k2) * group_num`` (one outlier codebook per
+  linear, a main and a residual one per group); plus 16 bits per input column
   for each of scale and bias (``enable_norm``) and perm (``enable_perm``).
 - ``"stored"``: the bits of the official file: int32 index words with each
   row padded to a word, int16 unpacked outlier indices, fp16 codebooks, fp16

@@ -101,7 +101,7 @@ def peak_rss(interval: float = 0.05) -> Iterator[dict[str, float]]:
 
 
 # Bump when a change to the quantizers, calibration or evaluation changes what a row measures: every cached row
-# made under another number is then stale and computed again (the README's tables come from these caches).
+# made under another number is then stale and computed again (docs/results.md's tables come from these caches).
 RESULTS_VERSION = 1
 
 # Config fields added after caches were first written: left out of a row's key while they hold their
