@@ -122,7 +122,7 @@ def test_the_concept_list_covers_every_numbered_piece_of_the_algorithm_doc():
 
 # Full runs ---------------------------------------------------------------------------------------------
 # The committed notebooks hold smoke outputs; what a full run printed is recorded by
-# benchmarks/new_user_walkthrough.py in benchmarks/results/new_user_walkthrough.json. These tests check that
+# tests/new_user_walkthrough.py in benchmarks/results/new_user_walkthrough.json. These tests check that
 # the numbers the notebooks' prose quotes, and the benchmark tables, agree with that record.
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
