@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import datetime
 import json
@@ -12,7 +11,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,30 +58,6 @@ def parse_args(description: str) -> argparse.Namespace:
     if args.smoke and not torch.cuda.is_available():
         os.environ["TRITON_INTERPRET"] = "1"  # before any Triton kernel module is imported
     return args
-
-
-@contextlib.contextmanager
-def timed_calls(targets: Iterable[tuple[Any, str, str]], spent: dict[str, float]) -> Iterator[None]:
-    """While inside: each ``(owner, name, key)`` has ``owner.name`` (a module function or a method) add the seconds
-    of every call to ``spent[key]`` (a call inside another timed call counts in both). Restored on the way out."""
-    originals = []
-    for owner, name, key in targets:
-        real = getattr(owner, name)
-        originals.append((owner, name, real))
-
-        def wrapper(*args: Any, _real: Callable = real, _key: str = key, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return _real(*args, **kwargs)
-            finally:
-                spent[_key] = spent.get(_key, 0.0) + time.perf_counter() - start
-
-        setattr(owner, name, wrapper)
-    try:
-        yield
-    finally:
-        for owner, name, real in reversed(originals):
-            setattr(owner, name, real)
 
 
 def device_name() -> str:

@@ -31,7 +31,7 @@ def one_thread():
 def repo_script(monkeypatch):
     """Import a script of this checkout that is not a package module, by its path from the repository root:
     ``repo_script("benchmarks/accuracy.py")``. Its folder goes on ``sys.path`` for the test (a benchmark imports
-    its neighbour ``_bench``)."""
+    its neighbour ``_bench``; a probe in experiments/ imports ``_bench_path``, which adds benchmarks/)."""
     import importlib.util
 
     root = Path(__file__).resolve().parents[1]

@@ -1,4 +1,5 @@
-"""The package's shape: layers that import only downwards, no import cycles, no reach-ins, one public API."""
+"""The package's shape: layers that import only downwards, no import cycles, no reach-ins, one public API; and the
+scripts beside it (benchmarks/, experiments/, scripts/) use only public names and never patch it."""
 
 from __future__ import annotations
 
@@ -39,6 +40,10 @@ def _sources() -> dict[str, Path]:
 
 
 MODULES = _sources()
+# Scripts outside the package (benchmarks, one-off probes, build steps) use it as a user would: public names only,
+# and never patched.
+SCRIPT_FOLDERS = ("benchmarks", "experiments", "scripts")
+SCRIPTS = {str(p.relative_to(REPO)): p for folder in SCRIPT_FOLDERS for p in sorted((REPO / folder).glob("*.py"))}
 
 
 def _imports(name: str, path: Path) -> list[tuple[str, list[str], int]]:
@@ -141,12 +146,71 @@ def test_no_import_cycles():
 def test_no_module_takes_another_modules_private_names():
     reach_ins = [
         f"{_where(path)}:{line} takes {mod}.{n}"
-        for name, path in MODULES.items()
+        for name, path in {**MODULES, **SCRIPTS}.items()
         for mod, names, line in _imports(name, path)
         for n in names
         if n.startswith("_") and _owner(mod) != name
     ]
-    assert reach_ins == []
+    reach_ins += [
+        f"{_where(path)}:{node.lineno} takes {ast.unparse(node)}"
+        for path in SCRIPTS.values()
+        for node in _attributes_of_the_library(ast.parse(path.read_text()))
+        if _is_private(node.attr)
+    ]
+    assert reach_ins == [], "\n".join(reach_ins)
+
+
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not name.endswith("__")
+
+
+def _library_names(tree: ast.AST) -> set[str]:
+    """Names a file binds to vptq_lab or to something imported from it (a module, class or function)."""
+    bound = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            bound |= {a.asname or a.name.split(".")[0] for a in node.names if a.name.split(".")[0] == "vptq_lab"}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "vptq_lab":
+            bound |= {a.asname or a.name for a in node.names}
+    return bound
+
+
+def _root(node: ast.AST) -> ast.AST:
+    while isinstance(node, (ast.Attribute, ast.Subscript)):
+        node = node.value
+    return node
+
+
+def _attributes_of_the_library(tree: ast.AST) -> list[ast.Attribute]:
+    """Every ``X.attr`` (``X.y.attr`` too) whose ``X`` is a name bound to the library."""
+    bound = _library_names(tree)
+    return [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and isinstance(_root(node), ast.Name) and _root(node).id in bound
+    ]
+
+
+def _patches(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, code) of every write into the library: an assignment to (or ``del`` of) an attribute of a name bound to
+    it, and any ``setattr``/``delattr`` other than on ``self`` (a helper handed a module patches it that way)."""
+    targets = {id(node) for node in _attributes_of_the_library(tree) if isinstance(node.ctx, (ast.Store, ast.Del))}
+    found = [(node.lineno, ast.unparse(node)) for node in ast.walk(tree) if id(node) in targets]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("setattr", "delattr"):
+            owner = _root(node.args[0]) if node.args else None
+            if not (isinstance(owner, ast.Name) and owner.id == "self"):
+                found.append((node.lineno, ast.unparse(node)))
+    return found
+
+
+def test_no_script_patches_the_library():
+    patched = [
+        f"{_where(path)}:{line} patches: {code}"
+        for path in SCRIPTS.values()
+        for line, code in _patches(ast.parse(path.read_text()))
+    ]
+    assert patched == [], "\n".join(patched)
 
 
 def test_the_checks_above_can_fail(tmp_path, monkeypatch):
@@ -163,6 +227,30 @@ def test_the_checks_above_can_fail(tmp_path, monkeypatch):
         monkeypatch.setitem(MODULES, f"vptq_lab.core.fake_{me}", tmp_path / f"{me}.py")
     with pytest.raises(AssertionError, match="vptq_lab.core.fake_a -> vptq_lab.core.fake_b -> vptq_lab.core.fake_a"):
         test_no_import_cycles()
+    # A script that reaches into the library's private names, or patches it, directly or through setattr.
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import vptq_lab.model.calibrate as cal\n"
+        "from vptq_lab.model import finetune\n"
+        "from vptq_lab.model.calibrate import _hidden, run_block\n"
+        "cal.run_block = print\n"
+        "finetune.distill_.__doc__ = ''\n"
+        "run_block.x = 1\n"
+        "setattr(finetune, 'distill_', print)\n"
+        "print(cal._first_output)\n"
+        "self.x = cal.run_block  # assigning from the library is fine\n"
+    )
+    monkeypatch.setitem(SCRIPTS, "experiments/probe.py", script)
+    with pytest.raises(AssertionError) as private:
+        test_no_module_takes_another_modules_private_names()
+    assert "takes vptq_lab.model.calibrate._hidden" in str(private.value)
+    assert "probe.py:8 takes cal._first_output" in str(private.value)
+    with pytest.raises(AssertionError) as patching:
+        test_no_script_patches_the_library()
+    for line, code in ((4, "cal.run_block"), (5, "finetune.distill_.__doc__"), (6, "run_block.x")):
+        assert f"probe.py:{line} patches: {code}" in str(patching.value)
+    assert "probe.py:7 patches: setattr(finetune, 'distill_', print)" in str(patching.value)
+    assert "probe.py:9" not in str(patching.value)
 
 
 # The public API ------------------------------------------------------------------------------------------

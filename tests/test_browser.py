@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # the launcher is not in the package
-from lab_harness import CHROMIUM, CHROMIUM_ARGS, jupyterlab  # noqa: E402
+from lab_harness import CHROMIUM, CHROMIUM_ARGS, jupyterlab  # beside this file: the launcher is not in the package
 
 pytestmark = pytest.mark.browser
 
@@ -175,11 +172,11 @@ def _tiny_notebook(path: Path, sources: list[str]) -> None:
 
 
 def test_new_user_walkthrough_script(tmp_path, monkeypatch, repo_script):
-    # benchmarks/new_user_walkthrough.py on a throwaway "checkout": one notebook that runs, one that fails.
+    # tests/new_user_walkthrough.py on a throwaway "checkout": one notebook that runs, one that fails.
     if not CHROMIUM.exists():
         pytest.skip("Debian chromium not found at /usr/bin/chromium (.ci/run installs it)")
     pytest.importorskip("playwright.sync_api", reason="playwright (the PyPI package) is not installed")
-    walkthrough = repo_script("benchmarks/new_user_walkthrough.py")
+    walkthrough = repo_script("tests/new_user_walkthrough.py")
     repo = tmp_path / "clone"
     (repo / "notebooks").mkdir(parents=True)
     _tiny_notebook(

@@ -431,8 +431,8 @@ def test_training_forward_matches_autograd_through_the_dequantization(norm):
 
 
 def test_the_code_update_probe_runs_its_first_steps_through_the_public_hooks(pair, repo_script):
-    # benchmarks/code_updates.py ends each variant after `steps` by on_evaluate, and reads the updates off the report
-    probe = repo_script("benchmarks/code_updates.py")
+    # experiments/code_updates.py ends each variant after `steps` by on_evaluate, and reads the updates off the report
+    probe = repo_script("experiments/code_updates.py")
     teacher, student0, train, held = pair
     plain = probe.run_variant(student0, teacher, train, held, {}, steps=10)
     assert [h["step"] for h in plain["heldout"]] == [10] and plain["code_updates"] == []
@@ -442,8 +442,8 @@ def test_the_code_update_probe_runs_its_first_steps_through_the_public_hooks(pai
 
 
 def test_the_transfer_probe_splits_test_figures_by_position(repo_script):
-    # benchmarks/distill_transfer.py: per-bucket KL and cross-entropy gap, and their token-weighted "all" row
-    probe = repo_script("benchmarks/distill_transfer.py")
+    # experiments/distill_transfer.py: per-bucket KL and cross-entropy gap, and their token-weighted "all" row
+    probe = repo_script("experiments/distill_transfer.py")
     teacher = tiny_llama(vocab_size=64, hidden=32, layers=1, seed=4, max_positions=probe.SEQLEN)
     windows = torch.randint(0, 64, (2, probe.SEQLEN), generator=torch.Generator().manual_seed(1))
     states = probe.teacher_states(teacher, windows)
@@ -468,7 +468,7 @@ def test_the_transfer_probe_splits_test_figures_by_position(repo_script):
 
 def test_the_transfer_probe_stores_the_mean_of_its_snapshots(pair, repo_script):
     # --average-last N: snapshots of the trained tensors at each evaluation, their mean stored after the run
-    probe = repo_script("benchmarks/distill_transfer.py")
+    probe = repo_script("experiments/distill_transfer.py")
     teacher, student0, train, held = pair
     student = copy.deepcopy(student0)
     snapshots = []

@@ -128,12 +128,30 @@ def test_gemv_rejects_too_many_tokens():
 
 @pytest.mark.parametrize("backend", ["auto", "triton", "torch", "reference"])
 @pytest.mark.parametrize("n", [1, 20], ids=["decode", "prefill"])
-def test_vq_linear_backends_agree(backend, n):
+def test_vq_linear_runs_the_backend_it_names_and_matches_the_reference(backend, n, monkeypatch):
+    # Each implementation logs its name when the dispatcher calls it: a backend routed to the reference (the cached
+    # dense path and the reference share dequant_ref, so their outputs alone cannot tell) fails here.
+    from vptq_lab.kernels import gemm as gemm_mod
+    from vptq_lab.kernels import gemv as gemv_mod
+
     qw = make("everything")
     x = tokens(qw, n)
-    torch.testing.assert_close(
-        vq_linear(x, qw, out_bias(qw), backend=backend), vq_linear_ref(x, qw, out_bias(qw)), **FP32_TOL
-    )
+    want = vq_linear_ref(x, qw, out_bias(qw))
+    ran = []
+    for module, name, label in (
+        (dispatch, "vq_linear_ref", "reference"),
+        (dispatch, "dense_weight", "torch"),
+        (gemv_mod, "vq_gemv", "triton gemv"),
+        (gemm_mod, "vq_gemm", "triton gemm"),
+    ):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _f=real, _label=label, **k: ran.append(_label) or _f(*a, **k))
+    got = vq_linear(x, qw, out_bias(qw), backend=backend)
+    named = ("triton" if DEVICE == "cuda" else "torch") if backend == "auto" else backend
+    if named == "triton":
+        named = "triton gemv" if n <= MAX_TOKENS else "triton gemm"
+    assert ran == [named]
+    torch.testing.assert_close(got, want, **FP32_TOL)
 
 
 def test_auto_backend_follows_device():

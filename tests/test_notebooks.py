@@ -121,12 +121,14 @@ def test_the_concept_list_covers_every_numbered_piece_of_the_algorithm_doc():
 
 
 # Full runs ---------------------------------------------------------------------------------------------
-# The committed notebooks hold smoke outputs; what a full run printed is recorded by
-# benchmarks/new_user_walkthrough.py in benchmarks/results/new_user_walkthrough.json. These tests check that
-# the numbers the notebooks' prose quotes, and the benchmark tables, agree with that record.
+# What a full run of notebook 05 printed is recorded by tests/new_user_walkthrough.py in
+# benchmarks/results/new_user_walkthrough.json; it must agree with the benchmark tables.
+# The notebooks' prose is not checked against that record: the record predates the notebooks it would vouch for
+# (runs of 22 Nov at cfb1e3d; notebooks 03 and 04 changed in later commits), so a number the prose quotes from it
+# says nothing about what the notebook prints now. The notebooks are being rewritten to run on the real model with
+# their outputs committed, and their prose will quote the outputs above it.
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
-_NUMBER = re.compile(r"(?<![\w.])[-−]?\d+\.\d+")
 
 
 def _full_run(prefix: str) -> dict:
@@ -136,31 +138,6 @@ def _full_run(prefix: str) -> dict:
     run = record[name]
     assert run["errors"] == [] and run["executed"] == run["code_cells"], f"{name}: {run.get('status', run['errors'])}"
     return run
-
-
-def _printed_numbers(run: dict) -> list[float]:
-    return [float(x.replace("−", "-")) for x in _NUMBER.findall("\n".join(run["stdout"] + run["tables"]))]
-
-
-def _quoted_full_mode_numbers(prefix: str) -> list[str]:
-    path = _notebook(prefix)
-    cells = [_source(c) for c in _cells(path) if c["cell_type"] == "markdown" and "**Full-mode numbers**" in _source(c)]
-    assert len(cells) == 1, f"{path.name}: expected one 'Full-mode numbers' cell"
-    table = "\n".join(line for line in cells[0].split("\n") if line.startswith("|"))
-    return _NUMBER.findall(table)
-
-
-@pytest.mark.parametrize("prefix", ["03", "04"])
-def test_full_mode_numbers_in_the_prose_are_what_a_full_run_printed(prefix):
-    printed = _printed_numbers(_full_run(prefix))
-    quoted = _quoted_full_mode_numbers(prefix)
-    assert len(quoted) >= 10
-    missing = []
-    for text in quoted:
-        value, decimals = float(text.replace("−", "-")), len(text.split(".")[1])
-        if not any(round(p, decimals) == value for p in printed):
-            missing.append(text)
-    assert not missing, f"notebook {prefix} quotes numbers its full run did not print: {missing}"
 
 
 def _vptq_table() -> dict[int, dict]:

@@ -1,4 +1,4 @@
-"""benchmarks/quantizer_fingerprint.py's block hashes: equal for equal blocks, and a change shows in its own block."""
+"""experiments/quantizer_fingerprint.py's block hashes: equal for equal blocks, and a change shows in its own block."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from vptq_lab.testing import tiny_llama
 
 
 def test_block_hashes_find_the_block_that_changed(repo_script):
-    fingerprint = repo_script("benchmarks/quantizer_fingerprint.py")
+    fingerprint = repo_script("experiments/quantizer_fingerprint.py")
     model = tiny_llama(vocab_size=64, hidden=16, layers=3, seed=1)
     same = fingerprint.block_hashes(copy.deepcopy(model))
     assert fingerprint.block_hashes(model) == same and len(same) == 3 and len(set(same)) == 3

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 from pathlib import Path
@@ -618,6 +619,7 @@ FIELD_TYPES = {
     "finetune_steps": int,
     "finetune_lr": float,
     "finetune_batch": int,
+    "codebook_scope": str,
 }
 junk = st.one_of(
     st.none(),
@@ -632,13 +634,27 @@ junk = st.one_of(
 @settings(max_examples=150, deadline=None)
 @given(st.sampled_from(sorted(FIELD_TYPES)), junk)
 def test_any_wrong_type_raises_a_value_error_naming_the_field(field, value):
-    """Whatever JSON gives a field, the validator answers ValueError naming that field, never TypeError."""
+    """Whatever JSON gives a field, the validator answers ValueError naming that field, never TypeError; and what it
+    accepts is a value of the field's type, kept as given."""
     try:
-        VPTQConfig.from_dict({field: value})
+        cfg = VPTQConfig.from_dict({field: value})
     except ValueError as exc:
         assert field in str(exc)
     except Exception as exc:  # noqa: BLE001 - the point: nothing but ValueError escapes
         pytest.fail(f"{field}={value!r} raised {type(exc).__name__}: {exc}")
+    else:
+        assert _of_the_fields_type(field, value), f"{field}={value!r} was accepted"
+        assert getattr(cfg, field) == (tuple(value) if FIELD_TYPES[field] == "pair" else value)
+
+
+def _of_the_fields_type(field: str, value) -> bool:
+    """Whether ``value`` is of ``field``'s JSON type: bools are not ints, an int is a fine float, NaN is no float."""
+    kind = FIELD_TYPES[field]
+    if kind == "pair":
+        return isinstance(value, (list, tuple)) and len(value) == 2 and all(type(x) is int for x in value)
+    if kind is float:
+        return type(value) in (int, float) and math.isfinite(value)
+    return type(value) is kind
 
 
 @settings(max_examples=80, deadline=None)

@@ -24,11 +24,15 @@ def test_layers_quantized_against_one_shared_codebook():
     layers = [_layer(24, 32, 0), _layer(40, 64, 1)]
     (C,) = shared_codebooks(layers, SHARED)  # one part: no outliers, one group
     assert C.shape == (32, 4) and torch.equal(C, C.half().float())  # stored values, fp16
-    for W, H in layers:
+    owns = [vptq_quantize(W, H, SHARED.replace(codebook_scope="per-linear")) for W, H in layers]
+    for (W, H), own, theirs in zip(layers, owns, owns[::-1]):
         qw = vptq_quantize(W, H, SHARED, codebooks=[C])
         assert torch.equal(qw.centroids.float().reshape(32, 4), C)
-        own = vptq_quantize(W, H, SHARED.replace(codebook_scope="per-linear"))
-        assert own.info["proxy_loss_rel"] <= qw.info["proxy_loss_rel"] * 1.5  # sharing costs some accuracy, not all
+        other = vptq_quantize(W, H, SHARED, codebooks=[theirs.centroids.float().reshape(32, 4)])
+        # Sharing costs some accuracy: the layer's own codebook is as good or better (up to k-means' noise, 1%);
+        # not all: the shared one, fitted on this layer's vectors too, beats the other layer's own codebook.
+        shared = qw.info["proxy_loss_rel"]
+        assert own.info["proxy_loss_rel"] <= shared * 1.01 and shared < other.info["proxy_loss_rel"]
     with pytest.raises(ValueError, match="do not fit this layer's parts"):
         vptq_quantize(*layers[0], SHARED, codebooks=[C[:16]])
 

@@ -5,7 +5,7 @@ back to the OS when freed. But the threshold is dynamic: each time such a chunk 
 size, up to 32 MiB, so after the first few large frees every tensor of up to 32 MiB is carved from the heap, and
 freed heap memory stays in the process (fragmentation keeps it from being trimmed). A training loop that builds
 and frees many tensors of a few MiB per step then grows its resident memory far past what it holds at any time
-(``benchmarks/distill_memory.py --malloc default|release`` measures it for distillation).
+(``experiments/distill_memory.py --malloc default|release`` measures it for distillation).
 
 :func:`release_freed_memory` fixes the threshold, which also turns the dynamic rise off: the same effect as
 starting Python with ``MALLOC_MMAP_THRESHOLD_=131072`` in the environment. It is process-wide; the ``vptq-lab``

@@ -1,7 +1,7 @@
 """Tiny random models and a tiny tokenizer, for tests and the notebooks' smoke runs (no download, seconds to build).
 
 The JupyterLab and chromium launcher of the browser tests lives outside the package, in
-``benchmarks/lab_harness.py``.
+``tests/lab_harness.py``.
 """
 
 from __future__ import annotations

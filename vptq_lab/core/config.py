@@ -215,7 +215,7 @@ def _check_ranges(cfg: VPTQConfig) -> None:
 # per linear, so it is expensive there: keep k small. Measured bits per weight
 # (per block, `bits.model_bits` in paper mode, perm charged) are in the comments;
 # the lead tunes these by measured perplexity.
-# Chosen by measurement (benchmarks/preset_search.py -> benchmarks/results/preset_search.csv): for each
+# Chosen by measurement (experiments/preset_search.py -> benchmarks/results/preset_search.csv): for each
 # budget, the candidate with the lowest mean relative proxy loss on four real layers of SmolLM2-135M
 # (block 10: q, o, up, down) whose model-total bits, all overhead included, stay within the budget.
 # Calibration is 32 windows x 512 tokens of WikiText-2 validation: sized for a 2-core CPU, far below

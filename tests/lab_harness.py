@@ -1,6 +1,6 @@
 """JupyterLab and Debian's chromium for the real-browser tests and the new-user walkthrough.
 
-Not part of the installed package: only ``tests/test_browser.py`` and ``benchmarks/new_user_walkthrough.py`` use it.
+Not part of the installed package: only ``tests/test_browser.py`` and ``tests/new_user_walkthrough.py`` use it.
 """
 
 from __future__ import annotations

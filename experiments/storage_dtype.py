@@ -5,7 +5,7 @@ default model's weights come from a GGUF dequantized in fp32, so they are not al
 checkpoint folder saved with ``dtype=torch.float32`` (or any folder: it is reloaded, then saved both ways), and
 evaluates both copies on the same WikiText-2 test windows.
 
-    python benchmarks/storage_dtype.py --model artifacts/demo-2bit --windows 8
+    python experiments/storage_dtype.py --model artifacts/demo-2bit --windows 8
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import _bench_path  # noqa: F401  (puts benchmarks/ on sys.path, for _bench)
 import torch
 from _bench import RESULTS
 

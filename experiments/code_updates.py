@@ -6,7 +6,7 @@ From one quantization of the default model (the 4-bit preset unless ``--bits``),
 held-out KL to the teacher every 10 steps and the fraction of vectors each code update changed. The same windows,
 seed and quantization for every variant, so the variants differ only in the code updates.
 
-    OMP_NUM_THREADS=1 python benchmarks/code_updates.py --from-checkpoints artifacts/accuracy-checkpoints/vptq4-now
+    OMP_NUM_THREADS=1 python experiments/code_updates.py --from-checkpoints artifacts/accuracy-checkpoints/vptq4-now
 
 ``--from-checkpoints``: block checkpoints of that quantization (``accuracy.py`` leaves them per row); a copy is
 used. Without it the preset is quantized here first (into ``artifacts/code-updates/quantized``, resumable).
@@ -22,6 +22,7 @@ import shutil
 import time
 from pathlib import Path
 
+import _bench_path  # noqa: F401  (puts benchmarks/ on sys.path, for _bench)
 import torch
 from _bench import RESULTS
 

@@ -16,7 +16,7 @@ row would take alone even when it ran beside another job (say which in ``--besid
 ``benchmarks/results/calibration_budget.cache.jsonl``, so an interrupted run resumes at the next row, and two
 processes can share the rows (``--rows``). Writes ``calibration_budget.csv`` and ``.md``.
 
-    OMP_NUM_THREADS=1 python benchmarks/calibration_budget.py --rows 32x512,128x512,64x2048
+    OMP_NUM_THREADS=1 python experiments/calibration_budget.py --rows 32x512,128x512,64x2048
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import json
 import math
 import time
 
+import _bench_path  # noqa: F401  (puts benchmarks/ on sys.path, for _bench)
 import pandas as pd
 import torch
 from _bench import RESULTS, markdown_table

@@ -4,7 +4,7 @@ Every linear of block ``--block`` of the default model is quantized with Hessian
 (WikiText-2 validation), and the block's size-weighted mean relative proxy loss is reported beside the bits of the
 whole model (codebooks counted once per block for the shared rows). Writes benchmarks/results/shared_screen.csv.
 
-    OMP_NUM_THREADS=1 python benchmarks/shared_screen.py
+    OMP_NUM_THREADS=1 python experiments/shared_screen.py
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
+import _bench_path  # noqa: F401  (puts benchmarks/ on sys.path, for _bench)
 import pandas as pd
 from _bench import RESULTS
 

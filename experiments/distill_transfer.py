@@ -18,7 +18,7 @@ kept state, on the test windows and the held-out windows.
 A diagnosis on test text: the run selects on held-out validation windows as always, and no recipe is chosen from
 these figures.
 
-    python benchmarks/distill_transfer.py --from-checkpoints artifacts/accuracy-checkpoints/vptq4-now --steps 80
+    python experiments/distill_transfer.py --from-checkpoints artifacts/accuracy-checkpoints/vptq4-now --steps 80
 
 Writes ``benchmarks/results/distill_transfer_<bits>bit_<steps>steps.json``.
 """
@@ -30,6 +30,7 @@ import json
 import time
 from pathlib import Path
 
+import _bench_path  # noqa: F401  (puts benchmarks/ on sys.path, for _bench)
 import torch
 import torch.nn.functional as F
 from _bench import RESULTS

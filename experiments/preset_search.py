@@ -4,7 +4,7 @@ For each target budget, take `budget.suggest`'s top candidates (plus the current
 four real linears of the default model (block 10: q, o, up, down) with Hessians from WikiText-2
 validation windows, and rank by mean relative proxy loss. Bits are model totals (paper accounting).
 
-    python benchmarks/preset_search.py --out benchmarks/results/preset_search.csv
+    python experiments/preset_search.py --out benchmarks/results/preset_search.csv
 """
 
 from __future__ import annotations

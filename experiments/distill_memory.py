@@ -9,9 +9,9 @@ keeping them. ``--malloc release`` calls ``release_freed_memory()`` first (glibc
 so freed tensors go back to the OS); ``default`` leaves glibc's dynamic threshold. ``cpu_seconds`` (the process's CPU
 time, page faults included) is the figure to compare speed by when other jobs share the machine.
 
-    OMP_NUM_THREADS=1 python benchmarks/distill_memory.py --student DIR --mode plain
-    OMP_NUM_THREADS=1 python benchmarks/distill_memory.py --student DIR --mode checkpointing
-    OMP_NUM_THREADS=1 python benchmarks/distill_memory.py --student DIR --mode plain --malloc release
+    OMP_NUM_THREADS=1 python experiments/distill_memory.py --student DIR --mode plain
+    OMP_NUM_THREADS=1 python experiments/distill_memory.py --student DIR --mode checkpointing
+    OMP_NUM_THREADS=1 python experiments/distill_memory.py --student DIR --mode plain --malloc release
 
 Results go to ``benchmarks/results/distill_memory.json`` (one entry per mode and malloc setting, replaced when
 rerun).
@@ -24,6 +24,7 @@ import json
 import time
 from pathlib import Path
 
+import _bench_path  # noqa: F401  (puts benchmarks/ on sys.path, for _bench)
 import torch
 from _bench import RESULTS, add_malloc_arg, apply_malloc
 

@@ -4,10 +4,10 @@
 Quantization is deterministic for a seed, a thread count and a machine, so two commits that print the same hashes
 quantize those blocks to the same bytes here; the first block whose hash differs is where a change begins. Run this
 script from a worktree of each commit with that worktree's package (``cd WORKTREE && PYTHONPATH=WORKTREE python
-/path/to/this/benchmarks/quantizer_fingerprint.py``: commits older than the script have no copy of it; the record's
+/path/to/this/experiments/quantizer_fingerprint.py``: commits older than the script have no copy of it; the record's
 commit is the worktree's). Prints one JSON object; ``--out FILE`` also writes it.
 
-    OMP_NUM_THREADS=1 python benchmarks/quantizer_fingerprint.py --blocks 3
+    OMP_NUM_THREADS=1 python experiments/quantizer_fingerprint.py --blocks 3
 """
 
 from __future__ import annotations

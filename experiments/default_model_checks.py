@@ -15,10 +15,10 @@ Three 2-bit quantizations of SmolLM2-135M with the same preset and seed:
   interrupted and resumed run against an uninterrupted one), and equal perplexity from disk.
 
     OMP_NUM_THREADS=1 python benchmarks/memory.py --save work/A
-    OMP_NUM_THREADS=1 python benchmarks/default_model_checks.py reload --work work
-    OMP_NUM_THREADS=1 python benchmarks/default_model_checks.py resume --work work
-    OMP_NUM_THREADS=1 python benchmarks/default_model_checks.py verify --work work
-    OMP_NUM_THREADS=1 python benchmarks/default_model_checks.py reload-distilled --work work \
+    OMP_NUM_THREADS=1 python experiments/default_model_checks.py reload --work work
+    OMP_NUM_THREADS=1 python experiments/default_model_checks.py resume --work work
+    OMP_NUM_THREADS=1 python experiments/default_model_checks.py verify --work work
+    OMP_NUM_THREADS=1 python experiments/default_model_checks.py reload-distilled --work work \
         --from-checkpoints artifacts/accuracy-checkpoints/vptq2-e2e-cos240-lr5e-4
 
 Results go to ``benchmarks/results/default_model_checks.json`` (one key per step, merged).
@@ -38,7 +38,9 @@ import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+import _bench_path  # noqa: F401  (puts benchmarks/ on sys.path, for _bench)
+from _bench import RESULTS
+
 OUT = RESULTS / "default_model_checks.json"
 EVAL_WINDOWS = 8  # WikiText-2 test windows of 2048 tokens for every perplexity here
 
@@ -114,7 +116,7 @@ def cmd_reload(work: Path) -> None:
     nll_mem = window_nll(model, window)
     with torch.no_grad():
         logits_mem = model(window).logits
-    # float32: this check is about an exact copy (the 16-bit default is measured by benchmarks/storage_dtype.py)
+    # float32: this check is about an exact copy (the 16-bit default is measured by experiments/storage_dtype.py)
     folder = save_quantized(model, tokenizer, work / "C", report=report.to_dict(), dtype=torch.float32)
     del model
     from_disk, diff = _from_disk(folder, test, window, logits_mem)

@@ -7,7 +7,7 @@ KL loss alone or KL plus ``hidden_weight`` times the hidden-state term, and reco
 (the selection figure, never the loss) every 10 steps. The same windows, seed and quantization for every variant.
 It also records both terms on the first training window before training, to show their scales.
 
-    OMP_NUM_THREADS=1 python benchmarks/hidden_loss.py --from-checkpoints artifacts/accuracy-checkpoints/vptq4-now
+    OMP_NUM_THREADS=1 python experiments/hidden_loss.py --from-checkpoints artifacts/accuracy-checkpoints/vptq4-now
 
 ``--from-checkpoints``: block checkpoints of that quantization (``accuracy.py`` leaves them per row); a copy is
 used. Without it the preset is quantized here first (into ``artifacts/hidden-loss``, resumable:
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import _bench_path  # noqa: F401  (puts benchmarks/ on sys.path, for _bench)
 from _bench import RESULTS
 from code_updates import add_probe_args, prepare, run_probe
 

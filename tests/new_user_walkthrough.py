@@ -9,7 +9,7 @@ and without ``$VPTQ_LAB_DATA`` (a new user has not set it). JupyterLab saves the
 checkout, so give it a throwaway clone, never the checkout you commit from:
 
     git clone -q . /tmp/newuser && (cd /tmp/newuser && make venv)
-    /tmp/newuser/.venv/bin/python benchmarks/new_user_walkthrough.py --repo /tmp/newuser \\
+    /tmp/newuser/.venv/bin/python tests/new_user_walkthrough.py --repo /tmp/newuser \\
         --notebooks 01 05 --out benchmarks/results/new_user_walkthrough.json
 
 An existing --out file keeps the notebooks this run does not repeat; every entry records its commit, date

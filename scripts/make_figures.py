@@ -4,7 +4,7 @@ Block 10 of SmolLM2-135M with WikiText-2 validation Hessians (16 x 512 tokens, f
 activations) supplies the single-layer plots; the bits-vs-perplexity plot reads
 benchmarks/results/vptq_table.csv; the kernel plot is a CPU timing (no GPU has been lent).
 
-    python benchmarks/make_figures.py
+    python scripts/make_figures.py
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from preset_search import block_hessians
 
+from vptq_lab import calibration_windows, load_model, load_wikitext2
 from vptq_lab.core.bits import model_bits
 from vptq_lab.core.column_trace import column_trace
 from vptq_lab.core.config import VPTQConfig, preset
@@ -28,17 +28,9 @@ from vptq_lab.kernels.testing import random_qweight
 from vptq_lab.lab import plots
 from vptq_lab.lab.budget import SMOLLM2_135M_SHAPES
 from vptq_lab.model.arch import linear_role
+from vptq_lab.model.calibrate import block_hessians
 
 OUT = Path("docs/images")
-ALL = (
-    "self_attn.q_proj",
-    "self_attn.k_proj",
-    "self_attn.v_proj",
-    "self_attn.o_proj",
-    "mlp.gate_proj",
-    "mlp.up_proj",
-    "mlp.down_proj",
-)
 BASELINE = "baseline: Q4_1 GGUF, already ~4-bit rounded"
 
 
@@ -140,7 +132,9 @@ def kernel_figure() -> pd.DataFrame:
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    layers = block_hessians(10, 16, 512, ALL)
+    model, tokenizer = load_model("default")
+    calibration = calibration_windows(tokenizer, load_wikitext2("validation"), 16, 512, seed=0)
+    layers = block_hessians(model, calibration, 10)  # {linear: (W [out, in], H [in, in])}, every linear of block 10
     layer_figures(*layers["self_attn.q_proj"])
     roles = role_figure(layers)
     budget_figure()
