@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["proxy_loss", "condition_hessian", "act_order", "inverse_cholesky_upper", "column_loop"]
+__all__ = ["proxy_loss", "proxy_losses", "condition_hessian", "act_order", "inverse_cholesky_upper", "column_loop"]
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +36,25 @@ def proxy_loss(W: torch.Tensor, Wq: torch.Tensor, H: torch.Tensor, relative: boo
     W, Wq: [out, in]; H: [in, in]. Computed in float64: a sum per row, then ``math.fsum`` of the rows (exactly
     rounded), so the value does not depend on how many threads split the reduction.
     """
-    dW = W.double() - Wq.double()  # [out, in]
-    Hd = H.double()
-    num = math.fsum(((dW @ Hd) * dW).sum(dim=1).tolist())
     if not relative:
-        return num
-    den = math.fsum(((W.double() @ Hd) * W.double()).sum(dim=1).tolist())
-    if den == 0:
-        return 0.0 if num == 0 else float("inf")
-    return num / den
+        return _quadratic(W.double() - Wq.double(), H.double())
+    return proxy_losses(W, [Wq], H)[0]
+
+
+def proxy_losses(W: torch.Tensor, reconstructions: list[torch.Tensor], H: torch.Tensor) -> list[float]:
+    """:func:`proxy_loss` (relative) of several reconstructions of the same W, ``tr(W H W^T)`` formed once."""
+    Wd, Hd = W.double(), H.double()
+    den = _quadratic(Wd, Hd)
+    out = []
+    for Wq in reconstructions:
+        num = _quadratic(Wd - Wq.double(), Hd)
+        out.append(num / den if den != 0 else (0.0 if num == 0 else float("inf")))
+    return out
+
+
+def _quadratic(A: torch.Tensor, H: torch.Tensor) -> float:
+    """``tr(A H A^T)`` of float64 A [out, in] and H [in, in]: row sums, then ``math.fsum``."""
+    return math.fsum(((A @ H) * A).sum(dim=1).tolist())
 
 
 def condition_hessian(

@@ -51,7 +51,7 @@ def codebook(C: torch.Tensor) -> Codebook:
 def _argmin_rows(D: torch.Tensor) -> torch.Tensor:
     """Index of the first minimum of each row of D [m, k] -> int64 [m]."""
     if D.device.type == "cpu" and D.dtype == torch.float32:
-        return torch.from_numpy(np.argmin(D.detach().numpy(), axis=1).astype(np.int64, copy=False))
+        return torch.from_numpy(D.detach().numpy().argmin(1).astype(np.int64, copy=False))
     return D.argmin(1)
 
 
@@ -124,30 +124,39 @@ def kmeans_plusplus(X: torch.Tensor, k: int, weights: torch.Tensor, gen: torch.G
         probs = weights.double() / weights.sum() + 1e-9 / n  # floor: zero weights stay sampleable
         sub = torch.multinomial(probs.cpu(), m, replacement=False, generator=gen).to(X.device)  # [m]
         X, weights = X[sub], torch.ones(m, dtype=weights.dtype, device=X.device)
-    u = torch.rand(k, generator=gen, dtype=torch.float64)  # [k] one uniform per draw
+    u = torch.rand(k, generator=gen, dtype=torch.float64).tolist()  # one uniform per draw
     sq = (X * X).sum(1)  # [m]
-    chosen = [_pick(weights, float(u[0]))]
+    sq_host = sq.tolist()  # the draws index it one at a time: host floats save a tensor op each
+    chosen = [_pick(weights, u[0])]
     d2 = torch.empty_like(sq)  # [m] squared distance to the nearest chosen centre
-    _distance_to(X, sq, chosen[0], out=d2)
+    _distance_to(X, sq, sq_host[chosen[0]], chosen[0], out=d2)
     new, score = torch.empty_like(sq), torch.empty_like(sq)  # [m] each
     cumulative = torch.empty(m, dtype=torch.float64, device=X.device)  # [m]
     for i in range(1, k):
         torch.mul(weights, d2, out=score)  # chosen points (and their duplicates) score 0
         torch.cumsum(score, 0, dtype=torch.float64, out=cumulative)
-        total = cumulative[-1]
-        if total > 0:
-            j = int(torch.searchsorted(cumulative, u[i] * total, right=True).clamp_max(m - 1))
-        else:
-            j = _first_unpicked(m, chosen)
+        total = float(cumulative[-1])
+        j = _search_right(cumulative, u[i] * total) if total > 0 else _first_unpicked(m, chosen)
         chosen.append(j)
-        torch.minimum(d2, _distance_to(X, sq, j, out=new), out=d2)
+        torch.minimum(d2, _distance_to(X, sq, sq_host[j], j, out=new), out=d2)
     return X[chosen].clone()  # [k, d]
 
 
-def _distance_to(X: torch.Tensor, sq: torch.Tensor, j: int, out: torch.Tensor) -> torch.Tensor:
-    """Squared distances of the rows of X [m, d] (``sq`` = their squared norms [m]) to row j, into ``out`` [m]."""
+def _search_right(cumulative: torch.Tensor, value: float) -> int:
+    """The first index whose cumulative sum exceeds ``value`` (the last index at most), as
+    ``torch.searchsorted(..., right=True)``; on the CPU through numpy, with no tensor made for one number."""
+    if cumulative.device.type == "cpu":
+        found = int(np.searchsorted(cumulative.numpy(), value, side="right"))
+    else:
+        found = int(torch.searchsorted(cumulative, torch.tensor([value], device=cumulative.device), right=True))
+    return min(found, cumulative.shape[0] - 1)
+
+
+def _distance_to(X: torch.Tensor, sq: torch.Tensor, sq_j: float, j: int, out: torch.Tensor) -> torch.Tensor:
+    """Squared distances of the rows of X [m, d] (``sq`` = their squared norms [m], ``sq_j`` = row j's) to row j,
+    into ``out`` [m]."""
     torch.addmv(sq, X, X[j], alpha=-2.0, out=out)
-    return out.add_(sq[j]).clamp_min_(0.0)
+    return out.add_(sq_j).clamp_min_(0.0)
 
 
 def _first_unpicked(m: int, chosen: list[int]) -> int:

@@ -28,7 +28,14 @@ from dataclasses import dataclass, replace
 import torch
 
 from vptq_lab.core.config import VPTQConfig, layer_plan
-from vptq_lab.core.hessian_ops import act_order, column_loop, condition_hessian, inverse_cholesky_upper, proxy_loss
+from vptq_lab.core.hessian_ops import (
+    act_order,
+    column_loop,
+    condition_hessian,
+    inverse_cholesky_upper,
+    proxy_loss,
+    proxy_losses,
+)
 from vptq_lab.core.kmeans import CHUNK_BYTES, codebook, nearest_in, weighted_kmeans
 from vptq_lab.core.packing import as_int16_bits, index_bits, merge_codes, pack_codes
 from vptq_lab.core.qweight import QuantizedWeight, dequantize
@@ -425,15 +432,20 @@ def quantize_with_trace(
     feedback: bool = True,
     codebooks: Sequence[torch.Tensor] | None = None,
     kmeans_only_loss: Callable[[], float] | None = None,
+    prepared: Prepared | None = None,
 ) -> tuple[QuantizedWeight, VPTQTrace]:
     """:func:`vptq_quantize` that also returns the intermediate results (:class:`VPTQTrace`)."""
     if kmeans_only_loss is not None and not feedback:
         raise ValueError(
             "kmeans_only_loss= needs feedback=True: without feedback the k-means-only pass is the result itself"
         )
+    if prepared is not None and (tuple(prepared.W.shape) != tuple(W.shape) or (feedback and prepared.U is None)):
+        raise ValueError(
+            "prepared= must be prepare_layer(W, H, config, feedback) of this W (with feedback=True, it holds U)"
+        )
     seconds: dict[str, float] = {}
     with _timed(seconds, "prepare"):
-        prep = prepare_layer(W, H, config, feedback)
+        prep = prepared if prepared is not None else prepare_layer(W, H, config, feedback)
     with _timed(seconds, "kmeans"):
         parts = init_codebooks(prep, config, codebooks)
     kmeans_only = None
@@ -481,14 +493,18 @@ def _info(
 ) -> dict:
     parts, prep = trace.parts, trace.prepared
     groups = parts[1:] if prep.outlier_size else parts
+    reconstructions = [dequantize(qw), trace.first_pass]
     if trace.kmeans_only is not None:
-        kmeans_only = proxy_loss(W, trace.kmeans_only, H)
+        reconstructions.append(trace.kmeans_only)
+    losses = proxy_losses(W, reconstructions, H)  # tr(W H W^T) once for all three
+    if trace.kmeans_only is not None:
+        kmeans_only = losses[2]
     else:
         assert kmeans_only_loss is not None
         kmeans_only = kmeans_only_loss()
     info = {
-        "proxy_loss_rel": proxy_loss(W, dequantize(qw), H),
-        "proxy_loss_rel_first_pass": proxy_loss(W, trace.first_pass, H),
+        "proxy_loss_rel": losses[0],
+        "proxy_loss_rel_first_pass": losses[1],
         "proxy_loss_rel_kmeans_only": kmeans_only,
         "codebook_utilisation": _mean(_utilisation(final.codes, groups)),
         "feedback": feedback,
@@ -514,6 +530,7 @@ def vptq_quantize(
     feedback: bool = True,
     codebooks: Sequence[torch.Tensor] | None = None,
     kmeans_only_loss: Callable[[], float] | None = None,
+    prepared: Prepared | None = None,
 ) -> QuantizedWeight:
     """Quantize one linear with VPTQ. W [out, in], H [in, in] -> :class:`QuantizedWeight`.
 
@@ -524,12 +541,17 @@ def vptq_quantize(
     ``[k, v]`` per part, e.g. :func:`shared_codebooks`) in place of this layer's own k-means.
     ``kmeans_only_loss`` (with feedback): a callable giving ``info["proxy_loss_rel_kmeans_only"]`` computed
     elsewhere (:func:`kmeans_only_loss` in another process); the k-means-only pass is then skipped here.
+    ``prepared``: :func:`prepare_layer` ``(W, H, config, feedback)`` computed already (it is not computed again).
     """
-    return quantize_with_trace(W, H, config, feedback, codebooks, kmeans_only_loss)[0]
+    return quantize_with_trace(W, H, config, feedback, codebooks, kmeans_only_loss, prepared)[0]
 
 
 def vq_no_feedback(
-    W: torch.Tensor, H: torch.Tensor, config: VPTQConfig, codebooks: Sequence[torch.Tensor] | None = None
+    W: torch.Tensor,
+    H: torch.Tensor,
+    config: VPTQConfig,
+    codebooks: Sequence[torch.Tensor] | None = None,
+    prepared: Prepared | None = None,
 ) -> QuantizedWeight:
     """Baseline: weighted k-means VQ with nearest assignment, no second-order feedback."""
-    return vptq_quantize(W, H, config, feedback=False, codebooks=codebooks)
+    return vptq_quantize(W, H, config, feedback=False, codebooks=codebooks, prepared=prepared)

@@ -274,12 +274,12 @@ def load_quantized(folder: str | Path, device: str | torch.device = "cpu", verif
     return model.to(device).eval(), tokenizer
 
 
-_TIMINGS = ("seconds", "seconds_before_resume")
+_TIMINGS = ("seconds", "seconds_before_resume", "timings")
 
 
 def _without_timings(value: Any) -> Any:
-    """value with every wall-clock time removed (``seconds`` and ``seconds_before_resume`` keys), at any depth:
-    they differ between equal runs, and a resumed run's also counts the runs before it."""
+    """value with every wall-clock time removed (``seconds``, ``seconds_before_resume`` and ``timings`` keys), at
+    any depth: they differ between equal runs, and a resumed run's also counts the runs before it."""
     if isinstance(value, dict):
         return {k: _without_timings(v) for k, v in value.items() if k not in _TIMINGS}
     if isinstance(value, list):

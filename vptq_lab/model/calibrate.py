@@ -16,10 +16,12 @@ block and ends bit-identical to an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -104,6 +106,10 @@ class QuantizationReport:
     # resumed from a checkpoint folder: the wall time the earlier runs spent up to their last committed block
     # (None: a folder written before this was recorded); 0.0 for a run from block 0
     seconds_before_resume: float | None = 0.0
+    # wall-clock seconds of this call by phase: capture (block 0's inputs), hessian (the passes that collect H),
+    # codebooks (each linear's working space and k-means), linears (column loops, residual codebooks, packing),
+    # forward (the next block's inputs), finetune (layer-wise), checkpoint (committing blocks)
+    timings: dict[str, float] = field(default_factory=dict)
     store: dict[str, LayerStore] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -113,9 +119,19 @@ class QuantizationReport:
             "propagation": self.propagation,
             "seconds": self.seconds,
             "seconds_before_resume": self.seconds_before_resume,
+            "timings": self.timings,
             "finetune": self.finetune,
             "layers": [r.to_dict() for r in self.records],
         }
+
+    @contextlib.contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        """Add the wall-clock time of the block to ``timings[phase]``."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[phase] = round(self.timings.get(phase, 0.0) + time.perf_counter() - start, 3)
 
     def to_dataframe(self):
         import pandas as pd
@@ -316,6 +332,7 @@ class _BlockContext:
     block_weights: int = 0  # weights of all the block's linears: how a shared codebook's bits are split
     batches: _Batches | None = None  # multi-process runs: this rank's calibration batches
     results: dict[str, Any] | None = None  # whole blocks by rank: each installed result (on the CPU), to share
+    workers: int = 1  # one process on the CPU: threads that quantize a stage's linears side by side
 
     @property
     def world(self) -> World:
@@ -324,16 +341,6 @@ class _BlockContext:
     @property
     def propagation(self) -> str:
         return getattr(self.config, "propagation", "quantized")
-
-
-def _quantize_linear(block: nn.Module, name: str, H: torch.Tensor, tokens: int, ctx: _BlockContext) -> None:
-    module = get_module(block, name)
-    if _is_quantized(module):
-        log.info("%s.%s is already quantized; skipped", ctx.prefix, name)
-        return
-    W = _checked_weight(module, name, H, ctx)
-    result, seconds = _run_method(W, H, name, ctx, ctx.codebooks)
-    _install(block, name, W, H, tokens, result, seconds, ctx)
 
 
 def _checked_weight(module: nn.Module, name: str, H: torch.Tensor, ctx: _BlockContext) -> torch.Tensor:
@@ -350,14 +357,14 @@ def _checked_weight(module: nn.Module, name: str, H: torch.Tensor, ctx: _BlockCo
     return W
 
 
-def _run_method(
-    W: torch.Tensor, H: torch.Tensor, name: str, ctx: _BlockContext, codebooks: list[torch.Tensor] | None, **extra: Any
-) -> tuple[Any, float]:
-    """(the method's result for one linear, seconds). ``extra``: more keyword arguments for the method."""
+def _run_method(W: torch.Tensor, H: torch.Tensor, name: str, ctx: _BlockContext, **extra: Any) -> tuple[Any, float]:
+    """(the method's result for one linear, seconds). ``extra``: more keyword arguments for the method; a block's
+    shared codebooks (``ctx.codebooks``) unless they hold others."""
     start = time.perf_counter()
-    shared = {"codebooks": codebooks, **extra} if codebooks is not None else extra
+    if ctx.codebooks is not None:
+        extra = {"codebooks": ctx.codebooks, **extra}
     try:
-        result = METHODS[ctx.method].quantize(W, H.float(), ctx.config, **shared)
+        result = METHODS[ctx.method].quantize(W, H.float(), ctx.config, **extra)
     except VPTQLabError:
         raise
     except ValueError as exc:  # the quantizer's own checks: give them the layer's name
@@ -417,16 +424,25 @@ def _linear_cost(shape: tuple[int, int], ctx: _BlockContext) -> float:
     return out * n * (2.0 * k + getattr(ctx.config, "blocksize", 128)) * (2 if getattr(ctx.config, "k2", 0) else 1)
 
 
+def _codebook_jobs(weights: dict[str, torch.Tensor], ctx: _BlockContext) -> list[tuple[str, int, float]]:
+    """``(linear, part, cost)`` for every k-means part of a stage's per-linear codebooks (cost: vectors x
+    centroids). Empty when the method fits none (scalar methods, shared codebooks)."""
+    if ctx.method not in ("vptq", "vq") or ctx.codebooks is not None:
+        return []
+    return [
+        (name, i, cols * -(-W.shape[0] // v) * k)
+        for name, W in weights.items()
+        for i, (cols, v, k) in enumerate(part_shapes(ctx.config, W.shape[1]))
+    ]
+
+
 def _split_codebooks(weights: dict[str, torch.Tensor], H: torch.Tensor, ctx: _BlockContext) -> dict[str, list]:
     """The per-linear codebooks of a stage, each k-means part fitted by its owner rank and shared: ``{name: [C]}``.
     Empty when the method fits no per-linear codebooks (scalar methods, shared codebooks)."""
-    if ctx.method not in ("vptq", "vq") or ctx.codebooks is not None:
+    jobs = _codebook_jobs(weights, ctx)
+    if not jobs:
         return {}
-    jobs = [
-        (name, i, shape) for name, W in weights.items() for i, shape in enumerate(part_shapes(ctx.config, W.shape[1]))
-    ]
-    costs = [cols * -(-weights[name].shape[0] // v) * k for name, _, (cols, v, k) in jobs]  # vectors x centroids
-    owners = assign(costs, ctx.world.size)
+    owners = assign([cost for _, _, cost in jobs], ctx.world.size)
     fitted, preps = {}, {}
     for job, ((name, i, _), owner) in enumerate(zip(jobs, owners)):
         if owner == ctx.world.rank:
@@ -436,6 +452,59 @@ def _split_codebooks(weights: dict[str, torch.Tensor], H: torch.Tensor, ctx: _Bl
     out: dict[str, list] = {name: [] for name in weights}
     for job, ((name, _, _), owner) in enumerate(zip(jobs, owners)):
         out[name].append(ctx.world.share(fitted.get(job), owner).to(ctx.world.device))
+    return out
+
+
+@contextlib.contextmanager
+def _one_thread_workers(workers: int) -> Iterator[ThreadPoolExecutor]:
+    """``workers`` threads for independent jobs, with torch's intra-op parallelism at one thread until the pool
+    closes (restored after). The jobs (k-means parts, column loops) are chains of small operations, which a second
+    intra-op thread barely speeds up; side by side, one thread each, they keep both cores busy. Every job computes
+    with one thread whatever ``workers`` is, so the result does not depend on it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="vptq-lab") as pool:
+            yield pool
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _quantize_stage_local(block: nn.Module, todo: list[str], H: torch.Tensor, tokens: int, ctx: _BlockContext) -> None:
+    """One process: each linear's working space (:func:`prepare_layer`) and the k-means parts of its codebooks,
+    then the linears themselves (column loops, residual codebooks, packing), each on ``ctx.workers`` threads side
+    by side, longest first; the results are installed in the stage's order. A linear's result does not depend on
+    the number of workers."""
+    weights = {n: _checked_weight(get_module(block, n), n, H, ctx) for n in todo}
+    with _one_thread_workers(ctx.workers) as pool:
+        with ctx.report.timed("codebooks"):
+            extra = _fit_codebooks(pool, weights, H, ctx)
+        with ctx.report.timed("linears"):
+            order = sorted(todo, key=lambda n: -_linear_cost(tuple(weights[n].shape), ctx))
+            jobs = {n: pool.submit(_run_method, weights[n], H, n, ctx, **extra.get(n, {})) for n in order}
+            results = {n: job.result() for n, job in jobs.items()}
+    for name in todo:
+        _install(block, name, weights[name], H, tokens, *results[name], ctx)
+
+
+def _fit_codebooks(
+    pool: ThreadPoolExecutor, weights: dict[str, torch.Tensor], H: torch.Tensor, ctx: _BlockContext
+) -> dict[str, dict[str, Any]]:
+    """The vector methods' per-linear work before the column loop, on the pool: each linear's working space, then
+    every k-means part of its codebooks. ``{name: {"prepared": ..., "codebooks": [C per part]}}``, the keyword
+    arguments that hand them to the quantizer (only ``prepared`` with shared codebooks; empty for scalar methods)."""
+    if ctx.method not in ("vptq", "vq"):
+        return {}
+    Hf, feedback = H.float(), ctx.method == "vptq"
+    preps = dict(zip(weights, pool.map(lambda n: prepare_layer(weights[n], Hf, ctx.config, feedback), weights)))
+    out: dict[str, dict[str, Any]] = {n: {"prepared": preps[n]} for n in weights}
+    jobs = _codebook_jobs(weights, ctx)
+    fitted = {
+        (name, i): pool.submit(fit_part_codebook, preps[name], ctx.config, i)
+        for name, i, _ in sorted(jobs, key=lambda job: -job[2])
+    }
+    for name in {n for n, _, _ in jobs}:
+        out[name]["codebooks"] = [fitted[(n, i)].result() for n, i, _ in jobs if n == name]
     return out
 
 
@@ -450,15 +519,26 @@ def _helpers(todo: list[str], owners: list[int], ctx: _BlockContext) -> dict[str
 
 
 def _quantize_stage(block: nn.Module, names: tuple[str, ...], H: torch.Tensor, tokens: int, ctx: _BlockContext) -> None:
-    """Quantize the linears of one stage (they share ``H``). One process: one after another. Several: each
-    codebook part and each linear is computed by its owner rank and shared, in the same order on every rank."""
-    if not ctx.world.distributed:
-        for name in names:
-            _quantize_linear(block, name, H, tokens, ctx)
-        return
+    """Quantize the linears of one stage (they share ``H``). One process: on ``ctx.workers`` threads side by side
+    (:func:`_quantize_stage_local`). Several: each codebook part and each
+    linear is computed by its owner rank and shared, in the same order on every rank."""
     todo = [n for n in names if not _is_quantized(get_module(block, n))]
+    for name in sorted(set(names) - set(todo), key=names.index):
+        log.info("%s.%s is already quantized; skipped", ctx.prefix, name)
+    if not todo:
+        return
+    if not ctx.world.distributed:
+        _quantize_stage_local(block, todo, H, tokens, ctx)
+        return
     weights = {n: _checked_weight(get_module(block, n), n, H, ctx) for n in todo}
-    codebooks = _split_codebooks(weights, H, ctx)
+    with ctx.report.timed("codebooks"):
+        codebooks = _split_codebooks(weights, H, ctx)
+    with ctx.report.timed("linears"):
+        _owned_linears(block, todo, weights, codebooks, H, tokens, ctx)
+
+
+def _owned_linears(block, todo, weights, codebooks, H, tokens, ctx: _BlockContext) -> None:
+    """Several processes: each rank quantizes the linears it owns, then every result is shared and installed."""
     owners = assign([_linear_cost(tuple(W.shape), ctx) for W in weights.values()], ctx.world.size)
     helpers = _helpers(todo, owners, ctx)
     done = {}
@@ -469,7 +549,9 @@ def _quantize_stage(block: nn.Module, names: tuple[str, ...], H: torch.Tensor, t
             extra = {}
             if helper is not None:  # the helper's value, received when the owner's info needs it
                 extra["kmeans_only_loss"] = functools.partial(ctx.world.share, None, helper)
-            result, seconds = _run_method(weights[name], H, name, ctx, linear_codebooks, **extra)
+            if linear_codebooks is not None:
+                extra["codebooks"] = linear_codebooks
+            result, seconds = _run_method(weights[name], H, name, ctx, **extra)
             done[name] = (_on(result, "cpu"), seconds)
         elif helper == ctx.world.rank:
             ctx.world.share(kmeans_only_loss(weights[name], H.float(), ctx.config, linear_codebooks), helper)
@@ -535,15 +617,18 @@ def _quantize_block(
     # codebooks are fitted on them; one pass serves both.
     need_all = shared or ctx.propagation == "full_precision"
     if hessians is None and need_all:
-        hessians = _stage_hessians(block, stages, inputs, ctx.batches)
+        with ctx.report.timed("hessian"):
+            hessians = _stage_hessians(block, stages, inputs, ctx.batches)
     if shared:
-        _share_codebooks(block, stages, hessians, ctx)
+        with ctx.report.timed("codebooks"):
+            _share_codebooks(block, stages, hessians, ctx)
     if ctx.propagation == "full_precision":
         for stage in stages:
             _quantize_stage(block, stage, *hessians[stage[0]], ctx)
         return
     for stage in stages:  # GPTQ "true sequential": later stages see the quantized earlier ones
-        H, tokens = _stage_hessians(block, [stage], inputs, ctx.batches)[stage[0]]
+        with ctx.report.timed("hessian"):
+            H, tokens = _stage_hessians(block, [stage], inputs, ctx.batches)[stage[0]]
         _quantize_stage(block, stage, H, tokens, ctx)
 
 
@@ -815,12 +900,16 @@ def quantize_(
     model.eval()
     mine = [calibration[b * batch_size : (b + 1) * batch_size] for b in batches.mine]
     ids = torch.cat(mine) if mine else calibration[:0]
-    inputs = _to(capture_block_inputs(model, blocks[0], ids, batch_size), world.device)
+    with report.timed("capture"):
+        inputs = _to(capture_block_inputs(model, blocks[0], ids, batch_size), world.device)
     first = _resume_from(ckpt, blocks, report) if ckpt is not None else 0
     if first:
         inputs = _to(ckpt.restore_hidden(inputs, batches.mine, num_batches), world.device)
     bar = tqdm(total=len(blocks), initial=first, desc="quantizing blocks", disable=not progress or not world.main)
-    run = _Run(blocks, spec, config, method, _keep_predicate(keep), world, batches, home, report, ckpt, bar, start)
+    workers = torch.get_num_threads() if world.device.type == "cpu" and not world.distributed else 1
+    run = _Run(
+        blocks, spec, config, method, _keep_predicate(keep), world, batches, home, report, ckpt, bar, start, workers
+    )
     with prefer_backend("torch"), bar:  # quantized blocks as dense matmuls (cached), on every device
         if world.distributed and propagation == "full_precision":
             _whole_blocks_by_rank(run, inputs, first)
@@ -847,6 +936,7 @@ class _Run:
     ckpt: BlockCheckpoints | None
     bar: Any
     start: float  # perf_counter() at the call's start
+    workers: int = 1  # threads for a stage's linears (one process on the CPU: torch's thread count)
 
     def context(self, i: int, batches: _Batches | None, report: QuantizationReport | None = None) -> _BlockContext:
         return _BlockContext(
@@ -858,6 +948,7 @@ class _Run:
             self.keep,
             self.method,
             batches=batches,
+            workers=self.workers,
         )
 
     def commit(self, i: int, hidden: list[torch.Tensor] | None) -> None:
@@ -871,21 +962,34 @@ class _Run:
 
 def _block_by_block(run: _Run, inputs: Captured, first: int) -> None:
     """Quantize the blocks one after another (under torchrun, every rank works on the same block)."""
-    world, blocks, config = run.world, run.blocks, run.config
+    for i in range(first, len(run.blocks)):
+        block = run.blocks[i].to(run.world.device)
+        inputs = _one_block(run, i, block, inputs)
+        run.blocks[i].to(run.home)
+        if run.ckpt is not None:
+            with run.report.timed("checkpoint"):
+                run.commit(i, _all_hidden(run.world, run.batches, _hidden(inputs)))
+        run.bar.update()
+
+
+def _one_block(run: _Run, i: int, block: nn.Module, inputs: Captured) -> Captured:
+    """Quantize block ``i`` (and fine-tune it layer-wise if the config says so); returns the next block's inputs."""
+    config, report = run.config, run.report
     propagation = getattr(config, "propagation", "quantized")
     finetune = getattr(config, "finetune", False)
-    for i in range(first, len(blocks)):
-        block = blocks[i].to(world.device)
-        ctx = run.context(i, run.batches)
+    with report.timed("forward"):
         fp_outputs = run_block(block, inputs) if propagation == "full_precision" or finetune else None
-        replay = _ReplayQuantized(block, len(inputs)) if propagation == "quantized" else None
-        try:
-            _quantize_block(block, inputs, ctx)
-            next_inputs = run_block(block, inputs) if propagation == "quantized" and not finetune else None
-        finally:
-            if replay is not None:
-                replay.close()
-        if finetune:
+    replay = _ReplayQuantized(block, len(inputs)) if propagation == "quantized" else None
+    try:
+        _quantize_block(block, inputs, run.context(i, run.batches))
+        if propagation == "quantized" and not finetune:
+            with report.timed("forward"):
+                return run_block(block, inputs)
+    finally:
+        if replay is not None:
+            replay.close()
+    if finetune:
+        with report.timed("finetune"):
             stats = finetune_block(
                 block,
                 inputs,
@@ -896,15 +1000,11 @@ def _block_by_block(run: _Run, inputs: Captured, first: int) -> None:
                 config.seed + i,
                 config.finetune_batch,
             )
-            run.report.finetune.append({"block": i, **stats})
-        if propagation == "full_precision":
-            inputs = fp_outputs
-        else:
-            inputs = next_inputs if next_inputs is not None else run_block(block, inputs)
-        blocks[i].to(run.home)
-        if run.ckpt is not None:
-            run.commit(i, _all_hidden(world, run.batches, _hidden(inputs)))
-        run.bar.update()
+        report.finetune.append({"block": i, **stats})
+    if propagation == "full_precision":
+        return fp_outputs
+    with report.timed("forward"):
+        return run_block(block, inputs)
 
 
 def _whole_blocks_by_rank(run: _Run, inputs: Captured, first: int) -> None:
@@ -922,8 +1022,10 @@ def _whole_blocks_by_rank(run: _Run, inputs: Captured, first: int) -> None:
         mine, hidden = None, {}
         for i in group:  # collective: the Hessians of the group's blocks, one after another
             block = blocks[i].to(world.device)
-            hessians = _stage_hessians(block, _pending_stages(block, run.spec), inputs, run.batches)
-            inputs = run_block(block, inputs)
+            with run.report.timed("hessian"):
+                hessians = _stage_hessians(block, _pending_stages(block, run.spec), inputs, run.batches)
+            with run.report.timed("forward"):
+                inputs = run_block(block, inputs)
             if run.ckpt is not None:
                 hidden[i] = _all_hidden(world, run.batches, _hidden(inputs))
             blocks[i].to(run.home)
@@ -947,7 +1049,8 @@ def _whole_blocks_by_rank(run: _Run, inputs: Captured, first: int) -> None:
                     _swap(blocks[i], name, _on(result, run.home), run.spec, run.method)
             run.report.records.extend(records)
             run.report.store.update(store)
-            run.commit(i, hidden.pop(i, None))
+            with run.report.timed("checkpoint"):
+                run.commit(i, hidden.pop(i, None))
             run.bar.update()
             log.info("%s.%d quantized by rank %d", run.spec.blocks, i, i - start)
 
