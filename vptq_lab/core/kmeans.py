@@ -4,8 +4,8 @@ The contract (shared with any future backend):
 
     weighted_kmeans(X[n, d], k, weights[n] | None, seed) -> (centroids[k, d] fp32, labels[n] int64)
 
-Distances are ``||c||^2 - 2 x.c`` (``||x||^2`` does not change the argmin), one ``addmm`` per chunk of rows, the
-chunk sized so that its ``[rows, k]`` distances stay in a core's cache (``CHUNK_BYTES``) whatever k is. On the
+Distances are ``||c||^2 - 2 x.c`` (``||x||^2`` does not change the argmin), one matmul of ``[x, 1]`` per chunk of
+rows, the chunk sized so that its ``[rows, k]`` distances stay in a core's cache (``CHUNK_BYTES``) whatever k is. On the
 CPU the argmin of each row runs in numpy, whose reduction is about ten times faster than torch's for rows of a few
 hundred (both return the first minimum). All randomness comes from a local ``torch.Generator``; sums are
 accumulated in float64 with ``bincount`` (a serial, deterministic reduction), so the same inputs give
@@ -20,7 +20,16 @@ from typing import Literal, NamedTuple
 import numpy as np
 import torch
 
-__all__ = ["weighted_kmeans", "nearest", "kmeans_plusplus", "Codebook", "codebook", "nearest_in", "CHUNK_BYTES"]
+__all__ = [
+    "weighted_kmeans",
+    "nearest",
+    "kmeans_plusplus",
+    "Codebook",
+    "codebook",
+    "with_ones",
+    "nearest_in",
+    "CHUNK_BYTES",
+]
 
 log = logging.getLogger(__name__)
 
@@ -34,18 +43,22 @@ def _chunk_rows(k: int, chunk: int | None) -> int:
 
 
 class Codebook(NamedTuple):
-    """A codebook C [k, d] in the form the nearest-centroid search uses: ``minus_2ct`` = -2 Cᵀ [d, k] and
-    ``sq`` = ||c||² [k], so that a distance row is ``sq + x @ minus_2ct`` (up to ``||x||²``)."""
+    """A codebook C [k, d] in the form the nearest-centroid search uses: ``aug`` = ``[-2c, ||c||^2]`` transposed,
+    [d + 1, k], so that a distance row (up to ``||x||^2``, which does not change the argmin) is ``[x, 1] @ aug``."""
 
     C: torch.Tensor
-    minus_2ct: torch.Tensor
-    sq: torch.Tensor
+    aug: torch.Tensor
 
 
 def codebook(C: torch.Tensor) -> Codebook:
     """C [k, d] fp32 -> :class:`Codebook`, computed once for many searches."""
     C = C.float()
-    return Codebook(C, (-2.0 * C).T.contiguous(), (C * C).sum(1))
+    return Codebook(C, torch.cat([-2.0 * C, (C * C).sum(1, keepdim=True)], 1).T.contiguous())
+
+
+def with_ones(X: torch.Tensor) -> torch.Tensor:
+    """``[X, 1]``: rows X [n, d] -> [n, d + 1], what :func:`nearest_in` multiplies with ``Codebook.aug``."""
+    return torch.cat([X, X.new_ones(X.shape[0], 1)], 1)
 
 
 def _argmin_rows(D: torch.Tensor) -> torch.Tensor:
@@ -56,28 +69,30 @@ def _argmin_rows(D: torch.Tensor) -> torch.Tensor:
 
 
 def nearest_in(
-    X: torch.Tensor, cb: Codebook, chunk: int | None = None, buf: torch.Tensor | None = None
+    X: torch.Tensor, cb: Codebook, chunk: int | None = None, buf: torch.Tensor | None = None, ones: bool = False
 ) -> torch.Tensor:
-    """Nearest centroid of ``cb`` for each row of X [n, d] fp32 -> int64 [n], in chunks of rows. ``buf``: float32
-    scratch for one chunk's distances, reused across calls (``CHUNK_BYTES // 4`` elements hold a default chunk);
-    a new one is made when it is missing or too small."""
-    n, k = X.shape[0], cb.sq.shape[0]
+    """Nearest centroid of ``cb`` for each row of X [n, d] fp32 (``ones=True``: X is :func:`with_ones` already,
+    [n, d + 1]) -> int64 [n], in chunks of rows. ``buf``: float32 scratch for one chunk's distances, reused across
+    calls (``CHUNK_BYTES // 4`` elements hold a default chunk); a new one is made when it is missing or too small."""
+    n, k = X.shape[0], cb.aug.shape[1]
     rows = min(n, _chunk_rows(k, chunk))
     if buf is None or buf.numel() < rows * k:
         buf = torch.empty(rows * k, dtype=torch.float32, device=X.device)
     dist = buf.view(-1)[: rows * k].view(rows, k)  # one chunk's distances
-    if n <= rows:
-        return _argmin_rows(torch.addmm(cb.sq, X, cb.minus_2ct, out=dist))  # [n, k] -> [n]
     out = torch.empty(n, dtype=torch.int64, device=X.device)
     for start in range(0, n, rows):
-        x = X[start : start + rows]  # [rows, d]
-        out[start : start + x.shape[0]] = _argmin_rows(torch.addmm(cb.sq, x, cb.minus_2ct, out=dist[: x.shape[0]]))
+        x = X[start : start + rows]  # [rows, d (+ 1)]
+        x1 = x if ones else with_ones(x)
+        out[start : start + x.shape[0]] = _argmin_rows(torch.mm(x1, cb.aug, out=dist[: x.shape[0]]))  # [rows, k]
     return out
 
 
-def _assign(X: torch.Tensor, C: torch.Tensor, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest centroid and its squared distance. X [n, d], C [k, d] -> (labels [n], d2 [n])."""
-    labels = nearest_in(X, codebook(C), chunk)  # [n]
+def _assign(
+    X: torch.Tensor, C: torch.Tensor, chunk: int | None = None, X1: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest centroid and its squared distance. X [n, d], C [k, d] -> (labels [n], d2 [n]). ``X1``:
+    ``with_ones(X)``, when the caller has it."""
+    labels = nearest_in(X if X1 is None else X1, codebook(C), chunk, ones=X1 is not None)  # [n]
     d2 = ((X - C[labels]) ** 2).sum(1)  # [n]
     return labels, d2
 
@@ -115,8 +130,8 @@ def kmeans_plusplus(X: torch.Tensor, k: int, weights: torch.Tensor, gen: torch.G
     """Weighted kmeans++ seeding (probability ~ w * D^2). X [n, d] fp32 -> C [k, d].
 
     To bound time, it runs on a weighted subsample of at most
-    ``max(16 k, 16384)`` points (sampled with probability ~ w). Each draw updates the distances to the
-    nearest chosen centre with one matrix-vector product (``||x||^2 - 2 x.c + ||c||^2``), in preallocated buffers.
+    ``max(16 k, 16384)`` points (sampled with probability ~ w). Each draw updates the distances to the nearest
+    chosen centre in preallocated buffers, and the sampling reads host numbers rather than making tensors of them.
     """
     n = X.shape[0]
     m = min(n, max(_PP_SAMPLE_PER_CENTROID * k, _PP_MIN_SAMPLE))
@@ -125,12 +140,11 @@ def kmeans_plusplus(X: torch.Tensor, k: int, weights: torch.Tensor, gen: torch.G
         sub = torch.multinomial(probs.cpu(), m, replacement=False, generator=gen).to(X.device)  # [m]
         X, weights = X[sub], torch.ones(m, dtype=weights.dtype, device=X.device)
     u = torch.rand(k, generator=gen, dtype=torch.float64).tolist()  # one uniform per draw
-    sq = (X * X).sum(1)  # [m]
-    sq_host = sq.tolist()  # the draws index it one at a time: host floats save a tensor op each
     chosen = [_pick(weights, u[0])]
-    d2 = torch.empty_like(sq)  # [m] squared distance to the nearest chosen centre
-    _distance_to(X, sq, sq_host[chosen[0]], chosen[0], out=d2)
-    new, score = torch.empty_like(sq), torch.empty_like(sq)  # [m] each
+    diff = torch.empty_like(X)  # [m, d]
+    d2 = torch.empty(X.shape[0], dtype=X.dtype, device=X.device)  # [m] squared distance to the nearest chosen centre
+    _distance_to(X, chosen[0], diff, out=d2)
+    new, score = torch.empty_like(d2), torch.empty_like(d2)  # [m] each
     cumulative = torch.empty(m, dtype=torch.float64, device=X.device)  # [m]
     for i in range(1, k):
         torch.mul(weights, d2, out=score)  # chosen points (and their duplicates) score 0
@@ -138,7 +152,7 @@ def kmeans_plusplus(X: torch.Tensor, k: int, weights: torch.Tensor, gen: torch.G
         total = float(cumulative[-1])
         j = _search_right(cumulative, u[i] * total) if total > 0 else _first_unpicked(m, chosen)
         chosen.append(j)
-        torch.minimum(d2, _distance_to(X, sq, sq_host[j], j, out=new), out=d2)
+        torch.minimum(d2, _distance_to(X, j, diff, out=new), out=d2)
     return X[chosen].clone()  # [k, d]
 
 
@@ -152,11 +166,11 @@ def _search_right(cumulative: torch.Tensor, value: float) -> int:
     return min(found, cumulative.shape[0] - 1)
 
 
-def _distance_to(X: torch.Tensor, sq: torch.Tensor, sq_j: float, j: int, out: torch.Tensor) -> torch.Tensor:
-    """Squared distances of the rows of X [m, d] (``sq`` = their squared norms [m], ``sq_j`` = row j's) to row j,
-    into ``out`` [m]."""
-    torch.addmv(sq, X, X[j], alpha=-2.0, out=out)
-    return out.add_(sq_j).clamp_min_(0.0)
+def _distance_to(X: torch.Tensor, j: int, diff: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Squared distances of the rows of X [m, d] to row j, ``((X - X[j]) ** 2).sum(1)``, into ``out`` [m] (``diff``:
+    [m, d] scratch)."""
+    torch.sub(X, X[j], out=diff).pow_(2)
+    return torch.sum(diff, 1, out=out)
 
 
 def _first_unpicked(m: int, chosen: list[int]) -> int:
@@ -210,10 +224,11 @@ def weighted_kmeans(
         C = X[torch.randperm(X.shape[0], generator=gen)[:k].to(X.device)].clone()  # [k, d]
     else:
         raise ValueError(f"init={init!r} must be 'kmeans++' or 'random'")
-    labels, d2 = _assign(X, C, chunk)
+    X1 = with_ones(X)  # [n, d + 1], once for every search
+    labels, d2 = _assign(X, C, chunk, X1)
     for _ in range(iters):
         C = _update(X, w, labels, d2, C)
-        new_labels, d2 = _assign(X, C, chunk)
+        new_labels, d2 = _assign(X, C, chunk, X1)
         if torch.equal(new_labels, labels):
             break
         labels = new_labels
