@@ -32,7 +32,7 @@ def add_malloc_arg(parser: argparse.ArgumentParser) -> None:
 
 def apply_malloc(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Carry out ``--malloc release`` (glibc only: any other C library is refused with the fix)."""
-    from vptq_lab import release_freed_memory
+    from vptq_lab.memory import release_freed_memory
 
     if args.malloc == "release" and not release_freed_memory():
         parser.error("--malloc release needs glibc (Linux); pass --malloc default")

@@ -25,7 +25,7 @@ from pathlib import Path
 from _bench import RESULTS, markdown_table
 
 from vptq_lab.io.checkpoint import compare_checkpoints
-from vptq_lab.lab.compare import code_commit
+from vptq_lab.lab.results import code_commit
 
 CACHE = RESULTS / "distributed.cache.jsonl"
 RUNS = {  # name -> (processes, threads per process)

@@ -21,8 +21,9 @@ from collections import defaultdict
 import torch
 from _bench import RESULTS
 
-from vptq_lab import calibration_windows, load_model, load_wikitext2, preset
-from vptq_lab.lab.compare import code_commit
+from vptq_lab import calibration_windows, load_model, load_wikitext2
+from vptq_lab.core.config import preset
+from vptq_lab.lab.results import code_commit
 from vptq_lab.model import calibrate
 from vptq_lab.model.arch import get_blocks
 

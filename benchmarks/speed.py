@@ -37,7 +37,8 @@ RUNNER = r"""
 import hashlib, json, sys, time
 import torch
 from safetensors.torch import load_file
-from vptq_lab import calibration_windows, load_model, load_wikitext2, perplexity, preset, quantize_, save_quantized
+from vptq_lab import calibration_windows, load_model, load_wikitext2, perplexity, quantize_, save_quantized
+from vptq_lab.core.config import preset
 from vptq_lab.core.methods import method_preset
 
 job = json.loads(sys.argv[1])
@@ -180,7 +181,7 @@ def main() -> None:
     args = parser.parse_args()
     if not args.data_dir:
         parser.error("pass --data-dir (or set VPTQ_LAB_DATA): the runs calibrate and evaluate on WikiText-2")
-    from vptq_lab.lab.compare import code_commit
+    from vptq_lab.lab.results import code_commit
 
     scratch = ROOT / "artifacts" / "speed"
     scratch.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,8 @@ import torch
 from _bench import markdown_table, with_file_mb
 
 from vptq_lab.core.config import preset
-from vptq_lab.lab.compare import CompareSettings, compare, current_rows
+from vptq_lab.lab.compare import CompareSettings, compare
+from vptq_lab.lab.results import current_rows
 
 RESULTS = Path("benchmarks/results")
 

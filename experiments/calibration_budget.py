@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 
 import _bench_path  # noqa: F401  (puts benchmarks/ on sys.path, for _bench)
@@ -31,11 +30,10 @@ import pandas as pd
 import torch
 from _bench import RESULTS, markdown_table
 
-from vptq_lab import load_model, load_wikitext2, perplexity, preset, quantize_
-from vptq_lab.io.data import tokenize
-from vptq_lab.lab.compare import cache_versions, code_commit, current_rows, peak_rss
-from vptq_lab.lab.eval import window_nll
-from vptq_lab.model.finetune import split_heldout
+from vptq_lab import load_model, load_wikitext2, perplexity, quantize_
+from vptq_lab.core.config import preset
+from vptq_lab.io.data import split_heldout, tokenize
+from vptq_lab.lab.results import cache_versions, code_commit, current_rows, peak_rss
 
 CACHE = RESULTS / "calibration_budget.cache.jsonl"
 HELDOUT_SEQLEN = 2048
@@ -63,8 +61,7 @@ def calibration_and_heldout(tokenizer, nsamples: int, seqlen: int, seed: int, va
 
 
 def heldout_perplexity(model, held: torch.Tensor) -> float:
-    nll = sum(float(window_nll(model, held[w : w + 1])) for w in range(held.shape[0]))
-    return math.exp(nll / held.shape[0])
+    return perplexity(model, windows=held, progress=False).perplexity
 
 
 def run_row(name: str, windows: int, val_windows: int, beside: str) -> dict:

@@ -26,10 +26,12 @@ import _bench_path  # noqa: F401  (puts benchmarks/ on sys.path, for _bench)
 import torch
 from _bench import RESULTS
 
-from vptq_lab import calibration_windows, load_model, load_wikitext2, preset, quantize_
-from vptq_lab.io.data import tokenize
-from vptq_lab.lab.compare import code_commit
-from vptq_lab.model.finetune import DISTILL_WINDOWS, DistillConfig, distill_, split_heldout
+from vptq_lab import calibration_windows, load_model, load_wikitext2, quantize_
+from vptq_lab.core.config import preset
+from vptq_lab.io.data import split_heldout, tokenize
+from vptq_lab.lab.recipes import DISTILL_WINDOWS
+from vptq_lab.lab.results import code_commit
+from vptq_lab.model.distill import DistillConfig, distill_
 
 OUT = RESULTS / "code_updates.json"
 WORK = Path("artifacts") / "code-updates"

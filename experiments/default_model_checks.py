@@ -145,11 +145,12 @@ def cmd_reload_distilled(work: Path, steps: int, source: Path | None) -> None:
 
     from vptq_lab.core.config import preset
     from vptq_lab.io.checkpoint import save_quantized
-    from vptq_lab.io.data import calibration_windows, load_wikitext2, tokenize
+    from vptq_lab.io.data import calibration_windows, load_wikitext2, split_heldout, tokenize
     from vptq_lab.io.models import load_model
     from vptq_lab.lab.eval import perplexity
+    from vptq_lab.lab.recipes import DISTILL_WINDOWS
     from vptq_lab.model.calibrate import quantize_
-    from vptq_lab.model.finetune import DISTILL_WINDOWS, DistillConfig, distill_, split_heldout
+    from vptq_lab.model.distill import DistillConfig, distill_
 
     config = preset(2).replace(finetune_batch=1)  # as benchmarks/accuracy.py quantizes (its checkpoints resume here)
     ck = work / "D-checkpoints"

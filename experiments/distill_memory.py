@@ -29,9 +29,10 @@ import torch
 from _bench import RESULTS, add_malloc_arg, apply_malloc
 
 from vptq_lab import load_model, load_wikitext2
-from vptq_lab.io.data import tokenize
-from vptq_lab.lab.compare import code_commit, peak_rss
-from vptq_lab.model.finetune import DISTILL_WINDOWS, DistillConfig, distill_, split_heldout
+from vptq_lab.io.data import split_heldout, tokenize
+from vptq_lab.lab.recipes import DISTILL_WINDOWS
+from vptq_lab.lab.results import code_commit, peak_rss
+from vptq_lab.model.distill import DistillConfig, distill_
 
 OUT = RESULTS / "distill_memory.json"
 

@@ -1,7 +1,7 @@
 """Does what distillation gains on its validation windows carry over to the test windows the accuracy table uses?
 
 Two questions, from one quantization of the default model (the 4-bit preset unless ``--bits``; block checkpoints
-from ``--from-checkpoints``, as in ``code_updates.py``), distilled with the budget's recipe (``distill_recipe``,
+from ``--from-checkpoints``, as in ``code_updates.py``), distilled with the budget's recipe (``recipe(bits).distill``,
 ``--steps`` of it) on the CLI's 512-token validation windows:
 
 - **Context length.** Training windows hold 512 tokens, test windows 2048. The student's KL to the teacher and the
@@ -32,49 +32,36 @@ from pathlib import Path
 
 import _bench_path  # noqa: F401  (puts benchmarks/ on sys.path, for _bench)
 import torch
-import torch.nn.functional as F
 from _bench import RESULTS
 from code_updates import prepare
 
 from vptq_lab import load_model, load_wikitext2
 from vptq_lab.io.data import tokenize
-from vptq_lab.lab.compare import code_commit
-from vptq_lab.model.finetune import distill_, distill_loss, distill_recipe, end_training, trainable_parameters
+from vptq_lab.lab.recipes import recipe
+from vptq_lab.lab.results import code_commit
+from vptq_lab.model.distill import distill_, distill_loss, end_training, trainable_parameters
 from vptq_lab.model.layers import QuantizedLinear
+from vptq_lab.model.logprobs import position_terms
 
 BUCKETS = ((0, 512), (512, 1024), (1024, 2048))
 SEQLEN = 2048
 
 
-@torch.no_grad()
-def teacher_states(teacher, windows: torch.Tensor) -> list[torch.Tensor]:
-    """The teacher's last hidden states [SEQLEN, d] per window (its head is applied per chunk later)."""
-    return [teacher.model(w[None]).last_hidden_state[0] for w in windows]
-
-
-@torch.no_grad()
-def position_metrics(student, teacher, windows: torch.Tensor, states: list[torch.Tensor], chunk: int = 256) -> list:
+def position_metrics(student, teacher, windows: torch.Tensor) -> list:
     """Per bucket of predicting positions: mean KL(teacher || student), the student's cross-entropy of the next
     token and the teacher's, over ``windows`` [n, SEQLEN]; the last entry is over all positions."""
     sums = torch.zeros(len(BUCKETS), 3, dtype=torch.float64)  # kl, student ce, teacher ce
     counts = torch.zeros(len(BUCKETS), dtype=torch.float64)
     was_training = student.training
     student.eval()
-    for w, h_t in zip(windows, states):
-        h_s = student.model(w[None]).last_hidden_state[0]  # [SEQLEN, d]
-        for lo in range(0, SEQLEN - 1, chunk):
-            hi = min(lo + chunk, SEQLEN - 1)  # positions lo..hi-1 predict tokens lo+1..hi
-            ls = F.log_softmax(student.lm_head(h_s[lo:hi]).float(), -1)
-            lt = F.log_softmax(teacher.lm_head(h_t[lo:hi]).float(), -1)
-            target = w[lo + 1 : hi + 1, None]
-            terms = torch.stack(
-                [(lt.exp() * (lt - ls)).sum(-1), -ls.gather(-1, target)[:, 0], -lt.gather(-1, target)[:, 0]], -1
-            ).double()  # [hi - lo, 3]
-            pos = torch.arange(lo, hi)
-            for b, (a, z) in enumerate(BUCKETS):
-                inside = (pos >= a) & (pos < z)
-                sums[b] += terms[inside].sum(0)
-                counts[b] += inside.sum()
+    for w in windows:
+        t = position_terms(student, teacher, w)
+        terms = torch.stack([t["kl"][:-1], t["nll"], t["teacher_nll"]], -1)  # [SEQLEN - 1, 3]: position p predicts p+1
+        pos = torch.arange(SEQLEN - 1)
+        for b, (a, z) in enumerate(BUCKETS):
+            inside = (pos >= a) & (pos < z)
+            sums[b] += terms[inside].sum(0)
+            counts[b] += inside.sum()
     student.train(was_training)
     rows = [(f"{a}-{z - 1}", sums[b] / counts[b]) for b, (a, z) in enumerate(BUCKETS)]
     rows.append(("all", sums.sum(0) / counts.sum()))
@@ -120,9 +107,8 @@ def main() -> None:
     _, tokenizer = load_model("default")  # prepare() returns the models only
     test = tokenize(tokenizer, load_wikitext2("test"))[0]
     windows = test[: args.windows * SEQLEN].reshape(args.windows, SEQLEN)
-    states = teacher_states(teacher, windows)
     start = time.perf_counter()
-    before = position_metrics(student, teacher, windows, states)
+    before = position_metrics(student, teacher, windows)
     print(json.dumps(before), flush=True)
     curve, snapshots = [], []
 
@@ -130,15 +116,15 @@ def main() -> None:
         if args.average_last:
             snapshots.append(trainable_state(student))
             del snapshots[: -args.average_last]
-        test_all = position_metrics(student, teacher, windows, states)[-1]
+        test_all = position_metrics(student, teacher, windows)[-1]
         figures = {"test_kl": test_all["kl"], "test_ce_gap": test_all["ce_gap"]}
         curve.append({**{k: round(v, 5) for k, v in record.items()}, **figures})
         print(json.dumps(curve[-1]), flush=True)
         return False
 
-    config = distill_recipe(args.bits, steps=args.steps)
+    config = recipe(args.bits, finetune="e2e", steps=args.steps).distill
     report = distill_(student, teacher, train, held, config, on_evaluate=track)
-    after = position_metrics(student, teacher, windows, states)  # the kept state
+    after = position_metrics(student, teacher, windows)  # the kept state
     print(json.dumps(after), flush=True)
     averaged = None
     if args.average_last:
@@ -148,7 +134,7 @@ def main() -> None:
             "snapshots": [r["step"] for r in curve[-len(snapshots) :]],
             "kept_heldout_kl": round(kept_heldout, 5),
             "heldout_kl": round(distill_loss(student, teacher, held)["kl"], 5),
-            "test": position_metrics(student, teacher, windows, states),
+            "test": position_metrics(student, teacher, windows),
         }
         print(json.dumps(averaged), flush=True)
     record = {

@@ -24,7 +24,7 @@ import _bench_path  # noqa: F401  (puts benchmarks/ on sys.path, for _bench)
 from _bench import RESULTS
 from code_updates import add_probe_args, prepare, run_probe
 
-from vptq_lab.model.finetune import distill_loss
+from vptq_lab.model.distill import distill_loss
 
 OUT = RESULTS / "hidden_loss.json"
 WORK = Path("artifacts") / "hidden-loss"

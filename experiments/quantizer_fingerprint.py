@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
-from vptq_lab import calibration_windows, load_model, load_wikitext2, preset, quantize_
-from vptq_lab.lab.compare import code_commit
+from vptq_lab import calibration_windows, load_model, load_wikitext2, quantize_
+from vptq_lab.core.config import preset
+from vptq_lab.lab.results import code_commit
 
 
 def block_hashes(model) -> list[str]:

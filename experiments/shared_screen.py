@@ -16,12 +16,13 @@ import _bench_path  # noqa: F401  (puts benchmarks/ on sys.path, for _bench)
 import pandas as pd
 from _bench import RESULTS
 
-from vptq_lab import calibration_windows, load_model, load_wikitext2, preset, vptq_quantize
+from vptq_lab import calibration_windows, load_model, load_wikitext2, vptq_quantize
 from vptq_lab.core.bits import size_weighted_mean
+from vptq_lab.core.config import preset
 from vptq_lab.core.quantizer import shared_codebooks
 from vptq_lab.lab.budget import SMOLLM2_135M_SHAPES, vptq_model_bits
-from vptq_lab.lab.compare import code_commit
-from vptq_lab.model.calibrate import block_hessians
+from vptq_lab.lab.results import code_commit
+from vptq_lab.model.passes import block_hessians
 
 # (v, k, groups, scope)
 CANDIDATES = [(5, 512, 2, "per-linear"), (5, 512, 2, "per-block"), (6, 2048, 1, "per-block"), (7, 4096, 1, "per-block")]

@@ -21,7 +21,7 @@ import torch
 from _bench import RESULTS
 
 from vptq_lab import load_model, perplexity, save_quantized
-from vptq_lab.lab.compare import code_commit
+from vptq_lab.lab.results import code_commit
 
 
 def main() -> None:

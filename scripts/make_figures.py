@@ -28,7 +28,7 @@ from vptq_lab.kernels.testing import random_qweight
 from vptq_lab.lab import plots
 from vptq_lab.lab.budget import SMOLLM2_135M_SHAPES
 from vptq_lab.model.arch import linear_role
-from vptq_lab.model.calibrate import block_hessians
+from vptq_lab.model.passes import block_hessians
 
 OUT = Path("docs/images")
 BASELINE = "baseline: Q4_1 GGUF, already ~4-bit rounded"

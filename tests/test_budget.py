@@ -89,11 +89,30 @@ def test_sharing_counts_one_codebook_per_unit() -> None:
     assert q == pytest.approx(12 / 6 + one / n_block + 16 / 576)  # index + codebook by weight share + perm
 
 
-def test_shared_rows_are_marked_not_runnable() -> None:
-    df = suggest(SMOLLM2_135M_SHAPES, 2.0, shared=True, max_rows=50)
-    assert set(df.codebook_scope) > {"per-linear"}
-    assert (df.runnable == (df.codebook_scope == "per-linear")).all()
+def test_runnable_says_what_quantize_runs() -> None:
+    df = suggest(SMOLLM2_135M_SHAPES, 2.0, shared=True, max_rows=200)
+    assert {"per-linear", "per-block", "per-model"} <= set(df.codebook_scope)
+    expected = (df.codebook_scope == "per-linear") | ((df.codebook_scope == "per-block") & (df.k2 == 0))
+    assert (df.runnable == expected).all() and df.runnable.any() and not df.runnable.all()
+    assert not df[df.codebook_scope == "per-model"].runnable.any()
+    runnable = df[df.runnable]
+    assert all(cfg.codebook_scope == scope for cfg, scope in zip(runnable.config, runnable.codebook_scope))
     assert (df.bits_per_weight <= 2.0).all()
+
+
+def test_a_runnable_per_block_row_quantizes_a_model() -> None:
+    from vptq_lab import quantize_
+    from vptq_lab.testing import tiny_llama
+
+    model = tiny_llama(hidden=64, layers=1)
+    space = SearchSpace(vector_lens=(4,), k1_bits=(4,), k2_bits=(0,), npercents=(0.0,), group_nums=(1,))
+    df = suggest(model, 8.0, shared="per-block", tolerance=8.0, space=space)
+    row = df[df.runnable].iloc[0]
+    assert row.codebook_scope == "per-block"
+    calib = torch.randint(0, 384, (4, 32), generator=torch.Generator().manual_seed(0))
+    report = quantize_(model, row.config.replace(nsamples=4, seqlen=32), calib, progress=False)
+    assert len(report.records) == 7
+    assert report.total_bits_per_weight() == pytest.approx(row.bits_per_weight, rel=1e-6)
 
 
 @pytest.mark.parametrize("target", [-1, 0, float("nan")])

@@ -6,9 +6,10 @@ from vptq_lab.core.config import VPTQConfig
 from vptq_lab.errors import VPTQLabError
 from vptq_lab.io.checkpoint import load_quantized, save_quantized
 from vptq_lab.model.arch import ARCHITECTURES, arch_for, get_blocks, get_module
-from vptq_lab.model.calibrate import capture_block_inputs, quantize_
+from vptq_lab.model.calibrate import quantize_
 from vptq_lab.model.hessian import HessianAccumulator, hessian_hooks
 from vptq_lab.model.layers import QuantizedLinear
+from vptq_lab.model.passes import capture_block_inputs
 from vptq_lab.testing import TINY_FAMILIES, tiny_model
 
 TINY = VPTQConfig(vector_lens=(-1, 4), num_centroids=(-1, 16), kmeans_iters=3, nsamples=4, seqlen=16)
@@ -132,7 +133,8 @@ def test_capture_records_every_batch():
 def test_finetune_sub_batch_is_the_same_rows_of_the_block(family):
     """A fine-tuning step on a few sequences of a captured batch sees exactly those rows' inputs:
     the block's output on the slice equals the same rows of its output on the whole batch."""
-    from vptq_lab.model.calibrate import _first_output, _sub_batch
+    from vptq_lab.model.layerwise import _sub_batch
+    from vptq_lab.model.passes import first_output as _first_output
 
     model = tiny_model(family)
     block = get_blocks(model, arch_for(model))[0]

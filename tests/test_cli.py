@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from vptq_lab.cli import main
+from vptq_lab.errors import VPTQLabError
 
 
 def test_eval_json_on_a_local_folder(tiny_model_dir, wikitext_dir, capsys):
@@ -134,7 +135,7 @@ def _tiny_config_file(folder):
 
 @pytest.mark.slow
 def test_quantize_with_e2e_then_finetune_again(tiny_model_dir, tmp_path, capsys, monkeypatch):
-    from vptq_lab import DistillConfig, distill_recipe
+    from vptq_lab import DistillConfig, recipe
 
     monkeypatch.delenv("VPTQ_LAB_DATA", raising=False)  # the offline stand-in text: enough tokens, no data needed
     cfg = _tiny_config_file(tmp_path)
@@ -207,7 +208,7 @@ def test_quantize_with_e2e_then_finetune_again(tiny_model_dir, tmp_path, capsys,
     )
     budget = next((b for b in (2, 3, 4) if bits <= b), None)
     assert record["recipe"] == (f"{budget}-bit" if budget else "DistillConfig defaults"), bits
-    assert config["lr"] == (distill_recipe(budget).lr if budget else DistillConfig().lr)
+    assert config["lr"] == (recipe(budget, finetune="e2e").distill.lr if budget else DistillConfig().lr)
     assert json.loads((again / "config.json").read_text())["quantization_config"]["config_for_layers"]
 
 
@@ -239,22 +240,22 @@ def test_finetune_refuses_a_teacher_of_another_shape(tiny_model_dir, tmp_path, c
     assert (
         main(["finetune", "--model", str(tmp_path / "q"), "--teacher", str(other), "--out", str(tmp_path / "o")]) == 2
     )
-    assert "is not the model the checkpoint came from (hidden_size 32 != 64)" in _one_error_line(capsys)
+    assert "is not the model the student came from (hidden_size 32 != 64)" in _one_error_line(capsys)
 
 
 def test_finetune_layer_on_a_preset_is_the_measured_recipe(tmp_path, monkeypatch, capsys):
     """`--bits 2 --finetune layer+e2e`: layer-wise steps of one sequence (the measured recipe), then the 2-bit
     distillation recipe; a --config file keeps its own finetune_batch."""
     import vptq_lab.cli as cli
+    from vptq_lab import DistillConfig
+    from vptq_lab.core.config import preset
+    from vptq_lab.lab.recipes import DISTILL_RECIPES
 
     seen = []
-    monkeypatch.setattr(cli, "_quantize", lambda model, config, *a, **k: seen.append((config, a)) or {"ok": 1})
+    monkeypatch.setattr(cli, "_quantize", lambda model, the_recipe, *a, **k: seen.append(the_recipe) or {"ok": 1})
     assert main(["quantize", "--bits", "2", "--finetune", "layer+e2e", "--out", str(tmp_path / "a")]) == 0
-    config, rest = seen[-1]
-    from vptq_lab import preset
-
-    assert config == preset(2).replace(finetune=True, finetune_batch=1)
-    assert rest[6] == {"steps": 240, "schedule": "cosine", "lr": 5e-4, "train_head": True}  # DISTILL_RECIPES[2]
+    assert seen[-1].quantizer_config() == preset(2).replace(finetune=True, finetune_batch=1)
+    assert seen[-1].distill == DistillConfig(**DISTILL_RECIPES[2])
     args = [
         "quantize",
         "--config",
@@ -265,54 +266,67 @@ def test_finetune_layer_on_a_preset_is_the_measured_recipe(tmp_path, monkeypatch
         str(tmp_path / "b"),
     ]
     assert main(args) == 0
-    assert seen[-1][0].finetune and seen[-1][0].finetune_batch == 0
+    config = seen[-1].quantizer_config()
+    assert config.finetune and config.finetune_batch == 0 and seen[-1].distill is None
 
 
 def test_e2e_starts_from_the_budgets_recipe_and_flags_change_it(tmp_path, monkeypatch, capsys):
-    """On a preset, `--finetune e2e` distils by the recipe measured best at its budget (DISTILL_RECIPES); each
+    """On a preset, `--finetune e2e` distils by the recipe tuned for its budget (recipe(bits).distill); each
     --distill-* flag given changes one field, --no-distill-train-head included; a --config file starts from
     DistillConfig's defaults; `finetune --recipe N` starts where `quantize --bits N` does."""
+    from types import SimpleNamespace
+
     import vptq_lab.cli as cli
-    from vptq_lab import DistillConfig, distill_recipe
-    from vptq_lab.model.finetune import DISTILL_RECIPES
+    from vptq_lab import DistillConfig, recipe
+    from vptq_lab.lab.recipes import DISTILL_RECIPES
 
     seen = []
-    monkeypatch.setattr(cli, "_quantize", lambda model, config, *a, **k: seen.append(a[6]) or {"ok": 1})
+    monkeypatch.setattr(
+        cli, "_quantize", lambda model, the_recipe, *a, **k: seen.append(the_recipe.distill) or {"ok": 1}
+    )
 
     def settings(*argv):
         assert main(["quantize", *argv, "--finetune", "e2e", "--out", str(tmp_path / f"o{len(seen)}")]) == 0
         return seen[-1]
 
+    def tuned(bits, **changes):
+        return DistillConfig(**{**DISTILL_RECIPES[bits], **changes})
+
     for bits in (2, 3, 4):
-        assert settings("--bits", str(bits)) == DISTILL_RECIPES[bits]
-        assert DistillConfig(**seen[-1]) == distill_recipe(bits)
+        assert settings("--bits", str(bits)) == tuned(bits) == recipe(bits, finetune="e2e").distill
     assert DISTILL_RECIPES[2] != DISTILL_RECIPES[4] and DISTILL_RECIPES[2]["train_head"] is True
-    assert distill_recipe(2, steps=5).steps == 5
-    with pytest.raises(ValueError, match=r"no distillation recipe for bits=5; available: \[2, 3, 4\]"):
-        distill_recipe(5)
-    changed = settings("--bits", "2", "--distill-steps", "10", "--no-distill-train-head", "--distill-select", "kl")
-    assert changed == {**DISTILL_RECIPES[2], "steps": 10, "train_head": False, "select": "kl"}
-    assert settings("--bits", "4", "--distill-train-head") == {**DISTILL_RECIPES[4], "train_head": True}
-    assert settings("--bits", "4", "--distill-hidden-weight", "2") == {**DISTILL_RECIPES[4], "hidden_weight": 2.0}
-    assert settings("--bits", "3", "--distill-patience", "5") == {**DISTILL_RECIPES[3], "patience": 5}
-    assert settings("--config", str(_tiny_config_file(tmp_path))) == {}  # DistillConfig's defaults
-    assert settings("--config", str(_tiny_config_file(tmp_path)), "--distill-lr", "1e-3") == {"lr": 1e-3}
+    assert recipe(2, finetune="e2e", steps=5).distill.steps == 5
+    with pytest.raises(VPTQLabError, match=r"no recipe for bits=5: the tuned budgets are \[2, 3, 4\]"):
+        recipe(5)
+    changed = settings("--bits", "2", "--distill-steps", "10", "--no-distill-train-head", "--distill-select", "ppl")
+    assert changed == tuned(2, steps=10, train_head=False, select="ppl")
+    assert settings("--bits", "4", "--no-distill-train-head") == tuned(4, train_head=False)
+    assert settings("--bits", "4", "--distill-hidden-weight", "2") == tuned(4, hidden_weight=2.0)
+    assert settings("--bits", "3", "--distill-patience", "5") == tuned(3, patience=5)
+    assert settings("--config", str(_tiny_config_file(tmp_path))) == DistillConfig()
+    assert settings("--config", str(_tiny_config_file(tmp_path)), "--distill-lr", "1e-3") == DistillConfig(lr=1e-3)
 
     distilled = []
     keys = ("initial", "best", "final", "steps_run", "stopped_early", "seconds")
+    report = SimpleNamespace(to_dict=lambda: dict.fromkeys(keys))
     monkeypatch.setattr(
-        cli, "_distill", lambda student, tok, teacher, data, s, *a: distilled.append(s) or dict.fromkeys(keys)
+        "vptq_lab.lab.recipes.distill_from",
+        lambda student, tok, teacher, config, **k: distilled.append(config) or report,
     )
     monkeypatch.setattr("vptq_lab.io.checkpoint.load_quantized", lambda folder: (None, object()))
     monkeypatch.setattr("vptq_lab.io.checkpoint.save_quantized", lambda *a, **k: None)
     folder = tmp_path / "q"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
-    cases = [([], {}), (["--recipe", "3"], DISTILL_RECIPES[3]), (["--recipe", "2", "--distill-lr", "1e-4"], None)]
+    cases = [
+        ([], DistillConfig()),
+        (["--recipe", "3"], tuned(3)),
+        (["--recipe", "2", "--distill-lr", "1e-4"], tuned(2, lr=1e-4)),
+    ]
     for i, (extra, expected) in enumerate(cases):
         argv = ["finetune", "--model", str(folder), "--out", str(tmp_path / f"f{i}"), "--json", *extra]
         assert main(argv) == 0
-        assert distilled[-1] == (expected if expected is not None else {**DISTILL_RECIPES[2], "lr": 1e-4})
+        assert distilled[-1] == expected
 
     # without --recipe, the budget comes from the checkpoint's report: the smallest that holds its bits per weight
     def layer(bits, out, inp):
@@ -325,16 +339,16 @@ def test_e2e_starts_from_the_budgets_recipe_and_flags_change_it(tmp_path, monkey
         return distilled[-1]
 
     # size-weighted: (2.5 * 1 + 3.1 * 3) / 4 = 2.95 -> the 3-bit recipe
-    assert finetuned({"layers": [layer(2.5, 8, 8), layer(3.1, 8, 24)]}) == DISTILL_RECIPES[3]
-    assert finetuned({"layers": [layer(1.985, 8, 8)]}) == DISTILL_RECIPES[2]
+    assert finetuned({"layers": [layer(2.5, 8, 8), layer(3.1, 8, 24)]}) == tuned(3)
+    assert finetuned({"layers": [layer(1.985, 8, 8)]}) == tuned(2)
     # (2.6 * 1 + 1.9 * 7) / 8 = 1.9875 -> 2 bits; the plain mean, 2.25, would give 3
-    assert finetuned({"layers": [layer(2.6, 8, 8), layer(1.9, 8, 56)]}) == DISTILL_RECIPES[2]
-    assert finetuned({"layers": [layer(3.958, 8, 8)]}) == DISTILL_RECIPES[4]
-    assert finetuned({"layers": [layer(5.0, 8, 8)]}) == {}  # above every budget: DistillConfig's defaults
-    assert finetuned({"layers": []}) == {}
-    assert finetuned({"layers": [layer(1.985, 8, 8)]}, "--recipe", "none") == {}
-    assert finetuned({"layers": [layer(1.985, 8, 8)]}, "--recipe", "4") == DISTILL_RECIPES[4]
+    assert finetuned({"layers": [layer(2.6, 8, 8), layer(1.9, 8, 56)]}) == tuned(2)
+    assert finetuned({"layers": [layer(3.958, 8, 8)]}) == tuned(4)
+    assert finetuned({"layers": [layer(5.0, 8, 8)]}) == DistillConfig()  # above every budget: the defaults
+    assert finetuned({"layers": []}) == DistillConfig()
+    assert finetuned({"layers": [layer(1.985, 8, 8)]}, "--recipe", "none") == DistillConfig()
+    assert finetuned({"layers": [layer(1.985, 8, 8)]}, "--recipe", "4") == tuned(4)
     with pytest.raises(SystemExit) as exc:
         finetuned({}, "--recipe", "5")
     assert exc.value.code == 2
-    assert "'5': pass one of 2, 3, 4 or none" in capsys.readouterr().err
+    assert "argument --recipe: invalid choice: '5'" in capsys.readouterr().err

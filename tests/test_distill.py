@@ -9,8 +9,9 @@ import torch
 
 from vptq_lab import VPTQConfig, load_quantized, quantize_, save_quantized
 from vptq_lab.errors import VPTQLabError
-from vptq_lab.model import finetune as ft
-from vptq_lab.model.finetune import DistillConfig, _kl, distill_, head_path, split_heldout, trainable_parameters
+from vptq_lab.io.data import split_heldout
+from vptq_lab.model import distill as ft
+from vptq_lab.model.distill import DistillConfig, _kl, distill_, head_path, trainable_parameters
 from vptq_lab.model.layers import QuantizedLinear
 from vptq_lab.testing import tiny_llama
 
@@ -147,7 +148,7 @@ def test_chunked_kl_matches_the_full_logits_in_value_and_gradient(pair, monkeypa
     head = student.get_output_embeddings().weight
     assert any(p is head for p in params.values()) == train_head
     assert head_path(student, teacher)  # a Llama: logits are lm_head(last hidden state), trained or not
-    monkeypatch.setattr(ft, "_KL_CHUNK", 7)  # chunks that do not divide the 2 x 32 positions
+    monkeypatch.setattr("vptq_lab.model.logprobs.CHUNK", 7)  # chunks that do not divide the 2 x 32 positions
     found = {}
     for chunked in (False, True):
         for p in params.values():
@@ -168,7 +169,7 @@ def test_chunked_heldout_matches_the_full_logits(pair, monkeypatch):
     teacher, student0, _, held = pair
     student = copy.deepcopy(student0)
     trainable_parameters(student)
-    monkeypatch.setattr(ft, "_KL_CHUNK", 5)
+    monkeypatch.setattr("vptq_lab.model.logprobs.CHUNK", 5)
     chunked = ft._heldout(student, teacher, held, 1.5)
     monkeypatch.setattr(ft, "head_path", lambda *models: False)
     full = ft._heldout(student, teacher, held, 1.5)
@@ -446,14 +447,13 @@ def test_the_transfer_probe_splits_test_figures_by_position(repo_script):
     probe = repo_script("experiments/distill_transfer.py")
     teacher = tiny_llama(vocab_size=64, hidden=32, layers=1, seed=4, max_positions=probe.SEQLEN)
     windows = torch.randint(0, 64, (2, probe.SEQLEN), generator=torch.Generator().manual_seed(1))
-    states = probe.teacher_states(teacher, windows)
-    same = probe.position_metrics(copy.deepcopy(teacher), teacher, windows, states)
+    same = probe.position_metrics(copy.deepcopy(teacher), teacher, windows)
     assert [r["positions"] for r in same] == ["0-511", "512-1023", "1024-2047", "all"]
     assert all(abs(r["kl"]) < 1e-5 and abs(r["ce_gap"]) < 1e-5 for r in same)
     student = copy.deepcopy(teacher)
     with torch.no_grad():
         student.model.norm.weight.mul_(30.0)  # sharper next-token distributions than the teacher's
-    found = probe.position_metrics(student, teacher, windows, states)
+    found = probe.position_metrics(student, teacher, windows)
     with torch.no_grad():  # the whole-window figures, computed directly
         ls = torch.log_softmax(student(windows).logits[:, :-1].double(), -1)
         lt = torch.log_softmax(teacher(windows).logits[:, :-1].double(), -1)

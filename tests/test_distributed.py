@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vptq_lab.core.config import VPTQConfig
+from vptq_lab.core.config import MixedConfig, VPTQConfig
 from vptq_lab.errors import VPTQLabError
 from vptq_lab.io.checkpoint import compare_checkpoints, load_quantized
 from vptq_lab.model.distributed import assign, check_device
@@ -184,7 +184,7 @@ HESSIANS = textwrap.dedent('''
     import torch
     from safetensors.torch import save_file
     from vptq_lab import load_model, quantize_
-    from vptq_lab.core.config import VPTQConfig
+    from vptq_lab.core.config import MixedConfig, VPTQConfig
     from vptq_lab.model.distributed import close_distributed, init_distributed
 
     world = init_distributed("cpu", 60)
@@ -249,6 +249,10 @@ CONFIGS = {
         vector_lens=(2, 4),
         num_centroids=(8, 16),
         group_num=1,
+    ),
+    # a config per linear (mixed allocation): the down_proj of two blocks with larger codebooks
+    "mixed": MixedConfig(
+        BASE, {f"model.layers.{b}.mlp.down_proj": BASE.replace(num_centroids=(-1, 32)) for b in (0, 2)}
     ),
 }
 
@@ -316,7 +320,9 @@ def test_reduced_hessians_equal_the_single_process_ones(job):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config,nproc", [("quantized", 2), ("quantized", 3), ("fp-shared", 2), ("fp-shared", 3)])
+@pytest.mark.parametrize(
+    "config,nproc", [("quantized", 2), ("quantized", 3), ("fp-shared", 2), ("fp-shared", 3), ("mixed", 2)]
+)
 def test_checkpoint_bytes_do_not_depend_on_the_world_size(job, single, config, nproc):
     out, trace = job[0] / f"{config}-{nproc}", job[0] / f"trace-{config}-{nproc}"
     trace.mkdir()
@@ -328,7 +334,7 @@ def test_checkpoint_bytes_do_not_depend_on_the_world_size(job, single, config, n
     assert _layer_records(out) == _layer_records(single[config])  # the proxy losses too, to the last bit
     # quantized propagation: every rank works on every block (its share of the batches and linears);
     # full-precision propagation: whole blocks go to ranks, block i of each group of nproc to rank i mod nproc
-    if config == "quantized":
+    if config != "fp-shared":  # quantized propagation
         expected = {f"block-{i}-rank-{r}" for i in range(4) for r in range(nproc)}
     else:
         expected = {f"block-{i}-rank-{i % nproc}" for i in range(4)}
@@ -336,7 +342,7 @@ def test_checkpoint_bytes_do_not_depend_on_the_world_size(job, single, config, n
     # quantized propagation: a stage of fewer linears than ranks (o_proj, down_proj; gate/up too with 3 ranks)
     # has a rank that owns nothing compute the owner's k-means-only pass (whose loss the records above compare)
     helpers = {p.name for p in trace.iterdir() if p.name.startswith("helper-")}
-    assert helpers == ({f"helper-{r}" for r in range(1, nproc)} if config == "quantized" else set())
+    assert helpers == ({f"helper-{r}" for r in range(1, nproc)} if config != "fp-shared" else set())
 
 
 def _layer_records(folder: Path) -> list[dict]:
@@ -360,7 +366,7 @@ def test_a_lost_rank_restarts_and_ends_identical(job, single, config, block):
     root = job[0]
     out, ck = root / f"restarted-{config}", root / f"ck-restarted-{config}"
     proc, _ = _kill_rank_1_in_block(
-        job, out, ck, "--resume", config=config, block=block, launcher=("--max-restarts", "1")
+        job, out, ck, "--resume", "if-present", config=config, block=block, launcher=("--max-restarts", "1")
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     # rank 1 did kill itself in the block (rank 0 may be stopped by torchrun before it notices), and the restarted
@@ -495,7 +501,7 @@ def test_quantize_on_an_explicit_cpu_device_is_the_default_run():
 def test_the_whole_pipeline_on_cuda():
     """Blocks move to the GPU while they are quantized and come back; the result is close to the CPU run's."""
     from vptq_lab import quantize_
-    from vptq_lab.model.finetune import DistillConfig, distill_
+    from vptq_lab.model.distill import DistillConfig, distill_
 
     ids = torch.randint(0, 384, (8, 32), generator=torch.Generator().manual_seed(1))
     cfg = BASE.replace(nsamples=8, finetune=True, finetune_steps=3)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from vptq_lab import release_freed_memory
+from vptq_lab.memory import release_freed_memory
 
 PROBE = """
 import ctypes, sys
@@ -20,7 +20,7 @@ class MallInfo2(ctypes.Structure):
 libc = ctypes.CDLL("libc.so.6")
 libc.mallinfo2.restype = MallInfo2
 if sys.argv[1] == "release":
-    from vptq_lab import release_freed_memory
+    from vptq_lab.memory import release_freed_memory
     assert release_freed_memory()
 big = torch.ones(4 * 2**20)
 del big  # a 16 MiB mapping freed: glibc's dynamic threshold rises to 16 MiB

@@ -23,8 +23,8 @@ from vptq_lab import (
     VPTQConfig,
     distill_,
     load_quantized,
-    preset,
     quantize_,
+    recipe,
     save_quantized,
 )
 from vptq_lab.testing import tiny_llama
@@ -111,7 +111,7 @@ def test_official_package_gives_our_logits(enable_norm, official_vptq, tmp_path)
 def _tiny_preset(bits: int) -> VPTQConfig:
     """The ``bits`` preset's layout (vector lengths, outliers, groups, residual, act-order) with codebooks a tiny
     model has enough vectors for: 16 entries for the main and outlier parts, 4 for the residual."""
-    config = preset(bits)
+    config = recipe(bits, finetune="none").quantize
     return config.replace(
         num_centroids=tuple(k if k < 0 else 16 for k in config.num_centroids),
         num_res_centroids=(-1, config.num_res_centroids[1] if config.num_res_centroids[1] < 0 else 4),
@@ -167,4 +167,21 @@ def test_official_package_reads_a_distilled_checkpoint(official_vptq, tmp_path):
         assert any(k.endswith(trained) for k in moved), trained
     assert not any(k.endswith("indices") for k in moved)
     folder = save_quantized(student, None, tmp_path / "distilled")
+    _official_logits_equal_ours(folder, official_vptq)
+
+
+def test_official_package_reads_a_mixed_checkpoint(official_vptq, tmp_path):
+    """A config per linear (mixed allocation): each layer's own sizes land in config_for_layers, which the official
+    package reads layer by layer."""
+    from vptq_lab.core.config import MixedConfig
+
+    two, four = _tiny_preset(2), _tiny_preset(4)
+    layers = {"model.layers.0.mlp.down_proj": four, "model.layers.1.self_attn.v_proj": four}
+    model, folder = _quantized(MixedConfig(two, layers), tmp_path)
+    found = _layers(folder)
+    for name, layer in found.items():
+        expected = layers.get(name, two)
+        assert layer["vector_lens"] == list(expected.vector_lens), name
+        assert layer["num_res_centroids"] == list(expected.num_res_centroids), name
+    assert found["model.layers.0.mlp.down_proj"] != found["model.layers.0.mlp.up_proj"]
     _official_logits_equal_ours(folder, official_vptq)

@@ -9,7 +9,7 @@ from vptq_lab.core.quantizer import vptq_quantize, vq_no_feedback
 from vptq_lab.core.scalar import RTNConfig
 from vptq_lab.io.data import calibration_windows, load_wikitext2
 from vptq_lab.io.models import load_model
-from vptq_lab.model.calibrate import block_hessians
+from vptq_lab.model.passes import block_hessians
 
 pytestmark = pytest.mark.real_model
 

@@ -169,6 +169,7 @@ def test_leftovers_of_a_kill_mid_write_do_not_matter(tmp_path, monkeypatch):
 
 
 def test_resume_with_an_empty_dir_starts_from_block_zero(tmp_path):
+    (tmp_path / "new").mkdir()  # created, nothing committed yet (a run killed before its first block)
     report = quantize_(_model(layers=1), CFG, _calib(), progress=False, checkpoint_dir=tmp_path / "new", resume=True)
     assert len(report.records) == 7 and json.loads((tmp_path / "new" / PROGRESS).read_text())["completed"] == 1
 
@@ -436,3 +437,29 @@ def test_cli_removes_only_its_own_checkpoint_files_unless_asked_to_keep(proc_env
     (mine / "notes.txt").write_text("a user's file")
     assert main([*base, "--out", str(tmp_path / "m2"), "--checkpoint-dir", str(mine), "--json"]) == 0
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]  # ours gone, theirs kept
+
+
+def test_resume_from_a_folder_that_does_not_exist_is_refused_before_any_work(tmp_path, capsys):
+    """A mistyped --checkpoint-dir with --resume would start a whole new run: refused before the model is touched."""
+    from vptq_lab.cli import main
+    from vptq_lab.model.layers import QuantizedLinear
+
+    model = _model()
+    with pytest.raises(VPTQLabError, match=r"does not exist, so there is no run to continue"):
+        quantize_(model, CFG, _calib(), progress=False, checkpoint_dir=tmp_path / "typo", resume=True)
+    assert not any(isinstance(m, QuantizedLinear) for m in model.modules()) and not (tmp_path / "typo").exists()
+    argv = [
+        "quantize",
+        "--bits",
+        "2",
+        "--out",
+        str(tmp_path / "o"),
+        "--checkpoint-dir",
+        str(tmp_path / "typo"),
+        "--resume",
+    ]
+    assert main(argv) == 2
+    assert "--checkpoint-dir" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    (tmp_path / "empty").mkdir()  # an existing folder with nothing committed yet resumes from block 0
+    report = quantize_(_model(), CFG, _calib(), progress=False, checkpoint_dir=tmp_path / "empty", resume=True)
+    assert len(report.records) > 0

@@ -27,7 +27,7 @@ FINETUNE_CHOICES = ("none", "layer", "e2e", "layer+e2e")
 
 
 def _add_distill_args(p: argparse.ArgumentParser) -> None:
-    # Every default below is the recipe's (DISTILL_RECIPES for a preset's budget, else DistillConfig's own).
+    # Every default below is the recipe's (recipe(bits).distill on a preset, else DistillConfig's own).
     p.add_argument(
         "--distill-steps", type=_positive_int, default=None, help="Adam steps at most (default: the recipe's)"
     )
@@ -99,6 +99,34 @@ def _add_device_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_resume_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="strict",
+        choices=("strict", "if-present"),
+        default=None,
+        help=f"{what}; the folder must exist. --resume if-present starts a new run when it does not (for "
+        "torchrun --max-restarts, whose first attempt has nothing to resume)",
+    )
+
+
+def _resume(args: argparse.Namespace) -> bool:
+    """Whether to continue the run in --checkpoint-dir, refusing before any work a strict --resume of a folder that
+    does not exist (a mistyped path would otherwise start a whole new run)."""
+    if args.resume is None:
+        return False
+    if args.checkpoint_dir is None:
+        raise VPTQLabError("--resume needs --checkpoint-dir (the folder the interrupted run wrote)")
+    exists = Path(args.checkpoint_dir).is_dir()
+    if args.resume == "strict" and not exists:
+        raise VPTQLabError(
+            f"--resume: --checkpoint-dir {args.checkpoint_dir} does not exist, so there is no run to continue: "
+            "check the path, drop --resume to start a new run there, or pass --resume if-present"
+        )
+    return exists
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -142,9 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="commit every finished block here, so a killed run can be resumed (outside --out)",
     )
-    p.add_argument(
-        "--resume", action="store_true", help="continue the run saved in --checkpoint-dir (same model, config and data)"
-    )
+    _add_resume_arg(p, "continue the run saved in --checkpoint-dir (same model, config and data)")
     p.add_argument(
         "--keep-checkpoints",
         action="store_true",
@@ -155,13 +181,29 @@ def build_parser() -> argparse.ArgumentParser:
         choices=FINETUNE_CHOICES,
         default="none",
         help="layer: layer-wise fine-tuning after each block; e2e: end-to-end distillation from the unquantized "
-        "model afterwards, by the recipe measured best at the --bits budget (DISTILL_RECIPES in "
-        "vptq_lab.model.finetune; with --config, DistillConfig's defaults), which --distill-* flags change; "
+        "model afterwards, by the recipe tuned for the --bits budget (vptq_lab.recipe(bits).distill; with "
+        "--config, DistillConfig's defaults), which --distill-* flags change; "
         "layer+e2e: both (default none)",
+    )
+    p.add_argument(
+        "--allocate",
+        action="store_true",
+        help="mixed allocation: each linear gets the config of least predicted cost from a ladder (1.4 to 4.5 bits) "
+        "within the --bits preset's bits per weight; the sensitivity it needs is measured once per model (about "
+        "ten minutes on two cores) and cached",
     )
     _add_distill_args(p)
     _add_device_args(p)
     p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("allocate", help="a config per linear within an average bit budget, by measured sensitivity")
+    p.add_argument("--model", default="default", help="'default', a local folder or a hub id")
+    p.add_argument("--budget", type=float, required=True, help="average bits per weight, all overhead (e.g. 1.985)")
+    p.add_argument("--out", required=True, help="the MixedConfig JSON file to write (for quantize --config)")
+    p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP + "; calibration uses the validation split")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=cmd_allocate)
 
     p = sub.add_parser("finetune", help="end-to-end distillation of a saved quantized model (indices unchanged)")
     p.add_argument("--model", required=True, help="a quantized checkpoint folder (vptq-lab quantize --out)")
@@ -171,14 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--checkpoint-dir", default=None, help="commit progress here so a killed run can be resumed")
-    p.add_argument("--resume", action="store_true", help="continue the run saved in --checkpoint-dir")
+    _add_resume_arg(p, "continue the run saved in --checkpoint-dir")
     p.add_argument(
         "--recipe",
-        type=_recipe,
-        default=None,
-        help="2, 3 or 4: start from the distillation recipe measured best at that preset's budget, as `quantize "
-        "--bits N --finetune e2e` does; none: DistillConfig's defaults (80 constant steps at lr 2e-4). Default: "
-        "the smallest budget that holds the checkpoint's bits per weight (its report.json), else none",
+        choices=("auto", "2", "3", "4", "none"),
+        default="auto",
+        help="2, 3 or 4: start from the distillation tuned for that budget, as `quantize --bits N --finetune e2e` "
+        "does; none: DistillConfig's defaults (80 constant steps at lr 2e-4); auto (default): the smallest budget "
+        "that holds the checkpoint's bits per weight (its report.json), else none",
     )
     _add_distill_args(p)
     _add_device_args(p)
@@ -256,7 +298,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _load_config(args: argparse.Namespace):
-    from vptq_lab.core.config import VPTQConfig, preset
+    """--config's VPTQConfig (one config for every linear) or MixedConfig (``{"default": ..., "layers": ...}``,
+    one per linear, as ``vptq-lab allocate`` writes), else the --bits preset; --seed changes it."""
+    from vptq_lab.core.config import MixedConfig, VPTQConfig, preset
 
     if args.config is None:
         config = preset(args.bits)
@@ -271,13 +315,24 @@ def _load_config(args: argparse.Namespace):
                 f"{path} is not valid JSON ({exc}): write one object like "
                 '{"vector_lens": [-1, 6], "num_centroids": [-1, 1024]}'
             ) from exc
+        kind = MixedConfig if isinstance(data, dict) and "default" in data else VPTQConfig
         try:
-            config = VPTQConfig.from_dict(data)
+            config = kind.from_dict(data)
         except (ValueError, TypeError) as exc:
             raise VPTQLabError(f"{path}: {exc}") from exc
     if getattr(args, "seed", None) is not None:
-        config = config.replace(seed=args.seed)
+        config = _with_seed(config, args.seed)
     return config
+
+
+def _with_seed(config, seed: int):
+    from vptq_lab.core.config import MixedConfig
+
+    if isinstance(config, MixedConfig):
+        return MixedConfig(
+            config.default.replace(seed=seed), {n: c.replace(seed=seed) for n, c in config.layers.items()}
+        )
+    return config.replace(seed=seed)
 
 
 def _check_out(out: str, checkpoint_dir: str | None, resume: bool, replace_demo: bool = False) -> None:
@@ -287,8 +342,6 @@ def _check_out(out: str, checkpoint_dir: str | None, resume: bool, replace_demo:
         why = " and was not written by `vptq-lab demo`" if replace_demo else ""
         raise VPTQLabError(f"{out} already exists{why}: choose another --out folder (nothing was overwritten)")
     _check_writable_parent(Path(out))
-    if resume and checkpoint_dir is None:
-        raise VPTQLabError("--resume needs --checkpoint-dir (the folder the interrupted run wrote)")
     if checkpoint_dir is not None:
         out_path, ckpt = Path(out).resolve(), Path(checkpoint_dir).resolve()
         if ckpt == out_path or out_path in ckpt.parents:
@@ -325,54 +378,49 @@ def _written_by_demo(folder: Path) -> bool:
 
 def _quantize(
     model_name: str,
-    config,
+    the_recipe,
     out: str,
     data_dir: str | None,
     progress: bool,
     checkpoint_dir: str | None = None,
     resume: bool = False,
     keep_checkpoints: bool = False,
-    distill: dict | None = None,
     device: str = "cpu",
 ) -> dict:
-    """Quantize, then (``distill``: DistillConfig fields) distil end to end from the unquantized model, and save.
-    Under torchrun every rank works and rank 0 alone saves."""
-    from vptq_lab.io.checkpoint import save_quantized
-    from vptq_lab.io.data import calibration_windows, load_wikitext2
-    from vptq_lab.io.models import load_model
-    from vptq_lab.model.calibrate import quantize_
+    """Run ``the_recipe`` on ``model_name`` (:func:`vptq_lab.run_recipe`: quantize, fine-tune) and save it. Under
+    torchrun every rank works and rank 0 alone saves."""
+    from vptq_lab.lab.recipes import run_recipe
 
     _check_out(out, checkpoint_dir, resume)
-    model, tokenizer = load_model(model_name)
-    calib = calibration_windows(
-        tokenizer, load_wikitext2("validation", data_dir), config.nsamples, config.seqlen, config.seed
+    run = run_recipe(
+        the_recipe,
+        model_name,
+        data_dir=data_dir,
+        progress=progress,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        device=device,
     )
-    report = quantize_(
-        model, config, calib, progress=progress, checkpoint_dir=checkpoint_dir, resume=resume, device=device
-    )
-    saved = report.to_dict()
-    extra = {}
-    if distill is not None:
-        sub = None if checkpoint_dir is None else str(Path(checkpoint_dir) / "distill")
-        result = _distill(model, tokenizer, model_name, data_dir, distill, progress, sub, resume, device)
-        saved["distill"] = extra["distill"] = result
     world = _world()
+    extra = {"distill": run.distill.to_dict()} if run.distill is not None else {}
     if world.distributed:
         extra["ranks"] = world.size
     if world.main:
-        save_quantized(model, tokenizer, out, saved)
+        run.save(out)
     cleanup = {}
     if checkpoint_dir is not None and world.main:  # the model is saved whole: the checkpoints have done their job
-        from vptq_lab.model.finetune import remove_distill_checkpoint
+        from vptq_lab.model.distill import remove_distill_checkpoint
         from vptq_lab.model.resume import remove_checkpoints
 
         cleanup = {"checkpoint_dir": checkpoint_dir, "checkpoint_dir_kept": keep_checkpoints}
         if not keep_checkpoints:
             freed = remove_distill_checkpoint(Path(checkpoint_dir) / "distill") + remove_checkpoints(checkpoint_dir)
             cleanup["checkpoint_mb_freed"] = round(freed / 2**20, 1)
+    report, config = run.quantization, the_recipe.quantize
     return {
         "model": model_name,
         "out": out,
+        "finetune": the_recipe.finetune,
         "bits_per_weight": round(report.total_bits_per_weight(), 4),
         "stored_bits_per_weight": round(report.total_bits_per_weight(stored=True), 4),
         "mean_proxy_loss_rel": round(float(report.to_dataframe().proxy_loss_rel.mean()), 5),
@@ -385,49 +433,6 @@ def _quantize(
         **extra,
         **cleanup,
     }
-
-
-def _distill(
-    student,
-    tokenizer,
-    teacher_name: str,
-    data_dir,
-    settings: dict,
-    progress: bool,
-    checkpoint_dir: str | None,
-    resume: bool,
-    device: str = "cpu",
-) -> dict:
-    """End-to-end distillation on WikiText-2 validation windows, selected on held-out validation windows."""
-    from vptq_lab.io.data import load_wikitext2, tokenize
-    from vptq_lab.io.models import load_model
-    from vptq_lab.model.finetune import DISTILL_WINDOWS, DistillConfig, distill_, split_heldout
-
-    teacher, _ = load_model(teacher_name)
-    for key in ("vocab_size", "hidden_size", "num_hidden_layers"):
-        if getattr(teacher.config, key, None) != getattr(student.config, key, None):
-            raise VPTQLabError(
-                f"--teacher {teacher_name} is not the model the checkpoint came from ({key} "
-                f"{getattr(teacher.config, key, None)} != {getattr(student.config, key, None)}): "
-                "pass the unquantized model as --teacher"
-            )
-    ids = tokenize(tokenizer, load_wikitext2("validation", data_dir))
-    train, held = split_heldout(ids, **DISTILL_WINDOWS)
-    config = DistillConfig(**settings)
-    if checkpoint_dir is not None and resume and not Path(checkpoint_dir).exists():
-        resume = False  # the quantization was resumed; its distillation had not started
-    report = distill_(
-        student,
-        teacher,
-        train,
-        held,
-        config,
-        progress=progress,
-        checkpoint_dir=checkpoint_dir,
-        resume=resume,
-        device=device,
-    )
-    return report.to_dict()
 
 
 def _world():
@@ -457,75 +462,105 @@ DISTILL_FLAGS = (
 )  # the DistillConfig fields a --distill-* flag sets
 
 
-def _distill_settings(args: argparse.Namespace, recipe: int | None = None) -> dict:
-    """DistillConfig fields: the recipe measured best at ``recipe`` bits (none: DistillConfig's defaults), changed
-    by the --distill-* flags given, checked by DistillConfig itself before any long work starts."""
-    from vptq_lab.model.finetune import DISTILL_RECIPES, DistillConfig
-
-    settings = dict(DISTILL_RECIPES[recipe]) if recipe is not None else {}
+def _distill_changes(args: argparse.Namespace) -> dict:
+    """The DistillConfig fields the --distill-* flags given set."""
+    changes = {}
     for name in DISTILL_FLAGS:
         value = getattr(args, f"distill_{name}")
         if value is None:
             continue
         if name in ("code_lr", "code_fraction") and args.distill_code_every is None:
             raise VPTQLabError(f"--distill-{name.replace('_', '-')} needs --distill-code-every N (code updates)")
-        settings[name] = value
+        changes[name] = value
+    return changes
+
+
+def _distill_config(base: dict, args: argparse.Namespace):
+    """DistillConfig of ``base`` fields changed by the --distill-* flags, checked by DistillConfig itself before any
+    long work starts (the error names the flag)."""
+    from vptq_lab.model.distill import DistillConfig
+
     try:
-        DistillConfig(**settings)
+        return DistillConfig(**{**base, **_distill_changes(args)})
     except ValueError as exc:  # DistillConfig names the field first: "lr=-1.0 must be ..."
         name = str(exc).partition("=")[0]
         flag = f"--distill-{name.replace('_', '-')}" if name in DISTILL_FLAGS else "the distillation recipe"
         raise VPTQLabError(f"{flag}: {exc}") from exc
-    return settings
 
 
-def cmd_quantize(args: argparse.Namespace) -> int:
-    _check_out(args.out, args.checkpoint_dir, args.resume)
-    _start_ranks(args)
+def _cli_recipe(args: argparse.Namespace):
+    """The recipe `vptq-lab quantize` runs: on a preset (--bits), the budget's tuned recipe with --finetune's mode
+    (its distillation changed by --distill-* flags); with --config, that config, layer-wise fine-tuning as the file
+    says it, and DistillConfig's defaults changed by the flags."""
+    from vptq_lab.lab.recipes import DISTILL_RECIPES, Recipe, recipe
+
     config = _load_config(args)
-    if "layer" in args.finetune:
-        # On a preset, the measured recipe (benchmarks/accuracy.py, vptq_table.py): one sequence per Adam step.
-        # A --config file keeps its own finetune_batch.
-        config = config.replace(finetune=True, **({} if args.config else {"finetune_batch": 1}))
-    # On a preset, distillation starts from the recipe measured best at its budget; a --config file, from the defaults
-    distill = _distill_settings(args, None if args.config else args.bits) if "e2e" in args.finetune else None
-    _print_record(
-        _quantize(
-            args.model,
-            config,
-            args.out,
-            args.data_dir,
-            not args.no_progress,
-            args.checkpoint_dir,
-            args.resume,
-            args.keep_checkpoints,
-            distill,
-            args.device,
-        ),
-        args.json,
-        _world().main,
-    )
+    e2e = "e2e" in args.finetune
+    if not e2e and _distill_changes(args):
+        raise VPTQLabError("--distill-* flags set end-to-end distillation: they need --finetune e2e or layer+e2e")
+    if args.config is not None:
+        if args.allocate:
+            raise VPTQLabError("--allocate chooses a config per linear itself: give --bits, not --config")
+        distill = _distill_config({}, args) if e2e else None
+        return Recipe(config, "vptq", args.finetune, distill)
+    distill = _distill_config(DISTILL_RECIPES[args.bits], args) if e2e else None
+    tuned = recipe(args.bits, finetune=args.finetune)
+    quantize = tuned.quantize if args.seed is None else tuned.quantize.replace(seed=args.seed)
+    return Recipe(quantize, "vptq", args.finetune, distill, args.bits, args.allocate)
+
+
+def cmd_allocate(args: argparse.Namespace) -> int:
+    from vptq_lab.core.config import preset
+    from vptq_lab.lab.allocation import allocate_mixed, model_sensitivity
+
+    out = Path(args.out)
+    if out.exists():
+        raise VPTQLabError(f"{out} already exists: choose another --out file (nothing was overwritten)")
+    _check_writable_parent(out)
+    if not 0 < args.budget <= 16:
+        raise VPTQLabError(f"--budget {args.budget} must be an average number of bits per weight in (0, 16]")
+    table = model_sensitivity(args.model, data_dir=args.data_dir, progress=not args.no_progress)
+    found = allocate_mixed(table, args.budget)
+    runwide = preset(2)  # the presets' calibration and run-wide settings
+    config = found.config.replace(nsamples=runwide.nsamples, seqlen=runwide.seqlen)
+    out.write_text(json.dumps(config.to_dict(), indent=1) + "\n")
+    summary = {
+        "model": args.model,
+        "out": str(out),
+        "budget": args.budget,
+        "bits_per_weight": round(found.bits, 4),
+        "predicted_kl": round(found.cost, 6),
+        "rungs": found.counts(),
+    }
+    _print_record(summary, args.json)
     return 0
 
 
-def _recipe(text: str) -> int:
-    """--recipe: a budget with a measured recipe (2, 3, 4), or none (0: DistillConfig's defaults)."""
-    from vptq_lab.model.finetune import DISTILL_RECIPES
+def cmd_quantize(args: argparse.Namespace) -> int:
+    args.resume = _resume(args)
+    _check_out(args.out, args.checkpoint_dir, args.resume)
+    _start_ranks(args)
+    the_recipe = _cli_recipe(args)
+    summary = _quantize(
+        args.model,
+        the_recipe,
+        args.out,
+        args.data_dir,
+        not args.no_progress,
+        args.checkpoint_dir,
+        args.resume,
+        args.keep_checkpoints,
+        args.device,
+    )
+    _print_record(summary, args.json, _world().main)
+    return 0
 
-    if text.strip().lower() == "none":
-        return 0
-    if text.strip() not in {str(b) for b in DISTILL_RECIPES}:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: pass one of {', '.join(map(str, sorted(DISTILL_RECIPES)))} or none"
-        )
-    return int(text)
 
-
-def _budget_of(report: dict) -> int:
-    """The smallest budget with a distillation recipe that holds a saved report's bits per weight (its layers'
-    size-weighted mean, all overhead); 0 (DistillConfig's defaults) where the report has no layers or none does."""
+def _budget_of(report: dict) -> int | None:
+    """The smallest tuned budget that holds a saved report's bits per weight (its layers' size-weighted mean, all
+    overhead); None (DistillConfig's defaults) where the report has no layers or no budget holds them."""
     from vptq_lab.core.bits import size_weighted_mean
-    from vptq_lab.model.finetune import DISTILL_RECIPES
+    from vptq_lab.lab.recipes import recipe_for_bits
 
     shaped = [
         (layer["bits_per_weight"], (layer["out_features"], layer["in_features"]))
@@ -533,54 +568,57 @@ def _budget_of(report: dict) -> int:
     ]
     if not any(out * inp for _, (out, inp) in shaped):
         log.info("no layer records in report.json: distilling with DistillConfig's defaults (pass --recipe N)")
-        return 0
+        return None
     bits = size_weighted_mean(shaped)
-    budget = next((b for b in sorted(DISTILL_RECIPES) if bits <= b + 1e-9), 0)
+    budget = recipe_for_bits(bits)
     log.info("%.4f bits per weight: distilling with the %s recipe", bits, f"{budget}-bit" if budget else "default")
     return budget
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     from vptq_lab.io.checkpoint import load_quantized, save_quantized
+    from vptq_lab.lab.recipes import DISTILL_RECIPES, distill_from
 
+    args.resume = _resume(args)
     _check_out(args.out, args.checkpoint_dir, args.resume)
-    if args.resume and args.checkpoint_dir is None:
-        raise VPTQLabError("--resume needs --checkpoint-dir (the folder the interrupted run wrote)")
     _start_ranks(args)
     folder = Path(args.model)
     if not (folder / "config.json").is_file():
         raise VPTQLabError(
             f"--model {folder} is not a quantized checkpoint folder: pass what `vptq-lab quantize --out` wrote"
         )
+    report = json.loads((folder / "report.json").read_text()) if (folder / "report.json").is_file() else {}
+    budget = {"auto": _budget_of(report), "none": None}.get(args.recipe, None)
+    budget = int(args.recipe) if args.recipe not in ("auto", "none") else budget
+    config = _distill_config(DISTILL_RECIPES[budget] if budget else {}, args)  # before the model loads
     student, tokenizer = load_quantized(folder)
     if tokenizer is None:
         raise VPTQLabError(f"{folder} has no tokenizer: re-save it with its tokenizer")
-    report = json.loads((folder / "report.json").read_text()) if (folder / "report.json").is_file() else {}
-    recipe = _budget_of(report) if args.recipe is None else args.recipe
-    result = _distill(
+    distilled = distill_from(
         student,
         tokenizer,
         args.teacher,
-        args.data_dir,
-        _distill_settings(args, recipe or None),
-        not args.no_progress,
-        args.checkpoint_dir,
-        args.resume,
-        args.device,
+        config,
+        data_dir=args.data_dir,
+        progress=not args.no_progress,
+        checkpoint_dir=args.checkpoint_dir,
+        resume=args.resume,
+        device=args.device,
     )
+    result = distilled.to_dict()
     report["distill"] = result
     if not _world().main:
         return 0
     save_quantized(student, tokenizer, args.out, report)
     if args.checkpoint_dir is not None:
-        from vptq_lab.model.finetune import remove_distill_checkpoint
+        from vptq_lab.model.distill import remove_distill_checkpoint
 
         remove_distill_checkpoint(args.checkpoint_dir)
     summary = {
         "model": args.model,
         "teacher": args.teacher,
         "out": args.out,
-        "recipe": f"{recipe}-bit" if recipe else "DistillConfig defaults",
+        "recipe": f"{budget}-bit" if budget else "DistillConfig defaults",
         **{k: result[k] for k in ("initial", "best", "final", "steps_run", "stopped_early", "seconds")},
     }
     _print_record(summary, args.json)
@@ -645,11 +683,12 @@ def cmd_bits(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from vptq_lab.core.bits import bits_per_weight, size_weighted_mean
+    from vptq_lab.core.config import config_for
 
     config = _load_config(args)
     shapes = _named_shapes(args.model)
     rows = [
-        {"layer": name, "out": s[0], "in": s[1], **bits_per_weight(config, s, mode="paper").to_dict()}
+        {"layer": name, "out": s[0], "in": s[1], **bits_per_weight(config_for(config, name), s, mode="paper").to_dict()}
         for name, s in shapes.items()
     ]
     table = pd.DataFrame(rows)
@@ -666,7 +705,7 @@ def cmd_bits(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from vptq_lab.core.config import preset
+    from vptq_lab.lab.recipes import recipe
 
     out = Path(args.out)
     _check_out(args.out, None, False, replace_demo=True)  # before any work: a user's folder is never touched
@@ -677,7 +716,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     staging = out.with_name(f".{out.name}.new")  # the new model lands here, then replaces an earlier demo's folder
     if _written_by_demo(staging):
         _remove_demo_folder(staging)
-    summary = _quantize("default", preset(args.bits), str(staging), None, True)
+    summary = _quantize("default", recipe(args.bits, finetune="none"), str(staging), None, True)
     (staging / DEMO_MARK).write_text(json.dumps({"written_by": "vptq-lab demo", "bits": args.bits}))
     if _written_by_demo(out):
         _remove_demo_folder(out)

@@ -16,10 +16,22 @@ import dataclasses
 import difflib
 import json
 import math
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
 from typing import Any, Self
 
-__all__ = ["JsonConfig", "VPTQConfig", "preset", "layer_plan", "PRESETS", "MAX_INDEX_BITS"]
+__all__ = [
+    "JsonConfig",
+    "VPTQConfig",
+    "MixedConfig",
+    "preset",
+    "layer_plan",
+    "PRESETS",
+    "MAX_INDEX_BITS",
+    "MODEL_FIELDS",
+    "config_for",
+]
 
 MAX_INDEX_BITS = 16  # one index (main, residual or outlier) is at most 16 bits: k <= 65536
 _PAIR_FIELDS = ("vector_lens", "num_centroids", "num_res_centroids")
@@ -211,15 +223,9 @@ def _check_ranges(cfg: VPTQConfig) -> None:
         )
 
 
-# Starting points for a 135M model with hidden 576 (SmolLM2-135M). The codebook is
-# per linear, so it is expensive there: keep k small. Measured bits per weight
-# (per block, `bits.model_bits` in paper mode, perm charged) are in the comments;
-# the lead tunes these by measured perplexity.
-# Chosen by measurement (experiments/preset_search.py -> benchmarks/results/preset_search.csv): for each
-# budget, the candidate with the lowest mean relative proxy loss on four real layers of SmolLM2-135M
-# (block 10: q, o, up, down) whose model-total bits, all overhead included, stay within the budget.
-# Calibration is 32 windows x 512 tokens of WikiText-2 validation: sized for a 2-core CPU, far below
-# the paper's 128 x 2048.
+# One config per budget for a 135M model with hidden 576 (SmolLM2-135M), the bits of the default model's linears in
+# the comments (all overhead). The codebooks are per linear, so k stays small; each is the candidate with the lowest
+# proxy loss within its budget (docs/lab-notes/presets.md). Calibration: 32 windows x 512 tokens.
 PRESETS: dict[int, dict[str, Any]] = {
     2: dict(
         vector_lens=(-1, 5),
@@ -277,3 +283,91 @@ def layer_plan(config: VPTQConfig, in_features: int) -> tuple[int, int, int]:
             f"group_num={config.group_num}; lower npercent or group_num"
         )
     return outlier, config.group_num, group_size
+
+
+# The fields a whole run shares (calibration, propagation, fine-tuning, codebook scope): a linear's own config in a
+# MixedConfig cannot change them.
+MODEL_FIELDS = (
+    "nsamples",
+    "seqlen",
+    "propagation",
+    "finetune",
+    "finetune_steps",
+    "finetune_lr",
+    "finetune_batch",
+    "codebook_scope",
+)
+
+
+@dataclass(frozen=True)
+class MixedConfig:
+    """A config per linear: ``default`` for every linear not in ``layers`` and for the whole run's settings
+    (:data:`MODEL_FIELDS`), and ``layers``: full linear name (``model.layers.3.mlp.down_proj``) -> its config.
+
+    As JSON, a layer gives only the fields that differ from ``default``::
+
+        {"default": {"vector_lens": [-1, 5], ...},
+         "layers": {"model.layers.0.mlp.down_proj": {"num_centroids": [-1, 1024]}}}
+
+    The checkpoint stores each layer's config in ``config_for_layers`` (the official format is per layer anyway).
+    """
+
+    default: VPTQConfig
+    layers: Mapping[str, VPTQConfig] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", MappingProxyType(dict(sorted(self.layers.items()))))
+        for name, cfg in self.layers.items():
+            if not isinstance(cfg, VPTQConfig):
+                raise ValueError(
+                    f"layer {name!r}: a MixedConfig's layers must be VPTQConfigs, got {type(cfg).__name__}"
+                )
+            changed = [f for f in MODEL_FIELDS if getattr(cfg, f) != getattr(self.default, f)]
+            if changed:
+                raise ValueError(
+                    f"layer {name!r} changes {changed}, which the whole run shares: set them in the default config"
+                )
+        if self.default.codebook_scope != "per-linear" and self.layers:
+            raise ValueError("shared codebooks (codebook_scope='per-block') need one config for the block's linears")
+
+    def for_layer(self, name: str) -> VPTQConfig:
+        """The config of the linear with this full name."""
+        return self.layers.get(name, self.default)
+
+    def __getattr__(self, name: str) -> Any:  # the whole run's settings, and every field no layer changes
+        if name.startswith("_") or name in ("default", "layers"):
+            raise AttributeError(name)
+        return getattr(self.default, name)
+
+    def replace(self, **changes: Any) -> MixedConfig:
+        """The same per-linear configs with ``changes`` made in every one (the run's settings, the seed, ...)."""
+        return MixedConfig(self.default.replace(**changes), {n: c.replace(**changes) for n, c in self.layers.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        base = self.default.to_dict()
+        return {
+            "default": base,
+            "layers": {n: {k: v for k, v in c.to_dict().items() if v != base[k]} for n, c in self.layers.items()},
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MixedConfig:
+        if not isinstance(data, dict) or "default" not in data or not set(data) <= {"default", "layers"}:
+            raise ValueError('a MixedConfig is a JSON object {"default": {...}, "layers": {name: {...}}}')
+        default = VPTQConfig.from_dict(data["default"])
+        layers = data.get("layers") or {}
+        if not isinstance(layers, dict):
+            raise ValueError('"layers" must map a linear\'s full name to the fields it changes')
+        return cls(default, {n: VPTQConfig.from_dict({**default.to_dict(), **d}) for n, d in layers.items()})
+
+    @classmethod
+    def from_json(cls, text: str) -> MixedConfig:
+        return cls.from_dict(json.loads(text))
+
+
+def config_for(config: Any, name: str) -> Any:
+    """The config of the linear ``name``: its own under a :class:`MixedConfig`, else ``config`` itself."""
+    return config.for_layer(name) if isinstance(config, MixedConfig) else config

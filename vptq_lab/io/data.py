@@ -25,7 +25,15 @@ import torch
 from vptq_lab.errors import VPTQLabError
 from vptq_lab.files import sha256_file
 
-__all__ = ["TextDataset", "load_wikitext2", "tokenize", "calibration_windows", "WIKITEXT2_SHA256", "GET_WIKITEXT2"]
+__all__ = [
+    "TextDataset",
+    "load_wikitext2",
+    "tokenize",
+    "calibration_windows",
+    "split_heldout",
+    "WIKITEXT2_SHA256",
+    "GET_WIKITEXT2",
+]
 
 log = logging.getLogger(__name__)
 
@@ -166,3 +174,22 @@ def calibration_windows(tokenizer, dataset: TextDataset, nsamples: int, seqlen: 
     gen = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, ids.numel() - seqlen, (nsamples,), generator=gen)  # [nsamples]
     return torch.stack([ids[s : s + seqlen] for s in starts.tolist()])  # [nsamples, seqlen]
+
+
+def split_heldout(ids: torch.Tensor, seqlen: int, train: int, heldout: int, seed: int = 0) -> tuple:
+    """Disjoint training and held-out windows from one token stream ``ids`` [1, n] (the validation split).
+
+    The held-out windows are the last ``heldout`` whole windows of the stream; the ``train`` windows are drawn
+    at seeded random offsets from the text before them. Returns int64 ``([train, seqlen], [heldout, seqlen])``.
+    """
+    ids = ids.reshape(-1)
+    cut = ids.numel() - heldout * seqlen
+    if cut - seqlen <= 0:
+        raise VPTQLabError(
+            f"the text has {ids.numel()} tokens: too few for {heldout} held-out windows of {seqlen} and training "
+            "windows before them; lower seqlen or the window counts"
+        )
+    held = ids[cut:].reshape(heldout, seqlen)  # [heldout, seqlen]
+    gen = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, cut - seqlen, (train,), generator=gen)  # [train]
+    return torch.stack([ids[s : s + seqlen] for s in starts.tolist()]), held

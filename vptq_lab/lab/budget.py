@@ -11,11 +11,12 @@ small codebooks: on a hidden-576 model a per-linear k=4096 codebook alone costs
 Codebook scope (column ``codebook_scope``):
 
 - ``"per-linear"``: every linear has its own codebooks (what ``vptq_quantize``
-  does, and what the paper counts). The default, and the only scope the
-  quantizer can run today (column ``runnable``).
-- ``"per-block"`` / ``"per-model"``: one set of codebooks (per group) shared by
-  all linears of a decoder block / of the model. Accounting only, to show how
-  much sharing would buy; ``runnable`` is False for these rows.
+  does, and what the paper counts). The default.
+- ``"per-block"``: one set of codebooks (per group) shared by all linears of a decoder block
+  (``VPTQConfig(codebook_scope="per-block")``); the quantizer runs it without a residual codebook.
+- ``"per-model"``: shared by every linear of the model. Accounting only, to show how much sharing would buy.
+
+Column ``runnable`` says whether ``quantize_`` can run the row's config as it is.
 
 Ranking (column ``rank``), most preferred first. Every row already fits the
 budget; the question is which spends it best.
@@ -334,8 +335,10 @@ def _screen_bits(df: pd.DataFrame, shapes: Shapes, space: SearchSpace) -> pd.Dat
 
 
 def row_config(row: pd.Series, space: SearchSpace = SearchSpace()) -> VPTQConfig:
-    """The VPTQConfig of one :func:`candidate_table` row."""
+    """The VPTQConfig of one :func:`candidate_table` row (its codebook scope too where the quantizer runs it; a row
+    it cannot run gets the per-linear config of the same sizes)."""
     outlier = row.npercent > 0
+    scope = row.codebook_scope if _runnable(row.codebook_scope, int(row.b2)) else "per-linear"
     return VPTQConfig(
         vector_lens=(int(row.v0) if outlier else -1, int(row.v)),
         num_centroids=(2 ** int(row.b0) if outlier else -1, 2 ** int(row.b1)),
@@ -344,6 +347,7 @@ def row_config(row: pd.Series, space: SearchSpace = SearchSpace()) -> VPTQConfig
         group_num=int(row.group_num),
         enable_norm=space.enable_norm,
         enable_perm=space.enable_perm,
+        codebook_scope=scope,
     )
 
 
@@ -426,7 +430,7 @@ def _exact_rows(top: pd.DataFrame, shapes: Shapes, space: SearchSpace, target_bi
                 "k0": 2 ** int(row.b0) if row.npercent else 0,
                 "group_num": int(row.group_num),
                 "codebook_scope": row.codebook_scope,
-                "runnable": row.codebook_scope == "per-linear",
+                "runnable": _runnable(row.codebook_scope, int(row.b2)),
                 "bits_per_weight": total.bits_per_weight,
                 "gap": target_bits - total.bits_per_weight,
                 "min_linear_bits": min(per_linear),
@@ -439,6 +443,12 @@ def _exact_rows(top: pd.DataFrame, shapes: Shapes, space: SearchSpace, target_bi
         )
     out = pd.DataFrame.from_records(records)
     return out[out.bits_per_weight <= target_bits]
+
+
+def _runnable(scope: str, residual_bits: int) -> bool:
+    """Whether quantize_ runs a config of this codebook scope: per linear always, per block without a residual
+    codebook (it is trained per linear), per model never."""
+    return scope == "per-linear" or (scope == "per-block" and residual_bits == 0)
 
 
 def suggest(

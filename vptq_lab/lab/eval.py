@@ -12,13 +12,13 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from vptq_lab.errors import VPTQLabError
 from vptq_lab.io.data import TextDataset, load_wikitext2, tokenize
+from vptq_lab.model.logprobs import plain_head, window_nll
 
-__all__ = ["PerplexityRecord", "perplexity", "window_nll"]
+__all__ = ["PerplexityRecord", "perplexity", "window_nll"]  # window_nll: from vptq_lab.model.logprobs
 
 
 @dataclass(frozen=True)
@@ -58,46 +58,60 @@ def _check_args(model, seqlen: int, max_windows: int | None) -> None:
         raise VPTQLabError(f"max_windows must be at least 1, got {max_windows}; omit it to use every window")
 
 
-@torch.inference_mode()
-def window_nll(model, window: torch.Tensor) -> torch.Tensor:
-    """Mean next-token NLL (float64 scalar) of one window, ids [1, seqlen]."""
-    logits = model(window).logits  # [1, seqlen, vocab]
-    return F.cross_entropy(logits[0, :-1].float(), window[0, 1:], reduction="mean").double()
-
-
 def perplexity(
     model,
-    tokenizer,
+    tokenizer=None,
     dataset: TextDataset | None = None,
     split: str = "test",
     seqlen: int = 2048,
     max_windows: int | None = None,
     data_dir: str | None = None,
     progress: bool = True,
+    windows: torch.Tensor | None = None,
 ) -> PerplexityRecord:
-    """WikiText-2 (or ``dataset``) perplexity of ``model``; ``max_windows`` keeps the first N windows."""
+    """WikiText-2 (or ``dataset``) perplexity of ``model``; ``max_windows`` keeps the first N windows.
+
+    ``windows``: token ids [n, seqlen] to score instead of a dataset (held-out windows, say); then ``tokenizer``,
+    ``dataset``, ``split`` and ``seqlen`` are not used, and the record names the text ``"windows"``."""
+    if windows is not None:
+        ids, seqlen, dataset = _given_windows(windows), windows.shape[-1], None
+    else:
+        if tokenizer is None:
+            raise VPTQLabError("perplexity needs a tokenizer to cut the text into windows (or windows= token ids)")
+        dataset = dataset if dataset is not None else load_wikitext2(split, data_dir)
+        ids = tokenize(tokenizer, dataset)  # [1, n]
     _check_args(model, seqlen, max_windows)
-    dataset = dataset if dataset is not None else load_wikitext2(split, data_dir)
-    ids = tokenize(tokenizer, dataset)  # [1, n]
-    windows = ids.shape[1] // seqlen
-    if windows == 0:
+    count = ids.shape[1] // seqlen
+    if count == 0:
         raise VPTQLabError(f"the {dataset.split} text has {ids.shape[1]} tokens, fewer than one window of {seqlen}")
     if max_windows is not None:
-        windows = min(windows, max_windows)
+        count = min(count, max_windows)
     device = next(model.parameters()).device
+    chunked = plain_head(model)
     start = time.perf_counter()
     nll = torch.zeros((), dtype=torch.float64)
-    for i in tqdm(range(windows), desc=f"perplexity {dataset.split}", disable=not progress):
-        nll += window_nll(model, ids[:, i * seqlen : (i + 1) * seqlen].to(device)).cpu()
-    ppl = math.exp(float(nll) / windows)
+    desc = f"perplexity {dataset.split if dataset is not None else 'windows'}"
+    for i in tqdm(range(count), desc=desc, disable=not progress):
+        nll += window_nll(model, ids[:, i * seqlen : (i + 1) * seqlen].to(device), chunked).cpu()
+    ppl = math.exp(float(nll) / count)
     return PerplexityRecord(
-        dataset.name,
-        dataset.split,
+        dataset.name if dataset is not None else "windows",
+        dataset.split if dataset is not None else "given",
         seqlen,
-        windows,
-        windows * seqlen,
+        count,
+        count * seqlen,
         ppl,
         round(time.perf_counter() - start, 2),
-        dataset.source,
-        dataset.comparable,
+        dataset.source if dataset is not None else "windows",
+        dataset.comparable if dataset is not None else False,
     )
+
+
+def _given_windows(windows: torch.Tensor) -> torch.Tensor:
+    """Token ids [n, seqlen] -> one stream [1, n * seqlen] whose consecutive windows are the rows."""
+    if not isinstance(windows, torch.Tensor) or windows.dim() != 2 or windows.dtype not in (torch.int64, torch.int32):
+        raise VPTQLabError(
+            f"windows must be integer token ids [n, seqlen], got {tuple(getattr(windows, 'shape', ()))}; "
+            "build them with vptq_lab.calibration_windows or split_heldout"
+        )
+    return windows.long().reshape(1, -1)

@@ -526,7 +526,7 @@ def kernel_results(data: Mapping[str, Any], bits: str | None = None, ax: Axes | 
 def distillation_curve(report: Any, ax: Axes | None = None) -> Figure:
     """End-to-end distillation: training KL and held-out perplexity against steps, the kept state marked.
 
-    ``report``: a :class:`~vptq_lab.model.finetune.DistillReport` or its ``to_dict()`` (e.g. from report.json).
+    ``report``: a :class:`~vptq_lab.model.distill.DistillReport` or its ``to_dict()`` (e.g. from report.json).
     """
     data = report if isinstance(report, Mapping) else report.to_dict()
     history = pd.DataFrame(data["history"])  # step, train_kl, heldout_ppl, heldout_kl

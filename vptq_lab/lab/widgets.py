@@ -31,9 +31,9 @@ from vptq_lab.core.quantizer import vptq_quantize
 from vptq_lab.core.qweight import dequantize
 from vptq_lab.lab import plots
 from vptq_lab.model.arch import arch_for, get_blocks, get_module, linear_weight
-from vptq_lab.model.calibrate import capture_block_inputs, run_block
 from vptq_lab.model.hessian import hessian_hooks
 from vptq_lab.model.layers import QuantizedLinear
+from vptq_lab.model.passes import capture_block_inputs, run_block
 
 __all__ = [
     "CalibrationStepper",

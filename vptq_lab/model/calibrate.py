@@ -31,34 +31,32 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from vptq_lab.core.bits import bits_per_weight, size_weighted_mean
-from vptq_lab.core.config import VPTQConfig, layer_plan
+from vptq_lab.core.config import config_for
 from vptq_lab.core.methods import METHODS, dequantized
 from vptq_lab.core.quantizer import fit_part_codebook, kmeans_only_loss, part_shapes, prepare_layer, shared_codebooks
 from vptq_lab.core.qweight import QuantizedWeight
 from vptq_lab.errors import VPTQLabError
 from vptq_lab.kernels.dispatch import prefer_backend
 from vptq_lab.model.arch import ArchSpec, arch_for, get_blocks, get_module, linear_role, linear_weight, set_module
-from vptq_lab.model.distributed import World, assign, check_device, current_world
-from vptq_lab.model.hessian import hessian_hooks
-from vptq_lab.model.layers import QuantizedLinear
+from vptq_lab.model.distributed import Batches, World, assign, check_device, current_world
+from vptq_lab.model.layers import QuantizedLinear, is_quantized
+from vptq_lab.model.layerwise import finetune_block
+from vptq_lab.model.passes import (
+    Captured,
+    ReplayQuantized,
+    capture_block_inputs,
+    hidden_states,
+    run_block,
+    stage_hessians,
+    to_device,
+)
+from vptq_lab.model.preflight import check_calibration, check_method, preflight
 from vptq_lab.model.resume import BlockCheckpoints, run_fingerprint
+from vptq_lab.model.threads import one_thread_workers
 
-__all__ = [
-    "block_hessians",
-    "LayerRecord",
-    "QuantizationReport",
-    "LayerStore",
-    "quantize_",
-    "capture_block_inputs",
-    "run_block",
-    "preflight",
-]
+__all__ = ["LayerRecord", "QuantizationReport", "LayerStore", "quantize_"]
 
 log = logging.getLogger(__name__)
-
-
-class _StopForward(Exception):
-    """Raised by the capture hook once block 0's inputs are recorded."""
 
 
 @dataclass
@@ -143,180 +141,7 @@ class QuantizationReport:
         return size_weighted_mean((getattr(r, key), (r.out_features, r.in_features)) for r in self.records)
 
 
-# Block inputs ------------------------------------------------------------------------------------------
-
-Captured = list[tuple[tuple, dict]]  # per calibration batch: (args, kwargs) of block 0's forward
-
-
-@torch.no_grad()
-def capture_block_inputs(
-    model: nn.Module, block: nn.Module, calibration: torch.Tensor, batch_size: int = 4
-) -> Captured:
-    """Run the model on ``calibration`` [n, seqlen] until block 0, and keep that block's inputs."""
-    captured: Captured = []
-
-    def hook(_module, args, kwargs):
-        kwargs = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "past_key_value", "layer_past")}
-        captured.append((args, kwargs))
-        raise _StopForward
-
-    handle = block.register_forward_pre_hook(hook, with_kwargs=True)
-    device = next(model.parameters()).device
-    try:
-        for start in range(0, calibration.shape[0], batch_size):
-            try:
-                model(calibration[start : start + batch_size].to(device), use_cache=False)
-            except _StopForward:
-                pass
-    finally:
-        handle.remove()
-    return captured
-
-
-def _to(value: Any, device: torch.device) -> Any:
-    """``value`` (tensors, nested in tuples, lists and dicts) on ``device``."""
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, (tuple, list)):
-        return type(value)(_to(v, device) for v in value)
-    if isinstance(value, dict):
-        return {k: _to(v, device) for k, v in value.items()}
-    return value
-
-
-def _first_output(out: Any) -> torch.Tensor:
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
-@torch.no_grad()
-def run_block(block: nn.Module, inputs: Captured) -> Captured:
-    """Feed every captured batch through ``block``; returns the next block's inputs."""
-    return [((_first_output(block(*args, **kwargs)),) + tuple(args[1:]), kwargs) for args, kwargs in inputs]
-
-
-def _hidden(captured: Captured) -> list[torch.Tensor]:
-    return [args[0] if args else kwargs["hidden_states"] for args, kwargs in captured]
-
-
-class _ReplayQuantized:
-    """Within one block's quantization (quantized propagation), every stage's pass re-runs the block from its
-    inputs, and a final pass makes the next block's inputs. A linear quantized in an earlier stage sees the same
-    input in each later pass (its input depends only on the stages before it, quantized before it), so its output is
-    recorded the first time it runs quantized and replayed after: q/k/v/o are computed once instead of four times,
-    gate/up twice instead of three. Each replay is checked against the input it came from (``torch.equal``; a
-    mismatch recomputes), so what a pass computes never depends on this. Close it before the block trains.
-
-    ``batches``: the captured batches each pass runs, in order (a linear is reached in every batch of a pass or in
-    none, so its call count modulo ``batches`` is the batch).
-    """
-
-    def __init__(self, block: nn.Module, batches: int):
-        self.block, self.batches = block, batches
-        self.seen: dict[QuantizedLinear, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # (input, output) per batch
-        self.calls: dict[QuantizedLinear, int] = {}
-        self.handle = block.register_forward_pre_hook(self._wrap_new)
-
-    def _wrap_new(self, *_: Any) -> None:
-        for module in self.block.modules():
-            if isinstance(module, QuantizedLinear) and module not in self.seen:
-                self.seen[module], self.calls[module] = [], 0
-                module.forward = functools.partial(self._forward, module)  # the instance's, until close()
-
-    def _forward(self, module: QuantizedLinear, x: torch.Tensor) -> torch.Tensor:
-        batch = self.calls[module] % self.batches
-        self.calls[module] += 1
-        seen = self.seen[module]
-        if batch < len(seen) and torch.equal(seen[batch][0], x):
-            return seen[batch][1]
-        out = QuantizedLinear.forward(module, x)
-        if batch < len(seen):
-            seen[batch] = (x, out)
-        else:
-            seen.append((x, out))
-        return out
-
-    def close(self) -> None:
-        self.handle.remove()
-        for module in self.seen:
-            module.__dict__.pop("forward", None)
-        self.seen.clear()
-
-
 # Quantizing one block -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Batches:
-    """The calibration batches of a (possibly multi-process) run: how many in all, and which this rank holds."""
-
-    world: World
-    total: int
-    mine: tuple[int, ...]
-    segments: tuple[int, ...]  # leaf counts of this rank's subtrees of the Hessian sum
-
-    @classmethod
-    def of(cls, world: World, num_batches: int) -> _Batches:
-        mine, segments = world.batches(num_batches)
-        return cls(world, num_batches, tuple(mine), tuple(segments))
-
-
-def _stage_hessians(
-    block: nn.Module, stages: Iterable[tuple[str, ...]], inputs: Captured, batches: _Batches | None = None
-) -> dict[str, tuple]:
-    """Hessians of the first linear of each stage (shared by the stage), in one pass over the inputs.
-
-    The pass stops as soon as the last of those linears has seen its input (before its matmul): the rest of the
-    block would only be thrown away. ``batches``: in a multi-process run, this rank's share; the sums are
-    reduced over the ranks (:meth:`World.reduce_hessian`).
-    """
-    firsts = {stage[0]: get_module(block, stage[0]) for stage in stages}
-    split = batches is not None and batches.world.distributed
-    with hessian_hooks(firsts, batches.segments if split else None) as accs, torch.no_grad():
-        stop = list(firsts.values())[-1].register_forward_pre_hook(_raise_stop)  # after H's hook: it sees the input
-        try:
-            for args, kwargs in inputs:
-                try:
-                    block(*args, **kwargs)
-                except _StopForward:
-                    pass
-        finally:
-            stop.remove()
-    if not split:
-        return {name: (acc.hessian(), acc.tokens) for name, acc in accs.items()}
-    out = {}
-    for name, acc in accs.items():
-        total, tokens = batches.world.reduce_hessian(acc, batches.total)
-        out[name] = (total / max(tokens, 1), tokens)
-    return out
-
-
-def _raise_stop(*_: Any) -> None:
-    raise _StopForward
-
-
-@torch.no_grad()
-def block_hessians(
-    model: nn.Module, calibration: torch.Tensor, block_index: int, batch_size: int = 4
-) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """``{linear: (W [out, in] fp32, H [in, in] fp32)}`` for every linear of one decoder block.
-
-    H comes from the full-precision model's activations on ``calibration`` [n, seqlen] (the official
-    VPTQ way), so one layer can be studied without quantizing the blocks before it.
-    """
-    spec = arch_for(model)
-    blocks = get_blocks(model, spec)
-    if not 0 <= block_index < len(blocks):
-        raise VPTQLabError(f"block_index {block_index} is out of range: the model has {len(blocks)} blocks")
-    inputs = capture_block_inputs(model, blocks[0], calibration, batch_size)
-    for block in blocks[:block_index]:
-        inputs = run_block(block, inputs)
-    block = blocks[block_index]
-    hessians = _stage_hessians(block, spec.stages, inputs)
-    return {
-        name: (linear_weight(get_module(block, name), spec.transposed), hessians[stage[0]][0].float())
-        for stage in spec.stages
-        for name in stage
-    }
 
 
 @dataclass
@@ -330,13 +155,17 @@ class _BlockContext:
     method: str = "vptq"
     codebooks: list[torch.Tensor] | None = None  # the block's shared codebooks (codebook_scope "per-block")
     block_weights: int = 0  # weights of all the block's linears: how a shared codebook's bits are split
-    batches: _Batches | None = None  # multi-process runs: this rank's calibration batches
+    batches: Batches | None = None  # multi-process runs: this rank's calibration batches
     results: dict[str, Any] | None = None  # whole blocks by rank: each installed result (on the CPU), to share
     workers: int = 1  # one process on the CPU: threads that quantize a stage's linears side by side
 
     @property
     def world(self) -> World:
         return self.batches.world if self.batches is not None else World()
+
+    def config_of(self, name: str) -> Any:
+        """The config of this block's linear ``name`` (its own under a MixedConfig)."""
+        return config_for(self.config, f"{self.prefix}.{name}")
 
     @property
     def propagation(self) -> str:
@@ -364,7 +193,7 @@ def _run_method(W: torch.Tensor, H: torch.Tensor, name: str, ctx: _BlockContext,
     if ctx.codebooks is not None:
         extra = {"codebooks": ctx.codebooks, **extra}
     try:
-        result = METHODS[ctx.method].quantize(W, H.float(), ctx.config, **extra)
+        result = METHODS[ctx.method].quantize(W, H.float(), ctx.config_of(name), **extra)
     except VPTQLabError:
         raise
     except ValueError as exc:  # the quantizer's own checks: give them the layer's name
@@ -417,11 +246,12 @@ def _on(result: Any, device: torch.device | str) -> Any:
     return replace(result, **moved)
 
 
-def _linear_cost(shape: tuple[int, int], ctx: _BlockContext) -> float:
+def _linear_cost(name: str, shape: tuple[int, int], ctx: _BlockContext) -> float:
     """Relative cost of one linear's column loop (and, for scalar methods, its whole quantization)."""
     out, n = shape
-    k = getattr(ctx.config, "k1", 16)
-    return out * n * (2.0 * k + getattr(ctx.config, "blocksize", 128)) * (2 if getattr(ctx.config, "k2", 0) else 1)
+    config = ctx.config_of(name)
+    k = getattr(config, "k1", 16)
+    return out * n * (2.0 * k + getattr(config, "blocksize", 128)) * (2 if getattr(config, "k2", 0) else 1)
 
 
 def _codebook_jobs(weights: dict[str, torch.Tensor], ctx: _BlockContext) -> list[tuple[str, int, float]]:
@@ -432,7 +262,7 @@ def _codebook_jobs(weights: dict[str, torch.Tensor], ctx: _BlockContext) -> list
     return [
         (name, i, cols * -(-W.shape[0] // v) * k)
         for name, W in weights.items()
-        for i, (cols, v, k) in enumerate(part_shapes(ctx.config, W.shape[1]))
+        for i, (cols, v, k) in enumerate(part_shapes(ctx.config_of(name), W.shape[1]))
     ]
 
 
@@ -447,27 +277,12 @@ def _split_codebooks(weights: dict[str, torch.Tensor], H: torch.Tensor, ctx: _Bl
     for job, ((name, i, _), owner) in enumerate(zip(jobs, owners)):
         if owner == ctx.world.rank:
             if name not in preps:
-                preps[name] = prepare_layer(weights[name], H.float(), ctx.config, feedback=False)
-            fitted[job] = fit_part_codebook(preps[name], ctx.config, i).cpu()
+                preps[name] = prepare_layer(weights[name], H.float(), ctx.config_of(name), feedback=False)
+            fitted[job] = fit_part_codebook(preps[name], ctx.config_of(name), i).cpu()
     out: dict[str, list] = {name: [] for name in weights}
     for job, ((name, _, _), owner) in enumerate(zip(jobs, owners)):
         out[name].append(ctx.world.share(fitted.get(job), owner).to(ctx.world.device))
     return out
-
-
-@contextlib.contextmanager
-def _one_thread_workers(workers: int) -> Iterator[ThreadPoolExecutor]:
-    """``workers`` threads for independent jobs, with torch's intra-op parallelism at one thread until the pool
-    closes (restored after). The jobs (k-means parts, column loops) are chains of small operations, which a second
-    intra-op thread barely speeds up; side by side, one thread each, they keep both cores busy. Every job computes
-    with one thread whatever ``workers`` is, so the result does not depend on it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(workers, thread_name_prefix="vptq-lab") as pool:
-            yield pool
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _quantize_stage_local(block: nn.Module, todo: list[str], H: torch.Tensor, tokens: int, ctx: _BlockContext) -> None:
@@ -476,11 +291,11 @@ def _quantize_stage_local(block: nn.Module, todo: list[str], H: torch.Tensor, to
     by side, longest first; the results are installed in the stage's order. A linear's result does not depend on
     the number of workers."""
     weights = {n: _checked_weight(get_module(block, n), n, H, ctx) for n in todo}
-    with _one_thread_workers(ctx.workers) as pool:
+    with one_thread_workers(ctx.workers) as pool:
         with ctx.report.timed("codebooks"):
             extra = _fit_codebooks(pool, weights, H, ctx)
         with ctx.report.timed("linears"):
-            order = sorted(todo, key=lambda n: -_linear_cost(tuple(weights[n].shape), ctx))
+            order = sorted(todo, key=lambda n: -_linear_cost(n, tuple(weights[n].shape), ctx))
             jobs = {n: pool.submit(_run_method, weights[n], H, n, ctx, **extra.get(n, {})) for n in order}
             results = {n: job.result() for n, job in jobs.items()}
     for name in todo:
@@ -496,11 +311,11 @@ def _fit_codebooks(
     if ctx.method not in ("vptq", "vq"):
         return {}
     Hf, feedback = H.float(), ctx.method == "vptq"
-    preps = dict(zip(weights, pool.map(lambda n: prepare_layer(weights[n], Hf, ctx.config, feedback), weights)))
+    preps = dict(zip(weights, pool.map(lambda n: prepare_layer(weights[n], Hf, ctx.config_of(n), feedback), weights)))
     out: dict[str, dict[str, Any]] = {n: {"prepared": preps[n]} for n in weights}
     jobs = _codebook_jobs(weights, ctx)
     fitted = {
-        (name, i): pool.submit(fit_part_codebook, preps[name], ctx.config, i)
+        (name, i): pool.submit(fit_part_codebook, preps[name], ctx.config_of(name), i)
         for name, i, _ in sorted(jobs, key=lambda job: -job[2])
     }
     for name in {n for n, _, _ in jobs}:
@@ -522,7 +337,7 @@ def _quantize_stage(block: nn.Module, names: tuple[str, ...], H: torch.Tensor, t
     """Quantize the linears of one stage (they share ``H``). One process: on ``ctx.workers`` threads side by side
     (:func:`_quantize_stage_local`). Several: each codebook part and each
     linear is computed by its owner rank and shared, in the same order on every rank."""
-    todo = [n for n in names if not _is_quantized(get_module(block, n))]
+    todo = [n for n in names if not is_quantized(get_module(block, n))]
     for name in sorted(set(names) - set(todo), key=names.index):
         log.info("%s.%s is already quantized; skipped", ctx.prefix, name)
     if not todo:
@@ -539,7 +354,7 @@ def _quantize_stage(block: nn.Module, names: tuple[str, ...], H: torch.Tensor, t
 
 def _owned_linears(block, todo, weights, codebooks, H, tokens, ctx: _BlockContext) -> None:
     """Several processes: each rank quantizes the linears it owns, then every result is shared and installed."""
-    owners = assign([_linear_cost(tuple(W.shape), ctx) for W in weights.values()], ctx.world.size)
+    owners = assign([_linear_cost(n, tuple(W.shape), ctx) for n, W in weights.items()], ctx.world.size)
     helpers = _helpers(todo, owners, ctx)
     done = {}
     for name, owner in zip(todo, owners):  # first every linear this rank owns, then the exchange: no rank waits
@@ -554,7 +369,7 @@ def _owned_linears(block, todo, weights, codebooks, H, tokens, ctx: _BlockContex
             result, seconds = _run_method(weights[name], H, name, ctx, **extra)
             done[name] = (_on(result, "cpu"), seconds)
         elif helper == ctx.world.rank:
-            ctx.world.share(kmeans_only_loss(weights[name], H.float(), ctx.config, linear_codebooks), helper)
+            ctx.world.share(kmeans_only_loss(weights[name], H.float(), ctx.config_of(name), linear_codebooks), helper)
         elif helper is not None:
             ctx.world.share(None, helper)  # a collective: every rank takes part, in the order of the linears
     for name, owner in zip(todo, owners):
@@ -562,20 +377,17 @@ def _owned_linears(block, todo, weights, codebooks, H, tokens, ctx: _BlockContex
         _install(block, name, weights[name], H, tokens, _on(result, ctx.world.device), seconds, ctx)
 
 
-def _is_quantized(module: nn.Module) -> bool:
-    return isinstance(module, QuantizedLinear) or hasattr(module, "vptq_lab_method")
-
-
 def _record(name: str, ctx: _BlockContext, shape: torch.Size, result: Any, tokens: int, seconds: float) -> LayerRecord:
     info = result.info
     util = info.get("codebook_utilisation")
-    bits = METHODS[ctx.method].bits(ctx.config, tuple(shape))
+    config = config_for(ctx.config, name)  # name: the full name
+    bits = METHODS[ctx.method].bits(config, tuple(shape))
     if ctx.codebooks is not None:  # each shared codebook counted once, split among the block's linears by size
-        b = bits_per_weight(ctx.config, tuple(shape), mode="paper")
+        b = bits_per_weight(config, tuple(shape), mode="paper")
         codebook = b.codebook_bits + b.outlier_codebook_bits
         bits = (b.total_bits - codebook + codebook * b.num_weights / ctx.block_weights) / b.num_weights
     stored = (
-        bits_per_weight(ctx.config, tuple(shape), mode="stored").bits_per_weight
+        bits_per_weight(config, tuple(shape), mode="stored").bits_per_weight
         if isinstance(result, QuantizedWeight)
         else bits
     )
@@ -600,7 +412,7 @@ def _record(name: str, ctx: _BlockContext, shape: torch.Size, result: Any, token
 
 
 def _pending_stages(block: nn.Module, spec: ArchSpec) -> list[tuple[str, ...]]:
-    return [s for s in spec.stages if not all(_is_quantized(get_module(block, n)) for n in s)]
+    return [s for s in spec.stages if not all(is_quantized(get_module(block, n)) for n in s)]
 
 
 def _quantize_block(
@@ -618,7 +430,7 @@ def _quantize_block(
     need_all = shared or ctx.propagation == "full_precision"
     if hessians is None and need_all:
         with ctx.report.timed("hessian"):
-            hessians = _stage_hessians(block, stages, inputs, ctx.batches)
+            hessians = stage_hessians(block, stages, inputs, ctx.batches)
     if shared:
         with ctx.report.timed("codebooks"):
             _share_codebooks(block, stages, hessians, ctx)
@@ -628,7 +440,7 @@ def _quantize_block(
         return
     for stage in stages:  # GPTQ "true sequential": later stages see the quantized earlier ones
         with ctx.report.timed("hessian"):
-            H, tokens = _stage_hessians(block, [stage], inputs, ctx.batches)[stage[0]]
+            H, tokens = stage_hessians(block, [stage], inputs, ctx.batches)[stage[0]]
         _quantize_stage(block, stage, H, tokens, ctx)
 
 
@@ -647,90 +459,6 @@ def _share_codebooks(
     ctx.block_weights = sum(W.numel() for W, _ in layers)
 
 
-# Layer-wise fine-tuning (paper §4) ------------------------------------------------------------------------
-
-
-def _take_rows(value: Any, rows: torch.Tensor, batch: int) -> Any:
-    """``value`` restricted to batch ``rows``: tensors whose first dim is the batch (> 1) are indexed,
-    broadcast ones (first dim 1, e.g. rotary cos/sin, position ids) and non-tensors pass through."""
-    if isinstance(value, torch.Tensor):
-        return value[rows] if value.dim() > 0 and value.shape[0] == batch > 1 else value
-    if isinstance(value, (tuple, list)):
-        return type(value)(_take_rows(v, rows, batch) for v in value)
-    return value
-
-
-def _sub_batch(args: tuple, kwargs: dict, target: torch.Tensor, size: int, gen: torch.Generator):
-    """A random ``size``-sequence slice of one captured batch (the whole batch when ``size`` is 0 or larger)."""
-    batch = target.shape[0]
-    if size <= 0 or size >= batch:
-        return args, kwargs, target
-    rows = torch.randperm(batch, generator=gen)[:size]
-    return (_take_rows(args, rows, batch), {k: _take_rows(v, rows, batch) for k, v in kwargs.items()}, target[rows])
-
-
-def finetune_block(
-    block: nn.Module,
-    inputs: Captured,
-    targets: list[torch.Tensor],
-    spec: ArchSpec,
-    steps: int,
-    lr: float,
-    seed: int,
-    batch: int = 0,
-) -> dict[str, float]:
-    """Train the block's centroids and norm weights so its outputs match ``targets`` (MSE, Adam).
-
-    Each step takes one captured batch at random; ``batch`` > 0 keeps that many of its sequences
-    (cheaper steps: the cost of a step is linear in the tokens it sees).
-    """
-    qlinears = [m for m in block.modules() if isinstance(m, QuantizedLinear)]
-    norms = [get_module(block, n) for n in spec.norms if _has(block, n)]
-    params = [p for q in qlinears for p in q.trainable_centroids()]
-    norm_params = [m.weight for m in norms if getattr(m, "weight", None) is not None]
-    flags = [p.requires_grad for p in norm_params]
-    for p in norm_params:
-        p.requires_grad_(True)
-    optimizer = torch.optim.Adam(params + norm_params, lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    before = _block_mse(block, inputs, targets)
-    try:
-        for _ in range(steps):
-            i = int(torch.randint(len(inputs), (1,), generator=gen))
-            args, kwargs, target = _sub_batch(*inputs[i], targets[i], batch, gen)
-            with torch.enable_grad():
-                loss = nn.functional.mse_loss(_first_output(block(*args, **kwargs)), target)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-            optimizer.step()
-    finally:
-        for q in qlinears:
-            q.commit_centroids()
-        for p, flag in zip(norm_params, flags):
-            p.requires_grad_(flag)
-            p.grad = None
-    return {
-        "mse_before": before,
-        "mse_after": _block_mse(block, inputs, targets),
-        "steps": steps,
-        "sequences_per_step": batch or int(targets[0].shape[0]),
-    }
-
-
-def _has(root: nn.Module, dotted: str) -> bool:
-    try:
-        get_module(root, dotted)
-    except AttributeError:
-        return False
-    return True
-
-
-@torch.no_grad()
-def _block_mse(block: nn.Module, inputs: Captured, targets: list[torch.Tensor]) -> float:
-    outs = _hidden(run_block(block, inputs))
-    return float(sum(nn.functional.mse_loss(o, t) for o, t in zip(outs, targets)) / len(outs))
-
-
 # The driver ---------------------------------------------------------------------------------------------
 
 
@@ -739,101 +467,6 @@ def _keep_predicate(keep: bool | Iterable[str] | None) -> Callable[[str], bool]:
         return lambda name: True
     names = set(keep or ())
     return lambda name: name in names
-
-
-def _check_calibration(calibration: torch.Tensor) -> None:
-    if (
-        not isinstance(calibration, torch.Tensor)
-        or calibration.dim() != 2
-        or calibration.dtype not in (torch.int64, torch.int32)
-    ):
-        shape = tuple(getattr(calibration, "shape", ()))
-        raise VPTQLabError(
-            f"calibration must be integer token ids [nsamples, seqlen], got {shape} "
-            f"{getattr(calibration, 'dtype', type(calibration).__name__)}; "
-            "build it with vptq_lab.calibration_windows"
-        )
-    if calibration.numel() == 0:
-        raise VPTQLabError(f"calibration is empty {tuple(calibration.shape)}: give at least one window of tokens")
-
-
-def _check_part(name: str, shape: tuple[int, int], what: str, columns: int, v: int, k: int) -> None:
-    vectors = columns * -(-shape[0] // v)  # columns x ceil(out / v)
-    if k > vectors:
-        raise VPTQLabError(
-            f"{name} {list(shape)}: {what}={k} centroids but the layer has only {vectors} vectors of length {v}: "
-            f"lower {what} to at most {1 << (vectors.bit_length() - 1)} (or lower v, group_num, npercent)"
-        )
-
-
-def _table_linear(block: nn.Module, leaf: str, name: str, spec: ArchSpec) -> nn.Module:
-    """The linear the architecture table names, or an error saying the model does not match the table."""
-    try:
-        module = get_module(block, leaf)
-    except AttributeError:
-        module = None
-    weight = getattr(module, "weight", None)
-    if not isinstance(module, QuantizedLinear) and not (isinstance(weight, torch.Tensor) and weight.dim() == 2):
-        raise VPTQLabError(
-            f"{name} is not a linear layer ({type(module).__name__}), but the {spec.family!r} row of "
-            "vptq_lab.model.arch.ARCHITECTURES expects one: the model does not match its architecture; "
-            "load an unmodified model or fix the table row"
-        )
-    return module
-
-
-def _check_linear(name: str, module: nn.Module, spec: ArchSpec, config: VPTQConfig) -> None:
-    """The config's column plan and codebook sizes fit this linear."""
-    shape = tuple(linear_weight(module, spec.transposed).shape)  # (out, in)
-    try:
-        outliers, _, size = layer_plan(config, shape[1])
-    except ValueError as exc:
-        raise VPTQLabError(f"{name} {list(shape)}: {exc}") from exc
-    _check_part(name, shape, "num_centroids k1", size, config.v, config.k1)
-    if config.k2:
-        _check_part(name, shape, "num_res_centroids k2", size, config.v, config.k2)
-    if outliers:
-        _check_part(name, shape, "num_centroids k0", outliers, config.vector_lens[0], config.num_centroids[0])
-
-
-def preflight(model: nn.Module, spec: ArchSpec, config: VPTQConfig, calibration: torch.Tensor | None = None) -> None:
-    """Every check that can fail, run before the model is touched: finite weights, token ids in the vocabulary,
-    column plans and codebook sizes."""
-    for name, param in model.named_parameters():
-        if param.is_floating_point() and not torch.isfinite(param).all():
-            owner = name.removesuffix(".weight")
-            raise VPTQLabError(f"{owner} has NaN or inf weights: fix or reload the model before quantizing")
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    vocab = getattr(embeddings, "num_embeddings", None)
-    if calibration is not None and vocab is not None:
-        lo, hi = int(calibration.min()), int(calibration.max())
-        if lo < 0 or hi >= vocab:
-            raise VPTQLabError(
-                f"calibration token ids span {lo}..{hi}, outside the model's vocabulary of {vocab}: "
-                "tokenize the calibration text with this model's tokenizer"
-            )
-    for i, block in enumerate(get_blocks(model, spec)):
-        for leaf in (leaf for stage in spec.stages for leaf in stage):
-            name = f"{spec.blocks}.{i}.{leaf}"
-            module = _table_linear(block, leaf, name, spec)
-            if isinstance(config, VPTQConfig) and not _is_quantized(module):
-                _check_linear(name, module, spec, config)
-
-
-def _check_method(method: str, config: Any, checkpoint_dir: str | Path | None) -> None:
-    if method not in METHODS:
-        raise VPTQLabError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
-    expected = METHODS[method].config_cls
-    if not isinstance(config, expected):
-        raise VPTQLabError(
-            f"method {method!r} takes a {expected.__name__}, got a {type(config).__name__}: "
-            f"use vptq_lab.core.methods.method_preset({method!r}, bits) or build a {expected.__name__}"
-        )
-    if checkpoint_dir is not None and expected is not VPTQConfig:
-        raise VPTQLabError(
-            f"checkpoint_dir/resume support the vector methods (vq, vptq), not {method!r}: "
-            "drop checkpoint_dir (scalar baselines take minutes)"
-        )
 
 
 def quantize_(
@@ -868,8 +501,8 @@ def quantize_(
     :mod:`vptq_lab.model.distributed`) the ranks split the calibration batches and the linears, every rank ends
     with the whole quantized model, and rank 0 alone writes ``checkpoint_dir``.
     """
-    _check_calibration(calibration)
-    _check_method(method, config, checkpoint_dir)
+    check_calibration(calibration)
+    check_method(method, config, checkpoint_dir)
     if resume and checkpoint_dir is None:
         raise VPTQLabError("resume=True needs checkpoint_dir= (the folder a previous run wrote)")
     spec = arch_for(model)
@@ -883,7 +516,7 @@ def quantize_(
             "quantize in one process, or use --finetune e2e, which runs data-parallel"
         )
     num_batches = -(-calibration.shape[0] // batch_size)
-    batches = _Batches.of(world, num_batches)
+    batches = Batches.of(world, num_batches)
     ckpt = None
     if checkpoint_dir is not None:
         ckpt = BlockCheckpoints.open(
@@ -901,10 +534,10 @@ def quantize_(
     mine = [calibration[b * batch_size : (b + 1) * batch_size] for b in batches.mine]
     ids = torch.cat(mine) if mine else calibration[:0]
     with report.timed("capture"):
-        inputs = _to(capture_block_inputs(model, blocks[0], ids, batch_size), world.device)
+        inputs = to_device(capture_block_inputs(model, blocks[0], ids, batch_size), world.device)
     first = _resume_from(ckpt, blocks, report) if ckpt is not None else 0
     if first:
-        inputs = _to(ckpt.restore_hidden(inputs, batches.mine, num_batches), world.device)
+        inputs = to_device(ckpt.restore_hidden(inputs, batches.mine, num_batches), world.device)
     bar = tqdm(total=len(blocks), initial=first, desc="quantizing blocks", disable=not progress or not world.main)
     workers = torch.get_num_threads() if world.device.type == "cpu" and not world.distributed else 1
     run = _Run(
@@ -930,7 +563,7 @@ class _Run:
     method: str
     keep: Callable[[str], bool]
     world: World
-    batches: _Batches
+    batches: Batches
     home: torch.device
     report: QuantizationReport
     ckpt: BlockCheckpoints | None
@@ -938,7 +571,7 @@ class _Run:
     start: float  # perf_counter() at the call's start
     workers: int = 1  # threads for a stage's linears (one process on the CPU: torch's thread count)
 
-    def context(self, i: int, batches: _Batches | None, report: QuantizationReport | None = None) -> _BlockContext:
+    def context(self, i: int, batches: Batches | None, report: QuantizationReport | None = None) -> _BlockContext:
         return _BlockContext(
             i,
             f"{self.spec.blocks}.{i}",
@@ -968,7 +601,7 @@ def _block_by_block(run: _Run, inputs: Captured, first: int) -> None:
         run.blocks[i].to(run.home)
         if run.ckpt is not None:
             with run.report.timed("checkpoint"):
-                run.commit(i, _all_hidden(run.world, run.batches, _hidden(inputs)))
+                run.commit(i, _all_hidden(run.world, run.batches, hidden_states(inputs)))
         run.bar.update()
 
 
@@ -979,7 +612,7 @@ def _one_block(run: _Run, i: int, block: nn.Module, inputs: Captured) -> Capture
     finetune = getattr(config, "finetune", False)
     with report.timed("forward"):
         fp_outputs = run_block(block, inputs) if propagation == "full_precision" or finetune else None
-    replay = _ReplayQuantized(block, len(inputs)) if propagation == "quantized" else None
+    replay = ReplayQuantized(block, len(inputs)) if propagation == "quantized" else None
     try:
         _quantize_block(block, inputs, run.context(i, run.batches))
         if propagation == "quantized" and not finetune:
@@ -993,7 +626,7 @@ def _one_block(run: _Run, i: int, block: nn.Module, inputs: Captured) -> Capture
             stats = finetune_block(
                 block,
                 inputs,
-                _hidden(fp_outputs),
+                hidden_states(fp_outputs),
                 run.spec,
                 config.finetune_steps,
                 config.finetune_lr,
@@ -1023,11 +656,11 @@ def _whole_blocks_by_rank(run: _Run, inputs: Captured, first: int) -> None:
         for i in group:  # collective: the Hessians of the group's blocks, one after another
             block = blocks[i].to(world.device)
             with run.report.timed("hessian"):
-                hessians = _stage_hessians(block, _pending_stages(block, run.spec), inputs, run.batches)
+                hessians = stage_hessians(block, _pending_stages(block, run.spec), inputs, run.batches)
             with run.report.timed("forward"):
                 inputs = run_block(block, inputs)
             if run.ckpt is not None:
-                hidden[i] = _all_hidden(world, run.batches, _hidden(inputs))
+                hidden[i] = _all_hidden(world, run.batches, hidden_states(inputs))
             blocks[i].to(run.home)
             if i - start == world.rank:
                 mine = (i, hessians)
@@ -1055,7 +688,7 @@ def _whole_blocks_by_rank(run: _Run, inputs: Captured, first: int) -> None:
             log.info("%s.%d quantized by rank %d", run.spec.blocks, i, i - start)
 
 
-def _all_hidden(world: World, batches: _Batches, hidden: list[torch.Tensor]) -> list[torch.Tensor] | None:
+def _all_hidden(world: World, batches: Batches, hidden: list[torch.Tensor]) -> list[torch.Tensor] | None:
     """Every batch's hidden states in batch order on rank 0 (None elsewhere), on the CPU."""
     mine = [h.cpu() for h in hidden]
     if not world.distributed:

@@ -36,7 +36,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,7 @@ from vptq_lab.files import atomic_write_bytes
 from vptq_lab.kernels.dispatch import prefer_backend
 from vptq_lab.model.distributed import World, check_device, current_world
 from vptq_lab.model.layers import QuantizedLinear
+from vptq_lab.model.logprobs import chunk_log_probs, plain_head, window_nll_kl
 
 __all__ = [
     "DistillConfig",
@@ -60,10 +61,6 @@ __all__ = [
     "distill_loss",
     "trainable_parameters",
     "end_training",
-    "split_heldout",
-    "DISTILL_WINDOWS",
-    "DISTILL_RECIPES",
-    "distill_recipe",
     "remove_distill_checkpoint",
 ]
 
@@ -71,15 +68,13 @@ log = logging.getLogger(__name__)
 STATE = "distill-state.json"
 TENSORS = "distill-tensors.safetensors"
 STATE_VERSION = 1
-# The windows the CLI trains and selects on, from WikiText-2 validation (split_heldout's arguments).
-DISTILL_WINDOWS = {"seqlen": 512, "train": 256, "heldout": 2}
 SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
 class DistillConfig(JsonConfig):
-    """End-to-end distillation settings. The defaults are the recipe measured on the 135M default model
-    (benchmarks/accuracy.py: 2-bit preset 78.1 -> 48.6 WikiText-2 perplexity in 80 steps on a 2-core CPU)."""
+    """End-to-end distillation settings. The defaults are a short, safe run; the settings tuned per bit budget are
+    ``vptq_lab.recipe(bits).distill``."""
 
     steps: int = 80  # Adam steps at most
     lr: float = 2e-4
@@ -149,31 +144,6 @@ class DistillConfig(JsonConfig):
             raise ValueError(f"seed={self.seed!r} must be an int >= 0")
 
 
-# The recipe measured best for each preset's budget on the default model (benchmarks/accuracy.py, the `best` row of
-# benchmarks/results/accuracy.csv): DistillConfig's fields that differ from its defaults. `vptq-lab quantize --bits N
-# --finetune e2e` starts from these; explicit --distill-* flags change them.
-DISTILL_RECIPES: dict[int, dict[str, Any]] = {
-    # 78.1 -> 42.58 (row vptq2-e2e-cos240-lr5e-4-head)
-    2: {"steps": 240, "schedule": "cosine", "lr": 5e-4, "train_head": True},
-    # 32.4 -> 26.84 after layer-wise fine-tuning (row vptq3-lw-e2e-cos480-lr5e-4-head-kl-p24, `--finetune
-    # layer+e2e`); 27.05 without it (row vptq3-e2e-cos480-lr5e-4-head-kl, which never stopped early, so patience 24
-    # repeats it). Patience 24 never stops a 480-step run: from the layer-wise start, patience 3 stopped it at step 60
-    3: {"steps": 480, "schedule": "cosine", "lr": 5e-4, "train_head": True, "select": "kl", "patience": 24},
-    # 24.32 -> 23.17 after layer-wise fine-tuning (row vptq4-lw-e2e-cos480-lr2e-4-head-kl-p24, `--finetune
-    # layer+e2e`); 24.7 -> 23.34 without it (row vptq4-e2e-cos480-lr2e-4-head-kl-p24; 240 steps gave 23.41). 5e-4
-    # moves the student away from its teacher at 4 bits; patience 24 never stops a 480-step run (patience 3 stopped
-    # it at step 160 without layer-wise, 23.74, and at step 60 with it, keeping the layer-wise start)
-    4: {"steps": 480, "schedule": "cosine", "lr": 2e-4, "train_head": True, "select": "kl", "patience": 24},
-}
-
-
-def distill_recipe(bits: int, **changes: Any) -> DistillConfig:
-    """The distillation recipe measured best at the ``bits`` preset (:data:`DISTILL_RECIPES`), with ``changes``."""
-    if bits not in DISTILL_RECIPES:
-        raise ValueError(f"no distillation recipe for bits={bits!r}; available: {sorted(DISTILL_RECIPES)}")
-    return DistillConfig(**{**DISTILL_RECIPES[bits], **changes})
-
-
 @dataclass
 class DistillReport:
     config: dict[str, Any]
@@ -190,25 +160,6 @@ class DistillReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def split_heldout(ids: torch.Tensor, seqlen: int, train: int, heldout: int, seed: int = 0) -> tuple:
-    """Disjoint training and held-out windows from one token stream ``ids`` [1, n] (the validation split).
-
-    The held-out windows are the last ``heldout`` whole windows of the stream; the ``train`` windows are drawn
-    at seeded random offsets from the text before them. Returns int64 ``([train, seqlen], [heldout, seqlen])``.
-    """
-    ids = ids.reshape(-1)
-    cut = ids.numel() - heldout * seqlen
-    if cut - seqlen <= 0:
-        raise VPTQLabError(
-            f"the text has {ids.numel()} tokens: too few for {heldout} held-out windows of {seqlen} and training "
-            "windows before them; lower seqlen or the window counts"
-        )
-    held = ids[cut:].reshape(heldout, seqlen)  # [heldout, seqlen]
-    gen = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, cut - seqlen, (train,), generator=gen)  # [train]
-    return torch.stack([ids[s : s + seqlen] for s in starts.tolist()]), held
 
 
 def trainable_parameters(
@@ -260,7 +211,7 @@ def _kl(
     """Mean per-token KL(teacher || student) of the next-token distributions; the teacher's logits are
     recomputed here and dropped after the step.
 
-    ``chunked`` (default: :func:`head_path` decides): the logits are made ``_KL_CHUNK`` positions at a time from
+    ``chunked`` (default: :func:`head_path` decides): the logits are made ``logprobs.CHUNK`` positions at a time from
     the last hidden states and the gradient w.r.t. those is formed as they go (:class:`_ChunkedKL`), so no
     [tokens, vocab] tensor outlives its chunk. Otherwise the full logits are made at once.
     ``hidden_weight`` > 0 adds that times :func:`_hidden_loss` (every block's output matched to the teacher's);
@@ -313,47 +264,15 @@ def _hidden_loss(student_states: tuple, teacher_states: tuple) -> torch.Tensor:
     return torch.stack(terms).mean()
 
 
-_KL_CHUNK = 64  # positions per chunk of logits: 64 x 49k vocabulary x 4 bytes = 12.6 MB per [chunk, vocab] tensor
-
-
 def head_path(student: nn.Module, teacher: nn.Module) -> bool:
-    """Whether both models' logits are exactly ``get_output_embeddings()(base_model(ids).last_hidden_state)`` with a
-    ``nn.Linear`` head, the student's bias frozen (true of Llama, GPT-2 and most causal LMs; false where logits are
-    scaled or capped), checked on a few tokens: then :func:`_kl` can make the logits a chunk at a time (the
-    gradient of a trained head's weight included)."""
-    return _plain_head(student, train=True) and _plain_head(teacher, train=False)
-
-
-@torch.no_grad()
-def _plain_head(model: nn.Module, train: bool) -> bool:
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if not isinstance(head, nn.Linear) or model.base_model is model:
-        return False
-    if train and head.bias is not None and head.bias.requires_grad:  # _ChunkedKL forms no gradient for a bias
-        return False
-    ids = torch.arange(min(8, head.out_features), device=head.weight.device)[None] % head.out_features  # [1, 8]
-    try:
-        split = head(model.base_model(ids).last_hidden_state)
-    except (AttributeError, TypeError):
-        return False
-    return torch.equal(split, model(ids).logits.to(split.dtype))
-
-
-def _chunk_log_probs(h_s: torch.Tensor, h_t: torch.Tensor, heads: tuple, temperature: float) -> Iterator[tuple]:
-    """``(rows, student logits, student log-probs, teacher log-probs)`` for ``_KL_CHUNK`` rows at a time of the last
-    hidden states ``h_s``, ``h_t`` [rows, d] through the output ``heads`` (student's, teacher's); [chunk, vocab]
-    each, fp32, the log-probs at ``temperature``."""
-    head_s, head_t = heads
-    for start in range(0, h_s.shape[0], _KL_CHUNK):
-        rows = slice(start, start + _KL_CHUNK)
-        logits = head_s(h_s[rows]).float()  # [chunk, vocab]
-        logp_t = F.log_softmax(head_t(h_t[rows]).float() / temperature, dim=-1)  # [chunk, vocab]
-        yield rows, logits, F.log_softmax(logits / temperature, dim=-1), logp_t
+    """Whether both models' logits can be made a chunk of positions at a time (:func:`logprobs.plain_head`), the
+    student's with a trainable head weight: then :func:`_kl` never forms a whole window's logits."""
+    return plain_head(student, train=True) and plain_head(teacher, train=False)
 
 
 class _ChunkedKL(torch.autograd.Function):
     """Summed KL(teacher || student) over rows from the last hidden states ``h_s``, ``h_t`` [rows, d], the logits
-    made ``_KL_CHUNK`` rows at a time. ``weight`` is the student head's weight (``heads[0].weight``), an input so
+    made ``logprobs.CHUNK`` rows at a time. ``weight`` is the student head's weight (``heads[0].weight``), an input so
     that autograd sees it. The gradients are formed in the forward pass (d KL / d student logits = (softmax_s -
     softmax_t) / temperature, then through the linear head: times the weight for ``h_s``, and, when the weight
     trains, transposed times ``h_s`` for the weight), so backward keeps only a [rows, d] tensor (and a [vocab, d]
@@ -365,7 +284,9 @@ class _ChunkedKL(torch.autograd.Function):
         grad = torch.empty(h_s.shape, dtype=torch.float32, device=h_s.device)  # [rows, d]
         weight32 = weight.float()  # [vocab, d]
         grad_w = torch.zeros_like(weight32) if ctx.needs_input_grad[1] else None  # [vocab, d]
-        for rows, _, logp_s, logp_t in _chunk_log_probs(h_s, h_t, heads, temperature):
+        head_t = heads[1]
+        for rows, _, logp_s in chunk_log_probs(h_s, heads[0], temperature):
+            logp_t = F.log_softmax(head_t(h_t[rows]).float() / temperature, dim=-1)  # [chunk, vocab]
             total += F.kl_div(logp_s, logp_t, log_target=True, reduction="sum").double()
             dlogits = (logp_s.exp() - logp_t.exp()) / temperature  # [chunk, vocab]
             grad[rows] = dlogits @ weight32  # [chunk, d]
@@ -409,32 +330,10 @@ def _heldout(
 def _heldout_values(student, teacher, heldout: torch.Tensor, temperature: float, world: World, chunked: bool) -> dict:
     """``{window: (nll, kl)}`` for this rank's share of the held-out windows (``chunked``: their logits a chunk of
     positions at a time)."""
-    values = {}
-    for w in range(world.rank, heldout.shape[0], world.size):
-        window = heldout[w]  # [seqlen]
-        if chunked:
-            values[w] = _window_values_chunked(student, teacher, window, temperature)
-            continue
-        logits = student(window[None]).logits.float()  # [1, seqlen, vocab]
-        nll = float(F.cross_entropy(logits[0, :-1], window[1:], reduction="mean"))
-        target = F.log_softmax(teacher(window[None]).logits.float() / temperature, dim=-1)
-        logp = F.log_softmax(logits / temperature, dim=-1)
-        values[w] = (nll, float(F.kl_div(logp[0], target[0], log_target=True, reduction="batchmean")))
-    return values
-
-
-def _window_values_chunked(student, teacher, window: torch.Tensor, temperature: float) -> tuple[float, float]:
-    """One window's mean next-token NLL and mean per-position KL, the logits ``_KL_CHUNK`` positions at a time."""
-    h_s = student.base_model(window[None]).last_hidden_state[0]  # [seqlen, d]
-    h_t = teacher.base_model(window[None]).last_hidden_state[0]  # [seqlen, d]
-    heads = (student.get_output_embeddings(), teacher.get_output_embeddings())
-    n = window.numel()
-    nll = kl = 0.0
-    for rows, logits, logp, target in _chunk_log_probs(h_s, h_t, heads, temperature):
-        targets = window[rows.start + 1 : rows.stop + 1]  # the next tokens; the window's last has none
-        nll += float(F.cross_entropy(logits[: targets.numel()], targets, reduction="sum"))
-        kl += float(F.kl_div(logp, target, log_target=True, reduction="sum"))
-    return nll / (n - 1), kl / n
+    return {
+        w: window_nll_kl(student, teacher, heldout[w], temperature, chunked)
+        for w in range(world.rank, heldout.shape[0], world.size)
+    }
 
 
 def _average_gradients(params: list[nn.Parameter], world: World) -> None:
@@ -573,7 +472,7 @@ def _check_ids(ids: Any, what: str) -> None:
     ):
         raise VPTQLabError(
             f"{what} must be integer token ids [windows, seqlen] with at least one window, got "
-            f"{tuple(getattr(ids, 'shape', ()))}; build them with vptq_lab.model.finetune.split_heldout"
+            f"{tuple(getattr(ids, 'shape', ()))}; build them with vptq_lab.split_heldout"
         )
 
 

@@ -29,7 +29,7 @@ import torch.distributed as dist
 from vptq_lab.errors import VPTQLabError
 from vptq_lab.model.hessian import HessianAccumulator, PairwiseSum, padded_leaves, subtree_layout
 
-__all__ = ["World", "current_world", "init_distributed", "close_distributed", "assign", "DEFAULT_TIMEOUT_S"]
+__all__ = ["World", "Batches", "current_world", "init_distributed", "close_distributed", "assign", "DEFAULT_TIMEOUT_S"]
 
 DEFAULT_TIMEOUT_S = 600.0  # a collective that waits longer than this fails instead of hanging
 
@@ -200,3 +200,18 @@ def init_distributed(device: str | torch.device = "cpu", timeout_s: float = DEFA
 def close_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@dataclass(frozen=True)
+class Batches:
+    """The calibration batches of a (possibly multi-process) run: how many in all, and which this rank holds."""
+
+    world: World
+    total: int
+    mine: tuple[int, ...]
+    segments: tuple[int, ...]  # leaf counts of this rank's subtrees of the Hessian sum
+
+    @classmethod
+    def of(cls, world: World, num_batches: int) -> Batches:
+        mine, segments = world.batches(num_batches)
+        return cls(world, num_batches, tuple(mine), tuple(segments))

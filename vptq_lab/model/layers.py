@@ -13,7 +13,7 @@ from vptq_lab.core.packing import as_int16_bits, merge_codes, pack_codes
 from vptq_lab.core.qweight import QuantizedWeight, dequantize
 from vptq_lab.core.reencode import ReencodeResult, reencode
 
-__all__ = ["QuantizedLinear", "module_tensors"]
+__all__ = ["QuantizedLinear", "module_tensors", "is_quantized"]
 
 _TENSOR_FIELDS = tuple(f.name for f in fields(QuantizedWeight) if f.type.startswith("torch.Tensor"))
 
@@ -190,3 +190,8 @@ def module_tensors(module: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str
         if layer.bias is not None:
             tensors[f"{name}.bias"] = layer.bias.detach()
     return tensors, configs
+
+
+def is_quantized(module: nn.Module) -> bool:
+    """A linear that a quantization has already replaced (QuantizedLinear) or rewritten (scalar baselines)."""
+    return isinstance(module, QuantizedLinear) or hasattr(module, "vptq_lab_method")

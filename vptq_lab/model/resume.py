@@ -143,6 +143,11 @@ class BlockCheckpoints:
         folder = Path(folder)
         if folder.exists() and not folder.is_dir():
             raise VPTQLabError(f"checkpoint dir {folder} is a file: pass a folder (it is created if missing)")
+        if resume and not folder.exists():
+            raise VPTQLabError(
+                f"resume=True, but checkpoint dir {folder} does not exist, so there is no run to continue: check the "
+                "path, or drop resume (--resume) to start a new run there"
+            )
         path = folder / PROGRESS
         if not path.is_file():
             if resume and writer:

@@ -1,0 +1,107 @@
+"""Per-linear sensitivity of the default model on the allocation ladder, and how well the prediction ranks reality.
+
+    python benchmarks/sensitivity.py            # the table (cached, about 15 minutes the first time), then the check
+
+1. The sensitivity table (:func:`vptq_lab.lab.allocation.model_sensitivity`): every linear at every rung of the
+   ladder, its exact bits and its predicted KL (½ Σ_i G_i (ΔW H ΔWᵀ)_ii). Written to
+   ``benchmarks/results/sensitivity.csv``.
+2. The check: a sample of linears, every role at blocks 0, 10, 20 and 29, each quantized *alone* at two rungs
+   (:func:`vptq_lab.model.sensitivity.measured_kl`), and the held-out KL to the unquantized model measured on the
+   distillation's held-out validation windows. The Spearman rank correlation of the prediction with the
+   measurement, beside that of the plain proxy losses (absolute and relative), goes to ``sensitivity_check.json``
+   and the measurements to ``sensitivity_check.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import pandas as pd
+import torch
+from _bench import RESULTS
+
+from vptq_lab import load_model, load_wikitext2, split_heldout, tokenize
+from vptq_lab.lab.allocation import ladder, model_sensitivity
+from vptq_lab.lab.recipes import DISTILL_WINDOWS
+from vptq_lab.lab.results import code_commit
+from vptq_lab.model.passes import block_hessians
+
+BLOCKS = (0, 10, 20, 29)
+RUNGS = ("1.70 v5 k256", "2.40 v4 k512")
+
+
+def check(table: pd.DataFrame, data_dir: str | None, windows: int) -> pd.DataFrame:
+    """Measured held-out KL of each sampled linear quantized alone, beside the table's predictions."""
+    from vptq_lab.core.config import preset
+    from vptq_lab.io.data import calibration_windows
+    from vptq_lab.model.sensitivity import measured_kl
+
+    model, tokenizer = load_model("default")
+    teacher, _ = load_model("default")
+    _, held = split_heldout(tokenize(tokenizer, load_wikitext2("validation", data_dir)), **DISTILL_WINDOWS)
+    held = held[:windows]
+    base = preset(2)
+    calibration = calibration_windows(tokenizer, load_wikitext2("validation", data_dir), base.nsamples, base.seqlen)
+    rungs = dict(ladder())
+    rows = []
+    for block in BLOCKS:
+        hessians = block_hessians(model, calibration, block)
+        for leaf, (_, H) in hessians.items():
+            name = f"model.layers.{block}.{leaf}"
+            for rung in RUNGS:
+                start = time.perf_counter()
+                kl = measured_kl(model, teacher, name, rungs[rung], H, held)
+                row = table[(table.linear == name) & (table.rung == rung)].iloc[0]
+                rows.append(
+                    {
+                        "linear": name,
+                        "block": block,
+                        "role": row.role,
+                        "rung": rung,
+                        "measured_kl": kl,
+                        "predicted_kl": row.predicted_kl,
+                        "proxy_loss": row.proxy_loss,
+                        "proxy_loss_rel": row.proxy_loss_rel,
+                        "seconds": round(time.perf_counter() - start, 1),
+                    }
+                )
+                print(rows[-1], flush=True)
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=None, help="WikiText-2 raw folder (default: $VPTQ_LAB_DATA)")
+    parser.add_argument("--windows", type=int, default=DISTILL_WINDOWS["heldout"], help="held-out windows of 512")
+    parser.add_argument("--no-check", action="store_true", help="the table only")
+    args = parser.parse_args()
+    commit = code_commit()
+    start = time.perf_counter()
+    table = model_sensitivity("default", data_dir=args.data_dir)
+    seconds = time.perf_counter() - start
+    table.assign(commit=commit).to_csv(RESULTS / "sensitivity.csv", index=False)
+    summary = {"commit": commit, "threads": torch.get_num_threads(), "table_seconds": round(seconds, 1)}
+    if not args.no_check:
+        found = check(table, args.data_dir, args.windows)
+        found.to_csv(RESULTS / "sensitivity_check.csv", index=False)
+        summary.update(
+            linears=int(found.linear.nunique()),
+            measurements=len(found),
+            held_out_tokens=args.windows * DISTILL_WINDOWS["seqlen"],
+            spearman={
+                est: round(float(found[est].corr(found.measured_kl, method="spearman")), 4)
+                for est in ("predicted_kl", "proxy_loss", "proxy_loss_rel")
+            },
+            spearman_within_rung={
+                rung: round(float(g.predicted_kl.corr(g.measured_kl, method="spearman")), 4)
+                for rung, g in found.groupby("rung")
+            },
+        )
+    (RESULTS / "sensitivity_check.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()

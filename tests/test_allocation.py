@@ -1,0 +1,261 @@
+"""Mixed bit allocation: the knapsack, per-linear configs through quantize_, save and load, sensitivity, the CLI."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from vptq_lab import VPTQConfig, load_quantized, quantize_, save_quantized
+from vptq_lab.core.allocate import allocate
+from vptq_lab.core.bits import bits_per_weight
+from vptq_lab.core.config import MixedConfig
+from vptq_lab.errors import VPTQLabError
+from vptq_lab.model.layers import QuantizedLinear
+from vptq_lab.testing import tiny_llama
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SMALL = VPTQConfig(vector_lens=(-1, 4), num_centroids=(-1, 16), nsamples=4, seqlen=32, kmeans_iters=2)
+LARGE = SMALL.replace(num_centroids=(-1, 64))  # more index bits
+DOWN = "model.layers.0.mlp.down_proj"
+
+
+def _calib(n: int = 4, seqlen: int = 32) -> torch.Tensor:
+    return torch.randint(0, 384, (n, seqlen), generator=torch.Generator().manual_seed(3))
+
+
+# The knapsack ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_allocate_finds_the_least_cost_within_the_budget(seed):
+    """Against every combination of a small random instance (brute force)."""
+    gen = torch.Generator().manual_seed(seed)
+    names = [f"l{i}" for i in range(4)]
+    bits = {n: sorted((torch.rand(3, generator=gen) * 3 + 1).tolist()) for n in names}
+    costs = {n: sorted((torch.rand(3, generator=gen) * 10).tolist(), reverse=True) for n in names}
+    sizes = {n: int(torch.randint(1, 50, (1,), generator=gen)) for n in names}
+    total = sum(sizes.values())
+    budget = sum(sizes[n] * (bits[n][0] + bits[n][1]) / 2 for n in names) / total
+    feasible = [
+        (sum(costs[n][j] for n, j in zip(names, pick)), pick)
+        for pick in itertools.product(range(3), repeat=4)
+        if sum(sizes[n] * bits[n][j] for n, j in zip(names, pick)) / total <= budget
+    ]
+    best_cost, _ = min(feasible)
+    found = allocate(costs, bits, sizes, budget, resolution=200_000)
+    assert found.bits <= budget + 1e-12
+    assert found.cost == pytest.approx(best_cost)
+    assert found.cost == pytest.approx(sum(costs[n][found.choice[n]] for n in names))
+
+
+def test_allocate_refuses_a_budget_below_the_cheapest_candidates():
+    with pytest.raises(ValueError, match=r"budget 1.0000 bits per weight is below the cheapest candidates' 2.0000"):
+        allocate({"a": [1.0, 0.5]}, {"a": [2.0, 3.0]}, {"a": 10}, 1.0)
+    with pytest.raises(ValueError, match="must name the same linears"):
+        allocate({"a": [1.0]}, {"b": [2.0]}, {"a": 1}, 3.0)
+
+
+# MixedConfig ----------------------------------------------------------------------------------------------------
+
+
+def test_mixed_config_json_round_trip_and_partial_layers():
+    mixed = MixedConfig(SMALL, {DOWN: LARGE})
+    data = json.loads(mixed.to_json())
+    assert data["layers"] == {DOWN: {"num_centroids": [-1, 64]}}  # only what differs from the default
+    assert MixedConfig.from_json(mixed.to_json()) == mixed
+    assert mixed.for_layer(DOWN) == LARGE and mixed.for_layer("model.layers.0.mlp.up_proj") == SMALL
+    assert mixed.nsamples == 4 and mixed.replace(seed=3).for_layer(DOWN).seed == 3
+
+
+def test_mixed_config_refuses_run_wide_settings_per_layer():
+    with pytest.raises(ValueError, match=r"changes \['nsamples'\], which the whole run shares"):
+        MixedConfig(SMALL, {DOWN: LARGE.replace(nsamples=8)})
+    with pytest.raises(ValueError, match='"layers" must map'):
+        MixedConfig.from_dict({"default": SMALL.to_dict(), "layers": [1]})
+
+
+# Through quantize_, save and load ---------------------------------------------------------------------------------
+
+
+def test_quantize_with_a_config_per_linear_saves_and_loads(tmp_path):
+    model = tiny_llama(hidden=64, layers=2)
+    mixed = MixedConfig(SMALL, {DOWN: LARGE, "model.layers.1.self_attn.q_proj": LARGE})
+    report = quantize_(model, mixed, _calib(), progress=False)
+    records = {r.name: r for r in report.records}
+    for name, record in records.items():
+        expected = mixed.for_layer(name)
+        layer = model.get_submodule(name)
+        assert isinstance(layer, QuantizedLinear) and layer.qweight.num_centroids == expected.k1, name
+        shape = (record.out_features, record.in_features)
+        assert record.bits_per_weight == pytest.approx(bits_per_weight(expected, shape, mode="paper").bits_per_weight)
+    assert records[DOWN].bits_per_weight > records["model.layers.0.mlp.up_proj"].bits_per_weight
+    save_quantized(model, None, tmp_path / "q", report.to_dict(), dtype=torch.float32)
+    layers = json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]["config_for_layers"]
+    assert layers[DOWN]["num_centroids"] == [-1, 64] and layers["model.layers.0.mlp.up_proj"]["num_centroids"] == [
+        -1,
+        16,
+    ]
+    again, _ = load_quantized(tmp_path / "q")
+    ids = _calib(1)
+    with torch.no_grad():
+        assert torch.equal(again(ids).logits, model(ids).logits)
+
+
+def test_a_layer_name_the_model_lacks_is_refused_before_any_work():
+    model = tiny_llama(hidden=64, layers=2)
+    mixed = MixedConfig(SMALL, {"model.layers.0.mlp.down_prj": LARGE})
+    with pytest.raises(VPTQLabError, match=r"does not have, e.g. 'model.layers.0.mlp.down_prj' \(did you mean"):
+        quantize_(model, mixed, _calib(), progress=False)
+    assert not any(isinstance(m, QuantizedLinear) for m in model.modules())
+
+
+def test_mixed_quantization_resumes_bit_identical(tmp_path, monkeypatch):
+    import vptq_lab.model.calibrate as calibrate
+
+    mixed = MixedConfig(SMALL, {DOWN: LARGE})
+    whole = tiny_llama(hidden=64, layers=3)
+    quantize_(whole, mixed, _calib(), progress=False)
+    real = calibrate._quantize_block
+
+    def dies_in_block_1(block, inputs, ctx, *rest):
+        if ctx.index == 1:
+            raise RuntimeError("killed")
+        return real(block, inputs, ctx, *rest)
+
+    monkeypatch.setattr(calibrate, "_quantize_block", dies_in_block_1)
+    with pytest.raises(RuntimeError, match="killed"):
+        quantize_(tiny_llama(hidden=64, layers=3), mixed, _calib(), progress=False, checkpoint_dir=tmp_path / "c")
+    monkeypatch.setattr(calibrate, "_quantize_block", real)
+    resumed = tiny_llama(hidden=64, layers=3)
+    quantize_(resumed, mixed, _calib(), progress=False, checkpoint_dir=tmp_path / "c", resume=True)
+    a, b = whole.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# Sensitivity ------------------------------------------------------------------------------------------------------
+
+
+def test_output_fisher_and_the_sensitivity_table():
+    from vptq_lab.model.sensitivity import linear_names, output_fisher, sensitivity_table
+
+    model = tiny_llama(hidden=64, layers=2)
+    names = linear_names(model)
+    fisher = output_fisher(model, _calib(2), progress=False)
+    assert set(fisher) == set(names) and all(
+        g.shape == (model.get_submodule(n).out_features,) for n, g in fisher.items()
+    )
+    assert all(torch.isfinite(g).all() and (g >= 0).all() and g.sum() > 0 for g in fisher.values())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ladder = [("small", SMALL), ("large", LARGE)]
+    rows = sensitivity_table(model, _calib(), fisher, ladder, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model is not changed
+    table = pd.DataFrame(rows)
+    assert len(table) == len(names) * 2 and set(table.rung) == {"small", "large"}
+    wide = table.pivot(index="linear", columns="rung", values=["bits", "predicted_kl", "proxy_loss"])
+    assert (wide["bits"]["large"] > wide["bits"]["small"]).all()  # more index bits cost more
+    assert (wide["proxy_loss"]["large"] < wide["proxy_loss"]["small"]).mean() > 0.8  # and mostly buy accuracy
+    # a linear whose output the loss does not depend on predicts no cost, whatever its error
+    zero = {**fisher, names[0]: torch.zeros_like(fisher[names[0]])}
+    rows = sensitivity_table(model, _calib(), zero, ladder[:1], progress=False)
+    assert next(r for r in rows if r["linear"] == names[0])["predicted_kl"] == 0.0
+
+
+def test_measured_kl_quantizes_one_linear_and_restores_the_model():
+    from vptq_lab.model.passes import block_hessians
+    from vptq_lab.model.sensitivity import measured_kl
+
+    teacher = tiny_llama(hidden=64, layers=2)
+    model = tiny_llama(hidden=64, layers=2)
+    H = block_hessians(model, _calib(), 0)["mlp.down_proj"][1]
+    ids = _calib(2)
+    with torch.no_grad():
+        before = model(ids).logits
+    kl_small = measured_kl(model, teacher, DOWN, SMALL, H, ids)
+    kl_large = measured_kl(model, teacher, DOWN, LARGE, H, ids)
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, before)  # restored
+    assert 0 < kl_large < kl_small
+
+
+def test_allocate_mixed_spends_the_budget_where_the_table_says(monkeypatch):
+    import vptq_lab.lab.allocation as allocation
+
+    monkeypatch.setattr(allocation, "LADDER", {"small": {"num_centroids": (-1, 256)}, "large": {}})
+    rows = []
+    for name, sensitive in (("a", True), ("b", False)):
+        for rung, bits in (("small", 1.5), ("large", 2.0)):
+            cost = (10.0 if rung == "small" else 1.0) if sensitive else (2.0 if rung == "small" else 1.9)
+            rows.append({"linear": name, "rung": rung, "bits": bits, "out": 10, "in": 10, "predicted_kl": cost})
+    found = allocation.allocate_mixed(pd.DataFrame(rows), budget=1.75)
+    assert found.rungs == {"a": "large", "b": "small"} and found.bits == pytest.approx(1.75)
+    assert found.config.for_layer("a").k1 == 512 and found.config.for_layer("b").k1 == 256
+    with pytest.raises(VPTQLabError, match="below the cheapest candidates"):
+        allocation.allocate_mixed(pd.DataFrame(rows), budget=1.4)
+
+
+# The command line -------------------------------------------------------------------------------------------------
+
+
+def test_bits_counts_a_mixed_config_exactly(tmp_path, capsys):
+    from vptq_lab.cli import main
+    from vptq_lab.lab.budget import SMOLLM2_135M_SHAPES
+
+    path = tmp_path / "mixed.json"
+    base = VPTQConfig(vector_lens=(-1, 5), num_centroids=(-1, 512), group_num=2)
+    path.write_text(MixedConfig(base, {DOWN: base.replace(num_centroids=(-1, 1024))}).to_json())
+    assert main(["bits", "--config", str(path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    layers = {r["layer"]: r["bits_per_weight"] for r in out["layers"]}
+    assert layers[DOWN] == pytest.approx(
+        bits_per_weight(base.replace(num_centroids=(-1, 1024)), (576, 1536)).bits_per_weight
+    )
+    sizes = {n: o * i for n, (o, i) in SMOLLM2_135M_SHAPES.items()}
+    expected = sum(layers[n] * s for n, s in sizes.items()) / sum(sizes.values())
+    assert out["total"]["bits_per_weight"] == pytest.approx(expected)
+    assert layers[DOWN] > layers["model.layers.1.mlp.down_proj"]
+
+
+def test_allocate_command_writes_a_config_that_quantize_runs(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    import vptq_lab.lab.allocation as allocation
+    from vptq_lab.cli import main
+    from vptq_lab.core import config as config_module
+
+    monkeypatch.delenv("VPTQ_LAB_DATA", raising=False)  # the offline stand-in text
+    monkeypatch.setenv("VPTQ_LAB_CACHE", str(tmp_path / "cache"))
+    small = {"vector_lens": (-1, 4), "num_centroids": (-1, 16), "group_num": 1, "kmeans_iters": 2}
+    monkeypatch.setattr(allocation, "LADDER", {"small": small, "large": {**small, "num_centroids": (-1, 64)}})
+    monkeypatch.setitem(config_module.PRESETS, 2, {**config_module.PRESETS[2], "nsamples": 8, "seqlen": 64})
+    monkeypatch.setattr(allocation, "FISHER_WINDOWS", 2)
+    out = tmp_path / "mixed.json"
+    argv = ["allocate", "--model", str(tiny_model_dir), "--budget", "1.6", "--out", str(out), "--json", "--no-progress"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["bits_per_weight"] <= 1.6 and set(summary["rungs"]) <= {"small", "large"}
+    mixed = MixedConfig.from_json(out.read_text())
+    assert main(argv) == 2  # --out exists: refused, the file kept
+    assert MixedConfig.from_json(out.read_text()) == mixed
+    capsys.readouterr()
+    q = tmp_path / "q"
+    assert (
+        main(
+            [
+                "quantize",
+                "--model",
+                str(tiny_model_dir),
+                "--config",
+                str(out),
+                "--out",
+                str(q),
+                "--json",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["bits_per_weight"] == pytest.approx(summary["bits_per_weight"], abs=1e-4)
