@@ -29,7 +29,8 @@ from vptq_lab import Recipe, load_model, perplexity, recipe, run_recipe
 from vptq_lab.lab.results import append_row, cache_versions, code_commit, current_rows, peak_rss
 
 CACHE = RESULTS / "accuracy.cache.jsonl"
-CHECKPOINTS = Path("artifacts") / "accuracy"
+CHECKPOINTS = Path("artifacts") / "accuracy"  # per row: block and distillation checkpoints, to resume a killed row
+MODELS = Path("artifacts") / "accuracy-models"  # per row: the saved model (official layout), as the command saves it
 COLUMNS = [
     "row",
     "budget",
@@ -79,6 +80,8 @@ def run_row(name: str, windows: int, data_dir: str | None) -> dict:
         cpu = time.process_time() - cpu
         recipe_rss = memory["peak_gib"]
         rec = perplexity(run.model, run.tokenizer, max_windows=windows, data_dir=data_dir)
+    if not (MODELS / name).exists():
+        run.save(MODELS / name)
     report = run.quantization
     before = report.seconds_before_resume or 0.0  # resumed after a kill: the earlier runs' blocks count too
     details = {
