@@ -281,7 +281,7 @@ def render(r: dict) -> str:
         f"Phases of the new run (wall clock; GFLOP estimated from the shapes; GEMM peak here: "
         f"{r['gemm_peak_gflop_per_s']} GFLOP/s at {r['threads']} threads):",
         "",
-        markdown_table(pd.DataFrame(r["phases"]).fillna("")),
+        markdown_table(pd.DataFrame(r["phases"]).astype(object).fillna("")),
         "",
     ]
     return "\n".join(lines)
