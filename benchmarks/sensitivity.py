@@ -24,6 +24,7 @@ from _bench import RESULTS
 
 from vptq_lab import load_model, load_wikitext2, split_heldout, tokenize
 from vptq_lab.lab.allocation import ladder, model_sensitivity
+from vptq_lab.lab.plots import spearman
 from vptq_lab.lab.recipes import DISTILL_WINDOWS
 from vptq_lab.lab.results import code_commit
 from vptq_lab.model.passes import block_hessians
@@ -91,12 +92,11 @@ def main() -> None:
             measurements=len(found),
             held_out_tokens=args.windows * DISTILL_WINDOWS["seqlen"],
             spearman={
-                est: round(float(found[est].corr(found.measured_kl, method="spearman")), 4)
+                est: round(spearman(found[est], found.measured_kl), 4)
                 for est in ("predicted_kl", "proxy_loss", "proxy_loss_rel")
             },
             spearman_within_rung={
-                rung: round(float(g.predicted_kl.corr(g.measured_kl, method="spearman")), 4)
-                for rung, g in found.groupby("rung")
+                rung: round(spearman(g.predicted_kl, g.measured_kl), 4) for rung, g in found.groupby("rung")
             },
         )
     (RESULTS / "sensitivity_check.json").write_text(json.dumps(summary, indent=1) + "\n")

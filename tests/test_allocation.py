@@ -259,3 +259,52 @@ def test_allocate_command_writes_a_config_that_quantize_runs(tiny_model_dir, tmp
     )
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert record["bits_per_weight"] == pytest.approx(summary["bits_per_weight"], abs=1e-4)
+
+
+def _synthetic_table(monkeypatch) -> pd.DataFrame:
+    """A sensitivity table of 2 blocks x 7 roles x 3 rungs, the last block twice as sensitive."""
+    import vptq_lab.lab.allocation as allocation
+
+    ladder = {"low": {"num_centroids": (-1, 256)}, "mid": {}, "high": {"vector_lens": (-1, 4)}}
+    monkeypatch.setattr(allocation, "LADDER", ladder)
+    roles = {"self_attn.q_proj": "q", "self_attn.k_proj": "k", "self_attn.v_proj": "v", "self_attn.o_proj": "o"}
+    roles |= {"mlp.gate_proj": "gate", "mlp.up_proj": "up", "mlp.down_proj": "down"}
+    rows = []
+    for block in (0, 1):
+        for leaf, role in roles.items():
+            for j, rung in enumerate(ladder):
+                rows.append(
+                    {
+                        "linear": f"model.layers.{block}.{leaf}",
+                        "block": block,
+                        "role": role,
+                        "rung": rung,
+                        "out": 64,
+                        "in": 64,
+                        "bits": 1.5 + j,
+                        "predicted_kl": (block + 1) * 10.0**-j,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def test_sensitivity_plots_and_explorer(monkeypatch):
+    from vptq_lab.lab import plots
+    from vptq_lab.lab.widgets import build_sensitivity_explorer
+
+    table = _synthetic_table(monkeypatch)
+    fig = plots.sensitivity_heatmap(table, "mid")
+    image = fig.axes[0].images[0].get_array()
+    assert image.shape == (2, 7) and image[1, 0] == 2 * image[0, 0]  # block 1 twice block 0, q column first
+    widget = build_sensitivity_explorer(table)
+    explorer = widget.explorer
+    assert explorer.rung.options == ("low", "mid", "high") and explorer.heatmap.value
+    explorer.budget.value = 2.0  # half a bit above the cheapest rung: the sensitive block gets the extra bits
+    assert explorer.found.bits <= 2.0 + 1e-9
+    assert set(explorer.found.rungs[f"model.layers.1.{leaf}"] for leaf in ("mlp.down_proj", "self_attn.q_proj")) == {
+        "mid"
+    }
+    assert explorer.found.rungs["model.layers.0.mlp.down_proj"] == "low"
+    assert "linears" in explorer.summary.value and explorer.allocation.value
+    check = table[table.rung != "high"].assign(measured_kl=lambda d: d.predicted_kl * 1.5)
+    assert "Spearman rank correlation 1.00" in plots.predicted_vs_measured(check).axes[0].get_title()

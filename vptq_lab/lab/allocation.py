@@ -33,6 +33,7 @@ __all__ = [
     "allocate_mixed",
     "MixedAllocation",
     "uniform_bits",
+    "uniform_bits_of_rung",
 ]
 
 # The candidate configs, from about 1.4 to 4.5 bits per weight on the default model (all overhead): the presets
@@ -115,6 +116,13 @@ def uniform_bits(table: pd.DataFrame, config: VPTQConfig) -> float:
         bits_per_weight(config, (o, i), mode="paper").bits_per_weight for o, i in zip(linears["out"], linears["in"])
     ]
     return float((pd.Series(bits, index=linears.index) * sizes).sum() / sizes.sum())
+
+
+def uniform_bits_of_rung(table: pd.DataFrame, rung: str) -> float:
+    """The model's bits per weight with every linear on ``rung`` of the table (size-weighted, all overhead)."""
+    rows = table[table["rung"] == rung]
+    sizes = rows["out"] * rows["in"]
+    return float((rows["bits"] * sizes).sum() / sizes.sum())
 
 
 @dataclass(frozen=True)

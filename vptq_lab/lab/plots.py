@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import LogLocator
 
 from vptq_lab.core.quantizer import to_vectors
 from vptq_lab.core.qweight import QuantizedWeight
@@ -42,6 +43,10 @@ __all__ = [
     "kernel_results",
     "KERNEL_PATHS",
     "ROLE_ORDER",
+    "sensitivity_heatmap",
+    "allocation_heatmap",
+    "predicted_vs_measured",
+    "spearman",
 ]
 
 ROLE_ORDER = ("q", "k", "v", "qkv", "o", "gate", "up", "gate_up", "down")
@@ -290,7 +295,7 @@ def proxy_loss_by_role(df, log: bool = False, ax: Axes | None = None) -> Figure:
     )
     if log:
         ax.set_yscale("log")
-    ax.legend(title="method")
+    ax.legend(title="method", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes, never on the data
     return fig
 
 
@@ -335,8 +340,18 @@ def column_error(trace: Any, ax: Axes | None = None) -> Figure:
         ylabel="‖w̃_j − q_j‖²·H_jj / tr(WHWᵀ) (log)",
     )
     right.set_ylabel("relative proxy loss after column j")
+    ax.yaxis.set_major_locator(LogLocator(base=10, numticks=12))  # a tick per decade, however few decades
     lines = ax.get_lines() + right.get_lines()
-    ax.legend(lines, [ln.get_label() for ln in lines], fontsize="small", loc="center right")
+    # below the axes: the curves span the whole width, so no corner of the plot is free of them
+    ax.legend(
+        lines,
+        [ln.get_label() for ln in lines],
+        fontsize="small",
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.18),
+        ncol=2,
+        frameon=False,
+    )
     return fig
 
 
@@ -542,4 +557,64 @@ def distillation_curve(report: Any, ax: Axes | None = None) -> Figure:
     lines = ax.get_legend_handles_labels()[0] + kl.get_legend_handles_labels()[0]
     ax.legend(lines, [line.get_label() for line in lines], fontsize=8, loc="upper right")
     ax.set_title("end-to-end distillation (indices fixed)")
+    return fig
+
+
+def _block_role(frame: pd.DataFrame, value: str) -> pd.DataFrame:
+    """``frame``'s ``value`` as blocks (rows) x roles (columns, in :data:`ROLE_ORDER`)."""
+    grid = frame.pivot_table(index="block", columns="role", values=value, aggfunc="mean")
+    return grid[_role_order(grid.columns)]
+
+
+def sensitivity_heatmap(table: pd.DataFrame, rung: str, value: str = "predicted_kl", ax: Axes | None = None) -> Figure:
+    """The sensitivity table (``vptq_lab.lab.allocation.model_sensitivity``) at one rung of the ladder: ``value``
+    (the predicted KL by default) per block and role, on a log colour scale."""
+    from matplotlib.colors import LogNorm
+
+    fig, ax = _fig_ax(ax, (6.0, 6.4))
+    grid = _block_role(table[table["rung"] == rung], value)
+    positive = grid.to_numpy()[grid.to_numpy() > 0]
+    norm = LogNorm(vmin=float(positive.min()), vmax=float(positive.max())) if positive.size else None
+    im = ax.imshow(grid.to_numpy(), aspect="auto", interpolation="nearest", cmap="magma", norm=norm)
+    label = "predicted KL per token (nats)" if value == "predicted_kl" else value
+    fig.colorbar(im, ax=ax, label=label)
+    ax.set_xticks(range(grid.shape[1]), list(grid.columns))
+    ax.set_yticks(range(0, grid.shape[0], 2), [str(b) for b in grid.index[::2]])
+    ax.set(title=f"Sensitivity at {rung}", xlabel="linear role", ylabel="decoder block")
+    return fig
+
+
+def allocation_heatmap(table: pd.DataFrame, rungs: Mapping[str, str], ax: Axes | None = None) -> Figure:
+    """The bits per weight (all overhead) each linear got from a mixed allocation, per block and role. ``rungs``:
+    linear -> rung (``MixedAllocation.rungs``); ``table``: the sensitivity table (for the rungs' bits)."""
+    fig, ax = _fig_ax(ax, (6.0, 6.4))
+    chosen = table[[rungs.get(n) == r for n, r in zip(table["linear"], table["rung"])]]
+    grid = _block_role(chosen, "bits")
+    im = ax.imshow(grid.to_numpy(), aspect="auto", interpolation="nearest", cmap="viridis")
+    fig.colorbar(im, ax=ax, label="bits per weight, all overhead")
+    ax.set_xticks(range(grid.shape[1]), list(grid.columns))
+    ax.set_yticks(range(0, grid.shape[0], 2), [str(b) for b in grid.index[::2]])
+    ax.set(title="Bits each linear gets", xlabel="linear role", ylabel="decoder block")
+    return fig
+
+
+def spearman(a: pd.Series, b: pd.Series) -> float:
+    """Spearman's rank correlation: Pearson's on the ranks (ties averaged), without scipy."""
+    return float(a.rank().corr(b.rank()))
+
+
+def predicted_vs_measured(check: pd.DataFrame, ax: Axes | None = None) -> Figure:
+    """Predicted against measured held-out KL, one point per linear quantized alone (``benchmarks/sensitivity.py``'s
+    check), by role, log-log, with the Spearman rank correlation in the title."""
+    fig, ax = _fig_ax(ax, (6.4, 4.6))
+    for i, role in enumerate(_role_order(check["role"])):
+        rows = check[check["role"] == role]
+        ax.scatter(rows["predicted_kl"], rows["measured_kl"], s=22, marker=_MARKERS[i % len(_MARKERS)], label=role)
+    lo = float(min(check["predicted_kl"].min(), check["measured_kl"].min()))
+    hi = float(max(check["predicted_kl"].max(), check["measured_kl"].max()))
+    ax.plot([lo, hi], [lo, hi], color="0.6", linewidth=1, linestyle=":", label="equal")
+    ax.set(xscale="log", yscale="log", xlabel="predicted KL per token (nats)", ylabel="measured KL per token (nats)")
+    rho = spearman(check["predicted_kl"], check["measured_kl"])
+    ax.set_title(f"One linear quantized alone: Spearman rank correlation {rho:.2f}")
+    ax.legend(title="role", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig

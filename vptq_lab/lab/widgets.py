@@ -29,6 +29,7 @@ from vptq_lab.core.config import VPTQConfig, layer_plan
 from vptq_lab.core.hessian_ops import act_order, condition_hessian
 from vptq_lab.core.quantizer import vptq_quantize
 from vptq_lab.core.qweight import dequantize
+from vptq_lab.errors import VPTQLabError
 from vptq_lab.lab import plots
 from vptq_lab.model.arch import arch_for, get_blocks, get_module, linear_weight
 from vptq_lab.model.hessian import hessian_hooks
@@ -46,6 +47,8 @@ __all__ = [
     "build_outlier_explorer",
     "build_layer_error_browser",
     "build_bit_budget_comparator",
+    "SensitivityExplorer",
+    "build_sensitivity_explorer",
 ]
 
 
@@ -629,3 +632,66 @@ def build_bit_budget_comparator(
     comparator = BitBudgetComparator(shapes, results_df, config)
     comparator.widget.explorer = comparator
     return comparator.widget
+
+
+# Sensitivity explorer -------------------------------------------------------------------------------------
+class SensitivityExplorer:
+    """The sensitivity table (``vptq_lab.lab.allocation.model_sensitivity``) behind a rung picker, and the mixed
+    allocation at a budget: its bits per block and role, and how many linears each rung gets.
+
+    ``table``: one row per linear and rung with linear, block, role, rung, out, in, bits, predicted_kl.
+    """
+
+    def __init__(self, table):
+        from vptq_lab.lab.allocation import uniform_bits_of_rung
+
+        missing = {"linear", "block", "role", "rung", "out", "in", "bits", "predicted_kl"} - set(table.columns)
+        if missing:
+            raise ValueError(f"sensitivity table lacks columns {sorted(missing)}; pass model_sensitivity(...)")
+        self.table = table
+        rungs = list(dict.fromkeys(table["rung"]))
+        self.rung = ipw.Dropdown(options=rungs, value=rungs[len(rungs) // 2], description="config")
+        low, high = (uniform_bits_of_rung(table, r) for r in (rungs[0], rungs[-1]))
+        self.budget = ipw.FloatSlider(
+            value=round(uniform_bits_of_rung(table, self.rung.value), 3),
+            min=round(low, 3),
+            max=round(high, 3),
+            step=0.01,
+            description="budget",
+            continuous_update=False,
+        )
+        self.heatmap, self.allocation = ipw.Image(format="png"), ipw.Image(format="png")
+        self.summary = ipw.HTML()
+        self.found = None
+        self.rung.observe(lambda _: self.show_rung(), "value")
+        self.budget.observe(lambda _: self.allocate(), "value")
+        self.widget = ipw.VBox(
+            [ipw.HBox([self.rung, self.budget]), ipw.HBox([self.heatmap, self.allocation]), self.summary]
+        )
+        self.show_rung()
+        self.allocate()
+
+    def show_rung(self) -> None:
+        _show(self.heatmap, plots.sensitivity_heatmap(self.table, self.rung.value))
+
+    def allocate(self) -> None:
+        from vptq_lab.lab.allocation import allocate_mixed
+
+        try:
+            self.found = allocate_mixed(self.table, self.budget.value)
+        except VPTQLabError as exc:  # a budget below the cheapest rung: say so, keep the last picture
+            self.summary.value = _error(str(exc))
+            return
+        _show(self.allocation, plots.allocation_heatmap(self.table, self.found.rungs))
+        counts = "".join(f"<li>{html.escape(r)}: {n} linears</li>" for r, n in self.found.counts().items())
+        self.summary.value = (
+            f"<p>{self.found.bits:.4f} bits per weight, predicted KL {self.found.cost:.4g} nats per token</p>"
+            f"<ul>{counts}</ul>"
+        )
+
+
+def build_sensitivity_explorer(table) -> ipw.VBox:
+    """The :class:`SensitivityExplorer` widget over a sensitivity table."""
+    explorer = SensitivityExplorer(table)
+    explorer.widget.explorer = explorer
+    return explorer.widget
