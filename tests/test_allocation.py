@@ -308,3 +308,20 @@ def test_sensitivity_plots_and_explorer(monkeypatch):
     assert "linears" in explorer.summary.value and explorer.allocation.value
     check = table[table.rung != "high"].assign(measured_kl=lambda d: d.predicted_kl * 1.5)
     assert "Spearman rank correlation 1.00" in plots.predicted_vs_measured(check).axes[0].get_title()
+
+
+def test_input_energies_are_the_diagonals_of_the_blocks_hessians():
+    from vptq_lab.model.arch import arch_for, get_blocks
+    from vptq_lab.model.passes import block_hessians, capture_block_inputs, input_energies
+
+    model = tiny_llama(hidden=64, layers=3)
+    blocks = get_blocks(model, arch_for(model))
+    inputs = capture_block_inputs(model, blocks[0], _calib())
+    names = ["self_attn.q_proj", "mlp.down_proj"]
+    diags, kept = input_energies(blocks, inputs, names, keep=[2])
+    assert set(diags) == {(b, n) for b in range(3) for n in names} and set(kept) == {2}
+    for b in range(3):
+        H = block_hessians(model, _calib(), b)
+        for n in names:
+            assert torch.allclose(diags[b, n].float(), torch.diagonal(H[n][1]), rtol=1e-4, atol=1e-7), (b, n)
+    assert len(kept[2]) == len(inputs)  # block 2's inputs, one entry per captured batch

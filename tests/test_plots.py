@@ -284,3 +284,14 @@ def test_distillation_curve_marks_the_kept_step():
     assert list(ax.lines[0].get_xdata()) == [0, 10, 20, 30] and list(ax.lines[0].get_ydata()) == [30, 27, 25, 25.5]
     assert list(ax.lines[1].get_xdata()) == [20, 20]  # the kept state
     assert list(kl.lines[0].get_ydata()) == [0.4, 0.3, 0.25]
+
+
+def test_matrix_heatmap_clips_a_few_large_values():
+    M = torch.full((20, 50), 0.2)
+    M[0, 0] = 5.0  # one weight 25x the rest, as on real layers
+    full = plots.matrix_heatmap(M, "all").axes[0].images[0].get_clim()
+    clipped = plots.matrix_heatmap(M, "clipped", clip=0.99).axes[0].images[0].get_clim()
+    assert full == (-5.0, 5.0)
+    assert clipped == pytest.approx((-0.2, 0.2))  # the typical value sets the scale
+    with pytest.raises(ValueError, match="quantile in"):
+        plots.matrix_heatmap(M, "bad", clip=1.5)

@@ -132,14 +132,21 @@ def matrix_heatmap(
     ylabel: str = "row",
     symmetric: bool = True,
     ax: Axes | None = None,
+    clip: float | None = None,
 ) -> Figure:
-    """A matrix as an image with a colorbar; ``symmetric`` centres the colour scale on 0."""
+    """A matrix as an image with a colorbar; ``symmetric`` centres the colour scale on 0. ``clip`` (a quantile in
+    (0, 1], symmetric scale only): the scale ends at that quantile of |value| and the colorbar shows the clipping,
+    so that a few large values do not leave the typical ones white (real weights: a few near ±5, most near ±0.2)."""
+    if clip is not None and not 0.0 < clip <= 1.0:
+        raise ValueError(f"clip={clip!r} must be a quantile in (0, 1], for example 0.995")
     fig, ax = _fig_ax(ax)
     m = _np(M)
-    lim = float(np.abs(m).max()) or 1.0
+    lim = float(np.quantile(np.abs(m), clip)) if clip is not None else float(np.abs(m).max())
+    lim = lim or float(np.abs(m).max()) or 1.0
     kw = dict(cmap="RdBu_r", vmin=-lim, vmax=lim) if symmetric else dict(cmap="viridis")
     im = ax.imshow(m, aspect="auto", interpolation="nearest", **kw)
-    fig.colorbar(im, ax=ax)
+    clipped = symmetric and clip is not None and bool(np.abs(m).max() > lim)
+    fig.colorbar(im, ax=ax, extend="both" if clipped else "neither")
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     return fig
 
@@ -361,11 +368,14 @@ def column_loop_state(trace: Any, c: int) -> Figure:
     fig = Figure(figsize=(10.0, 3.4), layout="constrained")
     a, b, d = fig.subplots(1, 3, width_ratios=[1, 1, 1.1])
     n = trace.in_features
-    matrix_heatmap(trace.weights_at(c), f"weights after {c} of {n} columns", "working column j", "output row i", ax=a)
+    # colour scales clipped at the 99.5th percentile of |value|: on real weights the few largest would wash out the rest
+    matrix_heatmap(
+        trace.weights_at(c), f"weights after {c} of {n} columns", "working column j", "output row i", ax=a, clip=0.995
+    )
     a.axvline(c - 0.5, color="k", linewidth=1.5)
     fed = torch.zeros_like(trace.W)
     fed[:, c:] = -trace.fed_forward(c)
-    matrix_heatmap(fed, "update fed forward to later columns", "working column j", "output row i", ax=b)
+    matrix_heatmap(fed, "update fed forward to later columns", "working column j", "output row i", ax=b, clip=0.995)
     b.axvline(c - 0.5, color="k", linewidth=1.5)
     loss, plain = _np(trace.proxy_loss_feedback), _np(trace.proxy_loss_no_feedback)
     d.plot(np.arange(n + 1), loss, color="C0", label="feedback")

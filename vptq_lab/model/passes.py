@@ -31,6 +31,7 @@ __all__ = [
     "ReplayQuantized",
     "stage_hessians",
     "block_hessians",
+    "input_energies",
 ]
 
 
@@ -192,3 +193,37 @@ def block_hessians(
         for stage in spec.stages
         for name in stage
     }
+
+
+@torch.no_grad()
+def input_energies(
+    blocks: list[nn.Module], inputs: Captured, names: Iterable[str], keep: Iterable[int] = ()
+) -> tuple[dict[tuple[int, str], torch.Tensor], dict[int, Captured]]:
+    """diag(H) = E[x_j²] of the input of each linear in ``names`` (paths within a block, e.g. ``self_attn.q_proj``)
+    in every block, without forming any H: a cheap survey of where the input energy concentrates. The blocks run
+    as they are, from block 0's captured ``inputs`` (:func:`capture_block_inputs`). Returns ``{(block, name): [in]
+    float64}`` and the captured inputs of the blocks in ``keep`` (``{block: Captured}``), for a closer look."""
+    names, keep = list(names), set(keep)
+    sums: dict[tuple[int, str], tuple[torch.Tensor, int]] = {}
+    kept: dict[int, Captured] = {}
+
+    def watch(key: tuple[int, str]):
+        def add(_module: nn.Module, args: tuple) -> None:
+            xs = args[0].reshape(-1, args[0].shape[-1]).double()  # [tokens, in]
+            total, tokens = sums.get(key, (torch.zeros(xs.shape[1], dtype=torch.float64), 0))
+            sums[key] = (total + (xs * xs).sum(0), tokens + xs.shape[0])
+
+        return add
+
+    handles = []
+    try:
+        for b, block in enumerate(blocks):
+            handles += [get_module(block, name).register_forward_pre_hook(watch((b, name))) for name in names]
+        for b, block in enumerate(blocks):
+            if b in keep:
+                kept[b] = inputs
+            inputs = run_block(block, inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {key: total / tokens for key, (total, tokens) in sums.items()}, kept
