@@ -43,14 +43,18 @@ lock:
 test test-fast: export HF_HUB_OFFLINE ?= 1
 test test-fast: export HF_DATASETS_OFFLINE ?= 1
 
-# Lint, the unit tests, then the tutorials under nbval in their smoke configuration (CI=1).
-# Pinning torch and MKL to AVX2 kernels (a no-op on AVX2-only CPUs) keeps notebook 02's digits equal on
+# Lint, the unit tests, then the tutorials under nbval, on the default model.
+# Pinning torch and MKL to AVX2 kernels (a no-op on AVX2-only CPUs) keeps the notebooks' digits equal on
 # AVX-512 CPUs. Cells whose digits vary by CPU or thread count are tagged nbval-ignore-output and checked by
-# asserts (docs/troubleshooting.md, Determinism).
+# asserts (docs/troubleshooting.md, Determinism). The committed outputs were computed on WikiText-2: without a
+# WikiText-2 folder the tutorials run on the stand-in corpus, so nbval runs them and their asserts but does not
+# compare their outputs (--nbval-lax).
+NBVAL_MODE := $(if $(VPTQ_LAB_DATA),--nbval,--nbval-lax)
 test: venv lint
 	$(PY) -m pytest tests -q -p no:cacheprovider
+	$(if $(VPTQ_LAB_DATA),,@echo "no WikiText-2 folder (set VPTQ_LAB_DATA): the tutorials run on the stand-in corpus; outputs not compared")
 	CI=1 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
-		$(PY) -m pytest --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks -q -p no:cacheprovider
+		$(PY) -m pytest $(NBVAL_MODE) --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks -q -p no:cacheprovider
 
 # The quick loop while editing: lint and the unit tests without the default model, the browser or slow tests.
 test-fast: venv lint
