@@ -69,7 +69,7 @@ CONCEPTS = {
         [r"hessian_hooks\(", r"rows\.T @ rows / rows\.shape\[0\]", r"H_tiny\.dtype"],
     ),
     "2.1 layers with one input share one H (q/k/v, gate/up)": ("02", [r"spec\.stages", r"one H serves all three"]),
-    "2.1 quantized vs full-precision propagation": ("05", [r"TINY_CFG\.replace\(propagation=mode\)"]),
+    "2.1 quantized vs full-precision propagation": ("05", [r"SMALL_CFG\.replace\(propagation=mode\)"]),
     "2.1 how much propagation changes the next block's H": ("02", [r"next_hessian\(q_block0\)"]),
     "2.2 dead columns": ("02", [r"condition_hessian\(H_dead", r"Wc\[:, 3\] == 0"]),
     "2.2 damping": ("02", [r"percdamp=0\.01", r"smallest eigenvalue"]),
