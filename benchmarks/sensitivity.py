@@ -33,7 +33,7 @@ BLOCKS = (0, 10, 20, 29)
 RUNGS = ("1.70 v5 k256", "2.40 v4 k512")
 
 
-def check(table: pd.DataFrame, data_dir: str | None, windows: int) -> pd.DataFrame:
+def check(table: pd.DataFrame, data_dir: str | None, windows: int, blocks: tuple[int, ...] = BLOCKS) -> pd.DataFrame:
     """Measured held-out KL of each sampled linear quantized alone, beside the table's predictions."""
     from vptq_lab.core.config import preset
     from vptq_lab.io.data import calibration_windows
@@ -47,7 +47,7 @@ def check(table: pd.DataFrame, data_dir: str | None, windows: int) -> pd.DataFra
     calibration = calibration_windows(tokenizer, load_wikitext2("validation", data_dir), base.nsamples, base.seqlen)
     rungs = dict(ladder())
     rows = []
-    for block in BLOCKS:
+    for block in blocks:
         hessians = block_hessians(model, calibration, block)
         for leaf, (_, H) in hessians.items():
             name = f"model.layers.{block}.{leaf}"
@@ -76,6 +76,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=None, help="WikiText-2 raw folder (default: $VPTQ_LAB_DATA)")
     parser.add_argument("--windows", type=int, default=DISTILL_WINDOWS["heldout"], help="held-out windows of 512")
+    parser.add_argument("--blocks", default=",".join(map(str, BLOCKS)), help="the blocks whose linears the check samples")
     parser.add_argument("--no-check", action="store_true", help="the table only")
     args = parser.parse_args()
     commit = code_commit()
@@ -85,11 +86,12 @@ def main() -> None:
     table.assign(commit=commit).to_csv(RESULTS / "sensitivity.csv", index=False)
     summary = {"commit": commit, "threads": torch.get_num_threads(), "table_seconds": round(seconds, 1)}
     if not args.no_check:
-        found = check(table, args.data_dir, args.windows)
+        found = check(table, args.data_dir, args.windows, tuple(int(b) for b in args.blocks.split(",")))
         found.to_csv(RESULTS / "sensitivity_check.csv", index=False)
         summary.update(
             linears=int(found.linear.nunique()),
             measurements=len(found),
+            blocks=args.blocks,
             held_out_tokens=args.windows * DISTILL_WINDOWS["seqlen"],
             spearman={
                 est: round(spearman(found[est], found.measured_kl), 4)
