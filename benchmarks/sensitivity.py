@@ -76,7 +76,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=None, help="WikiText-2 raw folder (default: $VPTQ_LAB_DATA)")
     parser.add_argument("--windows", type=int, default=DISTILL_WINDOWS["heldout"], help="held-out windows of 512")
-    parser.add_argument("--blocks", default=",".join(map(str, BLOCKS)), help="the blocks whose linears the check samples")
+    parser.add_argument(
+        "--blocks", default=",".join(map(str, BLOCKS)), help="the blocks whose linears the check samples"
+    )
     parser.add_argument("--no-check", action="store_true", help="the table only")
     args = parser.parse_args()
     commit = code_commit()
