@@ -1,6 +1,6 @@
 """Per-linear sensitivity of the default model on the allocation ladder, and how well the prediction ranks reality.
 
-    python benchmarks/sensitivity.py            # the table (cached, about 15 minutes the first time), then the check
+    python benchmarks/sensitivity.py            # the table (cached; about an hour the first time), then the check
 
 1. The sensitivity table (:func:`vptq_lab.lab.allocation.model_sensitivity`): every linear at every rung of the
    ladder, its exact bits and its predicted KL (½ Σ_i G_i (ΔW H ΔWᵀ)_ii). Written to
