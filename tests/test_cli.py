@@ -160,6 +160,10 @@ def test_quantize_with_e2e_then_finetune_again(tiny_model_dir, tmp_path, capsys,
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["distill"]["steps_run"] == 3 and not (tmp_path / "ck").exists()  # checkpoints cleaned up
+    # the summary names the text the calibration came from: the stand-in is never called WikiText-2
+    from vptq_lab import load_wikitext2
+
+    assert ("stand-in" in summary["calibration"]) == (not load_wikitext2("validation").comparable)
     report = json.loads((out / "report.json").read_text())
     assert report["distill"]["config"]["steps"] == 3 and len(report["distill"]["history"]) == 1
 

@@ -426,7 +426,7 @@ def _quantize(
         "mean_proxy_loss_rel": round(float(report.to_dataframe().proxy_loss_rel.mean()), 5),
         "layers": len(report.records),
         "propagation": report.propagation,
-        "calibration": f"{config.nsamples} x {config.seqlen} tokens of WikiText-2 validation",
+        "calibration": f"{config.nsamples} x {config.seqlen} tokens of {run.calibration_text}",
         "seconds": report.seconds,
         # resumed: the earlier runs' time up to their last committed block (None: an older checkpoint folder)
         **({"seconds_before_resume": report.seconds_before_resume} if report.seconds_before_resume != 0.0 else {}),

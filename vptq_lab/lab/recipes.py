@@ -143,6 +143,7 @@ class RecipeRun:
     quantization: Any  # QuantizationReport
     distill: Any = None  # DistillReport, when the recipe distils
     extra: dict[str, Any] = field(default_factory=dict)
+    calibration_text: str = "WikiText-2 validation"  # the text the calibration windows came from
 
     def report(self) -> dict[str, Any]:
         """What ``report.json`` holds: the quantization report, the recipe, and the distillation report."""
@@ -187,7 +188,8 @@ def run_recipe(
     if the_recipe.allocate:
         config, extra["allocation"] = _allocated(the_recipe, config, model, data_dir, progress)
     nsamples, seqlen, seed = _calibration_of(the_recipe)
-    calibration = calibration_windows(tokenizer, load_wikitext2("validation", data_dir), nsamples, seqlen, seed)
+    text = load_wikitext2("validation", data_dir)
+    calibration = calibration_windows(tokenizer, text, nsamples, seqlen, seed)
     report = quantize_(
         student,
         config,
@@ -212,7 +214,8 @@ def run_recipe(
             resume=resume and sub is not None and sub.exists(),
             device=device,
         )
-    return RecipeRun(student, tokenizer, the_recipe, report, distilled, extra)
+    label = "WikiText-2 validation" if text.comparable else text.name
+    return RecipeRun(student, tokenizer, the_recipe, report, distilled, extra, label)
 
 
 def _allocated(the_recipe: Recipe, config: Any, model: str, data_dir: str | None, progress: bool):
