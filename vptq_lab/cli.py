@@ -712,7 +712,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     eval_args = argparse.Namespace(
         split="test", seqlen=2048, max_windows=args.max_windows, data_dir=None, no_progress=False
     )
-    before = _eval_record("default", eval_args)
     staging = out.with_name(f".{out.name}.new")  # the new model lands here, then replaces an earlier demo's folder
     if _written_by_demo(staging):
         _remove_demo_folder(staging)
@@ -722,6 +721,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _remove_demo_folder(out)
     staging.rename(out)
     summary["out"] = args.out
+    # the baseline after the quantization, so that the long step starts within a minute of the model loading
+    before = _eval_record("default", eval_args)
     after = _eval_record(args.out, eval_args)
     rows = {
         "full precision (Q4_1 GGUF baseline)": (16.0, before),
