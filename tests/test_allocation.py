@@ -325,3 +325,24 @@ def test_input_energies_are_the_diagonals_of_the_blocks_hessians():
         for n in names:
             assert torch.allclose(diags[b, n].float(), torch.diagonal(H[n][1]), rtol=1e-4, atol=1e-7), (b, n)
     assert len(kept[2]) == len(inputs)  # block 2's inputs, one entry per captured batch
+
+
+def test_model_sensitivity_reads_its_cache_file_without_loading_a_model(tmp_path, monkeypatch):
+    # benchmarks/sensitivity.py used to record a cache read's 0.1 s as the table's build time; it now asks
+    # sensitivity_cache_file whether the table will be read.
+    from vptq_lab.io import models
+    from vptq_lab.lab import allocation
+
+    monkeypatch.setenv("VPTQ_LAB_CACHE", str(tmp_path))
+    where = allocation.sensitivity_cache_file("default")
+    assert where.parent == tmp_path / "sensitivity" and not where.exists()
+    assert allocation.sensitivity_cache_file("some/other-model") != where
+    rows = [{"linear": "model.layers.0.mlp.down_proj", "rung": "r", "predicted_kl": 0.5}]
+    where.parent.mkdir(parents=True)
+    where.write_text(json.dumps(rows))
+
+    def no_model(*_a, **_k):
+        raise AssertionError("a cached table must not load the model")
+
+    monkeypatch.setattr(models, "load_model", no_model)
+    assert allocation.model_sensitivity("default").to_dict("records") == rows

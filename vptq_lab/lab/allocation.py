@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -30,6 +31,7 @@ __all__ = [
     "FISHER_WINDOWS",
     "ladder",
     "model_sensitivity",
+    "sensitivity_cache_file",
     "allocate_mixed",
     "MixedAllocation",
     "uniform_bits",
@@ -78,18 +80,27 @@ def _key(model: str, nsamples: int, seqlen: int) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def sensitivity_cache_file(model: str = "default") -> Path:
+    """Where :func:`model_sensitivity` caches the table of ``model``: when this file exists, the table is read, not
+    computed."""
+    from vptq_lab.io.models import cache_dir
+
+    base = preset(2)
+    return cache_dir() / "sensitivity" / f"{_key(model, base.nsamples, base.seqlen)}.json"
+
+
 def model_sensitivity(model: str = "default", *, data_dir: str | None = None, progress: bool = True) -> pd.DataFrame:
     """The sensitivity table of ``model`` ("default", a folder or a hub id) on the :data:`LADDER`: one row per linear
     and rung with ``linear``, ``block``, ``role``, ``rung``, ``out``, ``in``, ``bits``, ``proxy_loss_rel``,
     ``proxy_loss`` and ``predicted_kl``. Calibration: the 2-bit preset's WikiText-2 validation windows; the output
     gradients average over the first :data:`FISHER_WINDOWS` of them. Cached (module docstring)."""
     from vptq_lab.io.data import calibration_windows, load_wikitext2
-    from vptq_lab.io.models import cache_dir, load_model
+    from vptq_lab.io.models import load_model
     from vptq_lab.model.sensitivity import output_fisher, sensitivity_table
 
+    done = sensitivity_cache_file(model)
+    folder = done.parent
     base = preset(2)
-    folder = cache_dir() / "sensitivity"
-    done = folder / f"{_key(model, base.nsamples, base.seqlen)}.json"
     if done.is_file():
         return pd.DataFrame(json.loads(done.read_text()))
     net, tokenizer = load_model(model)
