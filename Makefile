@@ -19,14 +19,21 @@ endif
 
 .PHONY: demo test test-fast test-latest lock lint lab venv clean-venv
 
+# .installed: everything (the tests, notebooks and kernels too); .installed-core: what `vptq-lab` needs to run, all
+# that `make demo` waits for. A full install is also a core one.
 $(VENV)/.installed: pyproject.toml scripts/bootstrap.py $(LOCK_FILE)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) scripts/bootstrap.py $(BOOTSTRAP_FLAGS)
+	touch $@ $(VENV)/.installed-core
+
+$(VENV)/.installed-core: pyproject.toml scripts/bootstrap.py $(LOCK_FILE)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) scripts/bootstrap.py --core $(BOOTSTRAP_FLAGS)
 	touch $@
 
 venv: $(VENV)/.installed
 
-demo: venv
+demo: $(VENV)/.installed-core
 	$(PY) -m vptq_lab.cli demo
 
 # The whole suite on the newest versions pyproject.toml allows (a fresh .venv-latest each time, so a release since

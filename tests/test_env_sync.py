@@ -106,3 +106,27 @@ def test_make_installs_from_the_lock_and_test_latest_does_not(repo_script, monke
     calls.clear()
     bootstrap.main(["--latest"])
     assert not any("--constraint" in c for c in calls) and any("-e" in c for c in calls)
+
+
+def test_make_demo_waits_only_for_the_core_install(repo_script, monkeypatch):
+    """`make demo` installs what `vptq-lab` needs (no extras, only the default model of the --no-deps packages), from
+    the lock; `make test` installs everything, which counts as the core install too."""
+    import subprocess
+
+    def dry_run(target: str) -> str:
+        return subprocess.run(
+            ["make", "-n", target, "VENV=/no-such-venv"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout
+
+    assert "scripts/bootstrap.py --core" in dry_run("demo")
+    assert "--core" not in dry_run("venv") and "/no-such-venv/.installed-core" in dry_run("venv")
+    meta = _pyproject()["tool"]["vptq-lab"]
+    assert set(meta["no-deps-core"]) < set(meta["no-deps"])
+
+    bootstrap = repo_script("scripts/bootstrap.py")
+    calls: list[tuple[str, ...]] = []
+    monkeypatch.setattr(bootstrap, "pip", lambda *args: calls.append(args))
+    bootstrap.main(["--core"])
+    project = next(c for c in calls if "-e" in c)
+    assert project == ("--constraint", str(ROOT / "constraints.txt"), "-e", str(ROOT))
+    assert next(c for c in calls if "--no-deps" in c) == ("--no-deps", *meta["no-deps-core"])
