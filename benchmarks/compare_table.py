@@ -49,7 +49,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--windows", type=int, default=32)
     parser.add_argument("--cache", type=Path, default=RESULTS / "compare.cache.jsonl")
+    parser.add_argument(
+        "--figures-only", action="store_true", help="redraw the figures from compare.csv and accuracy.csv; no runs"
+    )
     args = parser.parse_args()
+    if args.figures_only:
+        figures(pd.read_csv(RESULTS / "compare.csv"), args.windows)
+        return
     settings = CompareSettings(windows=args.windows, seqlen=2048)
     table = compare("default", ["rtn", "gptq", "vq", "vptq"], [2, 3, 4], settings=settings, cache=args.cache)
     table.insert(2, "variant", "preset")
@@ -73,7 +79,6 @@ def write(table: pd.DataFrame, windows: int) -> None:
     table.to_csv(RESULTS / "compare.csv", index=False)
 
     table.loc[table.method == "fp", "variant"] = "-"
-    labels = [NAMES[m] + ("" if v in ("preset", "-") else f" {v}") for m, v in zip(table.method, table.variant)]
     shown = table.assign(
         method=[NAMES[m] for m in table.method], row_minutes=((table.quant_seconds + table.eval_seconds) / 60).round(1)
     )
@@ -92,8 +97,33 @@ def write(table: pd.DataFrame, windows: int) -> None:
     ]
     (RESULTS / "compare.md").write_text(markdown_table(shown[cols]))
     print(shown[cols].to_string(index=False))
+    figures(table, windows)
 
-    quant = shown.assign(method=labels)[table.method != "fp"].drop(columns="note")
+
+def accuracy_rows() -> pd.DataFrame:
+    """benchmarks/accuracy.py's rows beyond the uniform presets (the mixed allocations and the fine-tuned models),
+    each named by what its command adds to the preset, for the Pareto figure."""
+    path = RESULTS / "accuracy.csv"
+    if not path.is_file():
+        return pd.DataFrame(columns=["method", "bits", "perplexity"])
+    acc = pd.read_csv(path)
+    acc = acc[(acc.allocation == "mixed") | ~acc.recipe.str.endswith("fine-tuning: none")]
+    method = [
+        ("VPTQ" if r.endswith(": none") else "VPTQ + " + r.split("fine-tuning: ")[1])
+        + (" + --allocate" if a == "mixed" else "")
+        for r, a in zip(acc.recipe, acc.allocation)
+    ]
+    return pd.DataFrame({"method": method, "bits": acc.bits_per_weight, "perplexity": acc.perplexity})
+
+
+def figures(table: pd.DataFrame, windows: int) -> None:
+    """docs/images/compare_pareto.png (the four methods' presets, with accuracy.csv's mixed and fine-tuned rows)
+    and compare_bit_budget.png."""
+    table = table.copy()
+    table.loc[table.method == "fp", "variant"] = "-"
+    labels = [NAMES[m] + ("" if v in ("preset", "-") else f" {v}") for m, v in zip(table.method, table.variant)]
+    quant = table.assign(method=labels)[table.method != "fp"][["method", "bits", "perplexity"]]
+    quant = pd.concat([quant, accuracy_rows()], ignore_index=True)
     fig = plots.bits_vs_perplexity(
         quant, log_y=True, note=f"SmolLM2-135M, WikiText-2 test, first {windows} x 2048 tokens"
     )
