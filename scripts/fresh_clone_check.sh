@@ -3,13 +3,14 @@
 # (pip's and the model's caches start empty), the hub offline, no data folder. Writes DIR/summary.txt.
 #
 #   scripts/fresh_clone_check.sh DIR demo-start   # `make demo` until its quantization starts, then stop it
+#   scripts/fresh_clone_check.sh DIR test         # `make test` alone
 #   scripts/fresh_clone_check.sh DIR all          # `make demo`, `make test`, then the README's torchrun command
 #
 # DIR is created and must not exist: nothing of yours is deleted.
 set -u
-D=${1:?usage: scripts/fresh_clone_check.sh DIR demo-start|all}
+D=${1:?usage: scripts/fresh_clone_check.sh DIR demo-start|test|all}
 MODE=${2:-all}
-case "$MODE" in demo-start|all) ;; *) echo "unknown mode $MODE: choose demo-start or all" >&2; exit 2 ;; esac
+case "$MODE" in demo-start|test|all) ;; *) echo "unknown mode $MODE: choose demo-start, test or all" >&2; exit 2 ;; esac
 [ -e "$D" ] && { echo "$D exists: choose a new folder (this script never deletes one)" >&2; exit 2; }
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$D/home" && D=$(cd "$D" && pwd)
@@ -19,6 +20,9 @@ unset VPTQ_LAB_DATA VPTQ_LAB_CACHE PYTHONPATH CI OMP_NUM_THREADS
 say() { echo "$*" | tee -a "$D/summary.txt"; }
 say "commit $(git rev-parse --short HEAD), $(date -u +%FT%TZ), mode $MODE"
 
+if [ "$MODE" = test ]; then
+  s=$(date +%s); make test > "$D/test.log" 2>&1; say "make test rc=$? in $(( $(date +%s) - s )) s"; exit 0
+fi
 s=$(date +%s)
 setsid make demo > "$D/demo.log" 2>&1 &
 pid=$!
