@@ -56,13 +56,20 @@ def _core_site_packages(folder: Path) -> list[str]:
     return sorted(left_out)
 
 
-RUNNER = """
+# The child's path: site-packages off, the linked copy on, its .pth files too (the editable install maps vptq_lab
+# and vptq_lab.kernels).
+CORE_PATH = """
 import site, sys
 sys.path[:] = [p for p in sys.path if "site-packages" not in p]
-site.addsitedir({site!r})  # its .pth files too: the editable install maps vptq_lab and vptq_lab.kernels
+site.addsitedir({site!r})
+"""
+RUNNER = (
+    CORE_PATH
+    + """
 from vptq_lab.cli import main
 sys.exit(main(sys.argv[1:]))
 """
+)
 
 
 def test_the_core_site_packages_lack_the_extras(tmp_path):
@@ -86,11 +93,10 @@ def test_vptq_lab_quantizes_and_evaluates_without_the_extras(four_block_model_di
         command = [sys.executable, "-S", str(runner), *args, "--no-progress"]  # -S: site-packages off the path
         return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
-    check = subprocess.run(
-        [sys.executable, "-S", "-c", RUNNER.format(site=str(tmp_path / "site")).split("from")[0]
-         + "import importlib.util as u; print([n for n in ('triton', 'IPython', 'pytest') if u.find_spec(n)])"],
-        env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    probe = CORE_PATH.format(site=str(tmp_path / "site")) + (
+        "import importlib.util as u; print([n for n in ('triton', 'IPython', 'pytest') if u.find_spec(n)])"
+    )
+    check = subprocess.run([sys.executable, "-S", "-c", probe], env=env, capture_output=True, text=True, timeout=60)
     assert check.stdout.strip() == "[]", check.stderr[-2000:]  # the child really lacks them
     proc = run("quantize", "--model", str(four_block_model_dir), "--config", str(config), "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
