@@ -29,6 +29,7 @@ from vptq_lab.core.scalar import GPTQConfig, RTNConfig, ScalarBits, scalar_bits
 from vptq_lab.lab import plots
 from vptq_lab.lab.budget import SMOLLM2_135M_SHAPES
 from vptq_lab.lab.compare import CompareSettings, compare
+from vptq_lab.lab.results import beyond_presets
 
 RESULTS = Path("benchmarks/results")
 IMAGES = Path("docs/images")
@@ -106,14 +107,8 @@ def accuracy_rows() -> pd.DataFrame:
     path = RESULTS / "accuracy.csv"
     if not path.is_file():
         return pd.DataFrame(columns=["method", "bits", "perplexity"])
-    acc = pd.read_csv(path)
-    acc = acc[(acc.allocation == "mixed") | ~acc.recipe.str.endswith("fine-tuning: none")]
-    method = [
-        ("VPTQ" if r.endswith(": none") else "VPTQ + " + r.split("fine-tuning: ")[1])
-        + (" + --allocate" if a == "mixed" else "")
-        for r, a in zip(acc.recipe, acc.allocation)
-    ]
-    return pd.DataFrame({"method": method, "bits": acc.bits_per_weight, "perplexity": acc.perplexity})
+    rows = beyond_presets(pd.read_csv(path))
+    return pd.DataFrame({"method": rows.method, "bits": rows.bits_per_weight, "perplexity": rows.perplexity})
 
 
 def figures(table: pd.DataFrame, windows: int) -> None:

@@ -17,7 +17,16 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RESULTS_VERSION", "peak_rss", "config_key", "cache_versions", "current_rows", "append_row", "code_commit"]
+__all__ = [
+    "RESULTS_VERSION",
+    "peak_rss",
+    "config_key",
+    "cache_versions",
+    "current_rows",
+    "append_row",
+    "code_commit",
+    "beyond_presets",
+]
 
 
 @contextmanager
@@ -132,3 +141,16 @@ def code_commit(root: str | Path | None = None) -> str:
     except (OSError, subprocess.SubprocessError):
         return f"vptq_lab {vptq_lab.__version__} (not a git checkout)"
     return commit + ("+dirty" if dirty else "")
+
+
+def beyond_presets(accuracy: Any) -> Any:
+    """The rows of ``benchmarks/results/accuracy.csv`` (a DataFrame) beyond the uniform presets: the mixed
+    allocations and the fine-tuned models, with a ``method`` column naming what each command adds to the preset
+    ("VPTQ + --allocate", "VPTQ + e2e + --allocate"), as the plots label them."""
+    rows = accuracy[(accuracy.allocation == "mixed") | ~accuracy.recipe.str.endswith("fine-tuning: none")]
+    method = [
+        ("VPTQ" if r.endswith(": none") else "VPTQ + " + r.split("fine-tuning: ")[1])
+        + (" + --allocate" if a == "mixed" else "")
+        for r, a in zip(rows.recipe, rows.allocation)
+    ]
+    return rows.assign(method=method)
