@@ -26,6 +26,7 @@ import torch
 from _bench import RESULTS, add_malloc_arg, apply_malloc, markdown_table
 
 from vptq_lab import Recipe, load_model, perplexity, recipe, run_recipe
+from vptq_lab.lab.allocation import read_role_scale
 from vptq_lab.lab.results import append_row, cache_versions, code_commit, current_rows, peak_rss
 
 CACHE = RESULTS / "accuracy.cache.jsonl"
@@ -49,18 +50,23 @@ COLUMNS = [
 ]
 
 # row -> (the recipe, the command that runs it, the allocation it uses): per budget, the preset alone and the best
-# fine-tuning, each with one config for every linear and with a config per linear (--allocate)
+# fine-tuning, each with one config for every linear, with a config per linear (--allocate), and with a config per
+# linear whose predicted costs are scaled per role by the sensitivity check (--role-scale, benchmarks/sensitivity.py)
 FINETUNE = {2: "e2e", 3: "layer+e2e", 4: "layer+e2e"}
+ROLE_SCALE = RESULTS / "role_scale.json"
+ALLOCATIONS = {"": ("uniform", ""), "-mixed": ("mixed", " --allocate")}
+ALLOCATIONS["-mixed-scaled"] = ("mixed, role-scaled", " --allocate --role-scale benchmarks/results/role_scale.json")
 ROWS: dict[str, tuple[Callable[[], Recipe], str, str]] = {}
 for _b in (2, 3, 4):
     for _stage, _mode in (("preset", "none"), ("best", FINETUNE[_b])):
-        for _allocate in (False, True):
-            _flags = f" --finetune {_mode}" if _mode != "none" else ""
-            _flags += " --allocate" if _allocate else ""
-            ROWS[f"{_b}-{_stage}" + ("-mixed" if _allocate else "")] = (
-                lambda b=_b, m=_mode, a=_allocate: recipe(b, finetune=m, allocate=a),
+        for _suffix, (_allocation, _allocate_flags) in ALLOCATIONS.items():
+            _flags = (f" --finetune {_mode}" if _mode != "none" else "") + _allocate_flags
+            ROWS[f"{_b}-{_stage}{_suffix}"] = (
+                lambda b=_b, m=_mode, x=_suffix: recipe(
+                    b, finetune=m, allocate=bool(x), role_scale=read_role_scale(ROLE_SCALE) if "scaled" in x else None
+                ),
                 f"vptq-lab quantize --bits {_b}{_flags} --out DIR",
-                "mixed" if _allocate else "uniform",
+                _allocation,
             )
 
 

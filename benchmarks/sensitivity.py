@@ -10,6 +10,11 @@
    distillation's held-out validation windows. The Spearman rank correlation of the prediction with the
    measurement, beside that of the plain proxy losses (absolute and relative), goes to ``sensitivity_check.json``
    and the measurements to ``sensitivity_check.csv``.
+3. The role scale: per role, the geometric mean of measured / predicted KL over the check
+   (:func:`vptq_lab.lab.allocation.role_scale_from_check`), written to ``role_scale.json`` for
+   ``vptq-lab quantize --allocate --role-scale``.
+
+    python benchmarks/sensitivity.py --summary-only   # 2 and 3 again from sensitivity_check.csv, measuring nothing
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import torch
 from _bench import RESULTS
 
 from vptq_lab import load_model, load_wikitext2, split_heldout, tokenize
-from vptq_lab.lab.allocation import ladder, model_sensitivity, sensitivity_cache_file
+from vptq_lab.lab.allocation import ladder, model_sensitivity, role_scale_from_check, sensitivity_cache_file
 from vptq_lab.lab.plots import spearman
 from vptq_lab.lab.recipes import DISTILL_WINDOWS
 from vptq_lab.lab.results import code_commit
@@ -72,6 +77,26 @@ def check(table: pd.DataFrame, data_dir: str | None, windows: int, blocks: tuple
     return pd.DataFrame(rows)
 
 
+def summarize(found: pd.DataFrame) -> dict:
+    """The check's agreement (Spearman, overall and per rung) and the role scale it measures."""
+    return {
+        "linears": int(found.linear.nunique()),
+        "measurements": len(found),
+        "spearman": {
+            est: round(spearman(found[est], found.measured_kl), 4)
+            for est in ("predicted_kl", "proxy_loss", "proxy_loss_rel")
+        },
+        "spearman_within_rung": {
+            rung: round(spearman(g.predicted_kl, g.measured_kl), 4) for rung, g in found.groupby("rung")
+        },
+        "role_scale": role_scale_from_check(found),
+    }
+
+
+def write_role_scale(summary: dict) -> None:
+    (RESULTS / "role_scale.json").write_text(json.dumps(summary["role_scale"], indent=1, sort_keys=True) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=None, help="WikiText-2 raw folder (default: $VPTQ_LAB_DATA)")
@@ -80,7 +105,19 @@ def main() -> None:
         "--blocks", default=",".join(map(str, BLOCKS)), help="the blocks whose linears the check samples"
     )
     parser.add_argument("--no-check", action="store_true", help="the table only")
+    parser.add_argument(
+        "--summary-only",
+        action="store_true",
+        help="recompute the check's summary and role scale from sensitivity_check.csv (its commit kept); no model",
+    )
     args = parser.parse_args()
+    if args.summary_only:
+        old = json.loads((RESULTS / "sensitivity_check.json").read_text())
+        summary = {**old, **summarize(pd.read_csv(RESULTS / "sensitivity_check.csv"))}
+        (RESULTS / "sensitivity_check.json").write_text(json.dumps(summary, indent=1) + "\n")
+        write_role_scale(summary)
+        print(json.dumps(summary, indent=1))
+        return
     commit = code_commit()
     cached = sensitivity_cache_file("default").is_file()  # then the table is read, and its time is not the build's
     start = time.perf_counter()
@@ -96,19 +133,8 @@ def main() -> None:
     if not args.no_check:
         found = check(table, args.data_dir, args.windows, tuple(int(b) for b in args.blocks.split(",")))
         found.to_csv(RESULTS / "sensitivity_check.csv", index=False)
-        summary.update(
-            linears=int(found.linear.nunique()),
-            measurements=len(found),
-            blocks=args.blocks,
-            held_out_tokens=args.windows * DISTILL_WINDOWS["seqlen"],
-            spearman={
-                est: round(spearman(found[est], found.measured_kl), 4)
-                for est in ("predicted_kl", "proxy_loss", "proxy_loss_rel")
-            },
-            spearman_within_rung={
-                rung: round(spearman(g.predicted_kl, g.measured_kl), 4) for rung, g in found.groupby("rung")
-            },
-        )
+        summary.update(blocks=args.blocks, held_out_tokens=args.windows * DISTILL_WINDOWS["seqlen"], **summarize(found))
+        write_role_scale(summary)
     (RESULTS / "sensitivity_check.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary, indent=1))
 

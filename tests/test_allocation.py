@@ -198,6 +198,84 @@ def test_allocate_mixed_spends_the_budget_where_the_table_says(monkeypatch):
         allocation.allocate_mixed(pd.DataFrame(rows), budget=1.4)
 
 
+def test_role_scale_moves_bits_to_the_role_the_check_finds_fragile(monkeypatch):
+    import vptq_lab.lab.allocation as allocation
+
+    table = _synthetic_table(monkeypatch)
+    budget = 2.5  # the middle rung on average: bits to move from one linear to another
+    plain = allocation.allocate_mixed(table, budget)
+    # the check finds v ten times less sensitive than predicted and gate ten times more: bits leave v for gate
+    scaled = allocation.allocate_mixed(table, budget, role_scale={"v": 0.1, "gate": 10.0})
+    assert scaled.bits <= budget + 1e-9
+    bits = table.set_index(["linear", "rung"]).bits
+
+    def role_bits(found, leaf):
+        return sum(bits[(n, r)] for n, r in found.rungs.items() if leaf in n)
+
+    assert role_bits(scaled, "v_proj") < role_bits(plain, "v_proj")
+    assert role_bits(scaled, "gate_proj") > role_bits(plain, "gate_proj")
+    # the reported cost is the scaled one; a factor of 1 everywhere changes nothing
+    chosen = table.set_index(["linear", "rung"]).predicted_kl
+    factor = {"v": 0.1, "gate": 10.0}
+    assert scaled.cost == pytest.approx(
+        sum(chosen[(n, r)] * factor.get(table[table.linear == n].role.iloc[0], 1.0) for n, r in scaled.rungs.items())
+    )
+    assert allocation.allocate_mixed(table, budget, role_scale={"v": 1.0}).rungs == plain.rungs
+
+
+@pytest.mark.parametrize(
+    ("scale", "match"),
+    [({"value": 0.5}, "lacks: its roles are"), ({"v": 0.0}, "positive finite"), ({"v": "x"}, "positive finite")],
+)
+def test_role_scale_refuses_unknown_roles_and_bad_factors(monkeypatch, scale, match):
+    import vptq_lab.lab.allocation as allocation
+
+    with pytest.raises(VPTQLabError, match=match):
+        allocation.allocate_mixed(_synthetic_table(monkeypatch), 2.5, role_scale=scale)
+
+
+def test_role_scale_from_check_is_the_geometric_mean_ratio_per_role(tmp_path):
+    from vptq_lab.lab.allocation import read_role_scale, role_scale_from_check
+
+    check = pd.DataFrame(
+        {
+            "role": ["v", "v", "down", "down"],
+            "measured_kl": [1.0, 4.0, 3.0, 0.0],  # a zero measurement is left out, not a log of zero
+            "predicted_kl": [4.0, 4.0, 2.0, 1.0],
+        }
+    )
+    assert role_scale_from_check(check) == {"v": 0.5, "down": 1.5}
+    with pytest.raises(VPTQLabError, match="needs the columns"):
+        role_scale_from_check(check.drop(columns="measured_kl"))
+    path = tmp_path / "scale.json"
+    with pytest.raises(VPTQLabError, match="does not exist"):
+        read_role_scale(path)
+    path.write_text("{v: 1}")
+    with pytest.raises(VPTQLabError, match="is not JSON"):
+        read_role_scale(path)
+    path.write_text("[0.5]")
+    with pytest.raises(VPTQLabError, match="one JSON object"):
+        read_role_scale(path)
+    path.write_text('{"v": -1}')
+    with pytest.raises(VPTQLabError, match="positive finite"):
+        read_role_scale(path)
+    path.write_text(json.dumps(role_scale_from_check(check)))
+    assert read_role_scale(path) == {"v": 0.5, "down": 1.5}
+
+
+def test_role_scale_travels_in_the_recipe_and_only_with_allocate():
+    from vptq_lab.lab.recipes import recipe
+
+    plain = recipe(2, finetune="none", allocate=True)
+    scaled = recipe(2, finetune="none", allocate=True, role_scale={"v": 0.25, "k": 0.5})
+    assert "role_scale" not in plain.to_dict()  # the rows measured before the field keep their cache keys
+    assert scaled.to_dict()["role_scale"] == {"k": 0.5, "v": 0.25}
+    with pytest.raises(VPTQLabError, match="needs allocate=True"):
+        recipe(2, finetune="none", role_scale={"v": 0.25})
+    with pytest.raises(VPTQLabError, match="baseline"):
+        recipe(2, method="rtn", role_scale={"v": 0.25})
+
+
 # The command line -------------------------------------------------------------------------------------------------
 
 
@@ -240,6 +318,12 @@ def test_allocate_command_writes_a_config_that_quantize_runs(tiny_model_dir, tmp
     assert main(argv) == 2  # --out exists: refused, the file kept
     assert MixedConfig.from_json(out.read_text()) == mixed
     capsys.readouterr()
+    scale = tmp_path / "scale.json"
+    scale.write_text('{"v": 0.5}')
+    scaled_out = tmp_path / "scaled.json"
+    argv_scaled = [*argv[:6], str(scaled_out), "--role-scale", str(scale), "--json", "--no-progress"]
+    assert main(argv_scaled) == 0  # the cached table, its costs scaled
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["role_scale"] == {"v": 0.5}
     q = tmp_path / "q"
     assert (
         main(
@@ -259,6 +343,24 @@ def test_allocate_command_writes_a_config_that_quantize_runs(tiny_model_dir, tmp
     )
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert record["bits_per_weight"] == pytest.approx(summary["bits_per_weight"], abs=1e-4)
+
+
+def test_role_scale_flag_is_refused_where_nothing_allocates(tmp_path, capsys):
+    from vptq_lab.cli import main
+
+    scale = tmp_path / "scale.json"
+    scale.write_text('{"v": 0.5}')
+    config = tmp_path / "config.json"
+    config.write_text(SMALL.to_json())
+    for extra, message in (
+        (["--bits", "2"], "add --allocate"),
+        (["--config", str(config)], "not --config"),
+        (["--bits", "2", "--allocate", "--role-scale", str(tmp_path / "none.json")], "does not exist"),
+    ):
+        flags = extra if "--role-scale" in extra else [*extra, "--role-scale", str(scale)]
+        assert main(["quantize", *flags, "--out", str(tmp_path / "q"), "--no-progress"]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()
 
 
 def _synthetic_table(monkeypatch) -> pd.DataFrame:

@@ -24,6 +24,10 @@ DATA_DIR_HELP = (
 
 
 FINETUNE_CHOICES = ("none", "layer", "e2e", "layer+e2e")
+ROLE_SCALE_HELP = (
+    'a JSON file, role -> factor on that role\'s predicted cost (e.g. {"v": 0.25}), as benchmarks/sensitivity.py '
+    "writes from a measured check (benchmarks/results/role_scale.json for the default model)"
+)
 
 
 def _add_distill_args(p: argparse.ArgumentParser) -> None:
@@ -192,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
         "within the --bits preset's bits per weight; the sensitivity it needs is measured once per model (about "
         "ten minutes on two cores) and cached",
     )
+    p.add_argument("--role-scale", default=None, help=ROLE_SCALE_HELP + " (needs --allocate)")
     _add_distill_args(p)
     _add_device_args(p)
     p.set_defaults(func=cmd_quantize)
@@ -200,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="default", help="'default', a local folder or a hub id")
     p.add_argument("--budget", type=float, required=True, help="average bits per weight, all overhead (e.g. 1.985)")
     p.add_argument("--out", required=True, help="the MixedConfig JSON file to write (for quantize --config)")
+    p.add_argument("--role-scale", default=None, help=ROLE_SCALE_HELP)
     p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP + "; calibration uses the validation split")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -492,6 +498,7 @@ def _cli_recipe(args: argparse.Namespace):
     """The recipe `vptq-lab quantize` runs: on a preset (--bits), the budget's tuned recipe with --finetune's mode
     (its distillation changed by --distill-* flags); with --config, that config, layer-wise fine-tuning as the file
     says it, and DistillConfig's defaults changed by the flags."""
+    from vptq_lab.lab.allocation import read_role_scale
     from vptq_lab.lab.recipes import DISTILL_RECIPES, Recipe, recipe
 
     config = _load_config(args)
@@ -501,17 +508,22 @@ def _cli_recipe(args: argparse.Namespace):
     if args.config is not None:
         if args.allocate:
             raise VPTQLabError("--allocate chooses a config per linear itself: give --bits, not --config")
+        if args.role_scale is not None:
+            raise VPTQLabError("--role-scale weighs --allocate's choice: give --bits and --allocate, not --config")
         distill = _distill_config({}, args) if e2e else None
         return Recipe(config, "vptq", args.finetune, distill)
     distill = _distill_config(DISTILL_RECIPES[args.bits], args) if e2e else None
     tuned = recipe(args.bits, finetune=args.finetune)
     quantize = tuned.quantize if args.seed is None else tuned.quantize.replace(seed=args.seed)
-    return Recipe(quantize, "vptq", args.finetune, distill, args.bits, args.allocate)
+    if args.role_scale is not None and not args.allocate:
+        raise VPTQLabError("--role-scale corrects the costs --allocate weighs: add --allocate, or drop --role-scale")
+    scale = None if args.role_scale is None else tuple(sorted(read_role_scale(args.role_scale).items()))
+    return Recipe(quantize, "vptq", args.finetune, distill, args.bits, args.allocate, scale)
 
 
 def cmd_allocate(args: argparse.Namespace) -> int:
     from vptq_lab.core.config import preset
-    from vptq_lab.lab.allocation import allocate_mixed, model_sensitivity
+    from vptq_lab.lab.allocation import allocate_mixed, model_sensitivity, read_role_scale
 
     out = Path(args.out)
     if out.exists():
@@ -519,8 +531,9 @@ def cmd_allocate(args: argparse.Namespace) -> int:
     _check_writable_parent(out)
     if not 0 < args.budget <= 16:
         raise VPTQLabError(f"--budget {args.budget} must be an average number of bits per weight in (0, 16]")
+    scale = None if args.role_scale is None else read_role_scale(args.role_scale)  # checked before the long work
     table = model_sensitivity(args.model, data_dir=args.data_dir, progress=not args.no_progress)
-    found = allocate_mixed(table, args.budget)
+    found = allocate_mixed(table, args.budget, role_scale=scale)
     runwide = preset(2)  # the presets' calibration and run-wide settings
     config = found.config.replace(nsamples=runwide.nsamples, seqlen=runwide.seqlen)
     out.write_text(json.dumps(config.to_dict(), indent=1) + "\n")
@@ -531,6 +544,7 @@ def cmd_allocate(args: argparse.Namespace) -> int:
         "bits_per_weight": round(found.bits, 4),
         "predicted_kl": round(found.cost, 6),
         "rungs": found.counts(),
+        **({"role_scale": scale} if scale is not None else {}),
     }
     _print_record(summary, args.json)
     return 0

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,8 @@ __all__ = [
     "MixedAllocation",
     "uniform_bits",
     "uniform_bits_of_rung",
+    "role_scale_from_check",
+    "read_role_scale",
 ]
 
 # The candidate configs, from about 1.4 to 4.5 bits per weight on the default model (all overhead): the presets
@@ -151,10 +155,63 @@ class MixedAllocation:
         return {r: sum(1 for x in self.rungs.values() if x == r) for r in LADDER if r in self.rungs.values()}
 
 
-def allocate_mixed(table: pd.DataFrame, budget: float, cost: str = "predicted_kl") -> MixedAllocation:
+def role_scale_from_check(check: pd.DataFrame) -> dict[str, float]:
+    """Per role, how far the measured KL of a linear quantized alone is from its prediction: the geometric mean of
+    ``measured_kl / predicted_kl`` over a check's rows (``benchmarks/sensitivity.py`` measures one). Multiplying a
+    role's predicted KL by it (``allocate_mixed(..., role_scale=)``) corrects the prediction's scale per role."""
+    need = {"role", "measured_kl", "predicted_kl"}
+    if not need <= set(check.columns):
+        raise VPTQLabError(f"a sensitivity check needs the columns {sorted(need)}; this one has {list(check.columns)}")
+    usable = check[(check.measured_kl > 0) & (check.predicted_kl > 0)]
+    if usable.empty:
+        raise VPTQLabError("the sensitivity check has no row with a positive measured and predicted KL")
+    logs = (usable.measured_kl / usable.predicted_kl).map(math.log)
+    return {role: round(math.exp(v), 4) for role, v in logs.groupby(usable.role).mean().items()}
+
+
+def read_role_scale(path: str | Path) -> dict[str, float]:
+    """A role-scale JSON file, ``{"v": 0.25, "k": 0.46, ...}`` (role -> factor on its predicted KL), checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise VPTQLabError(f'role-scale file {path} does not exist: give a JSON file such as {{"v": 0.5}}')
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise VPTQLabError(f'role-scale file {path} is not JSON ({exc}): write it as {{"v": 0.5}}') from exc
+    if not isinstance(data, dict):
+        raise VPTQLabError(f'role-scale file {path} must hold one JSON object, role -> factor, e.g. {{"v": 0.5}}')
+    scale = {str(k): v for k, v in data.items()}
+    _check_factors(scale)
+    return scale
+
+
+def _check_factors(role_scale: Mapping[str, Any]) -> None:
+    for role, factor in role_scale.items():
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < math.inf:
+            raise VPTQLabError(f"role_scale[{role!r}] = {factor!r}: a factor must be a positive finite number")
+
+
+def _scaled_costs(table: pd.DataFrame, cost: str, role_scale: Mapping[str, float] | None) -> pd.Series:
+    """``table[cost]``, each row multiplied by its role's factor in ``role_scale`` (1 for a role it does not name)."""
+    if not role_scale:
+        return table[cost]
+    roles = set(table.role)
+    unknown = sorted(set(role_scale) - roles)
+    if unknown:
+        raise VPTQLabError(f"role_scale names {unknown}, which this model lacks: its roles are {sorted(roles)}")
+    _check_factors(role_scale)
+    return table[cost] * table.role.map(lambda r: float(role_scale.get(r, 1.0)))
+
+
+def allocate_mixed(
+    table: pd.DataFrame, budget: float, cost: str = "predicted_kl", role_scale: Mapping[str, float] | None = None
+) -> MixedAllocation:
     """Each linear gets the rung of least summed ``cost`` within ``budget`` average bits per weight (all overhead,
-    size-weighted). The config's default is the rung most linears get; the others are listed per linear."""
+    size-weighted). The config's default is the rung most linears get; the others are listed per linear.
+    ``role_scale``: role (``q``, ``v``, ``down``, ...) -> a factor on that role's cost, for example
+    :func:`role_scale_from_check` of a measured check; the reported cost is then the scaled one."""
     rungs = dict(ladder())
+    table = table.assign(**{cost: _scaled_costs(table, cost, role_scale)})
     names = list(dict.fromkeys(table.linear))
     order = list(rungs)
     by = table.set_index(["linear", "rung"])

@@ -15,6 +15,7 @@ the notebooks all call it, so a table's row and the command that reproduces it t
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,9 @@ class Recipe:
     # mixed allocation: each linear gets the ladder's config of least predicted cost within the bits of ``quantize``
     # on the model (:mod:`vptq_lab.lab.allocation`); ``quantize`` then gives only the run-wide settings
     allocate: bool = False
+    # with ``allocate``: role -> a factor on that role's predicted cost (:func:`.allocation.role_scale_from_check`),
+    # as sorted (role, factor) pairs
+    role_scale: tuple[tuple[str, float], ...] | None = None
 
     def __post_init__(self) -> None:
         if self.finetune not in FINETUNE_MODES:
@@ -81,6 +85,8 @@ class Recipe:
             raise VPTQLabError(f"layer-wise fine-tuning trains codebooks: method {self.method!r} has none")
         if self.allocate and (self.method != "vptq" or not isinstance(self.quantize, VPTQConfig)):
             raise VPTQLabError("mixed allocation (allocate=True) chooses among VPTQ configs: give a VPTQConfig")
+        if self.role_scale is not None and not self.allocate:
+            raise VPTQLabError("role_scale corrects the costs mixed allocation weighs: it needs allocate=True")
 
     @property
     def layerwise(self) -> bool:
@@ -98,17 +104,25 @@ class Recipe:
             "quantize": self.quantize.to_dict(),
             "distill": None if self.distill is None else self.distill.to_dict(),
             "allocate": self.allocate,
+            # only when set, so the recipes measured before it keep their cache keys
+            **({"role_scale": dict(self.role_scale)} if self.role_scale is not None else {}),
         }
 
 
 def recipe(
-    bits: int, method: str = "vptq", finetune: str | None = None, allocate: bool = False, **distill_changes: Any
+    bits: int,
+    method: str = "vptq",
+    finetune: str | None = None,
+    allocate: bool = False,
+    role_scale: Mapping[str, float] | None = None,
+    **distill_changes: Any,
 ) -> Recipe:
     """The tuned recipe at ``bits`` (2, 3 or 4) total bits per weight, overhead included.
 
     ``method``: "vptq" (default), or a baseline ("vq", "gptq", "rtn") with its preset and no fine-tuning.
     ``finetune``: default, the one measured best at the budget (:data:`BEST_FINETUNE`); "none" gives the
-    quantizer's preset alone. ``allocate``: a config per linear within the preset's bits (:mod:`.allocation`).
+    quantizer's preset alone. ``allocate``: a config per linear within the preset's bits (:mod:`.allocation`);
+    ``role_scale``: with it, a factor per role on the predicted costs (:func:`.allocation.role_scale_from_check`).
     ``distill_changes``: DistillConfig fields to change in the budget's distillation.
     """
     from vptq_lab.core.config import PRESETS, preset
@@ -120,7 +134,7 @@ def recipe(
     if method not in METHODS:
         raise VPTQLabError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
     if method != "vptq":
-        if finetune not in (None, "none") or distill_changes or allocate:
+        if finetune not in (None, "none") or distill_changes or allocate or role_scale is not None:
             raise VPTQLabError(f"the {method!r} baseline is measured uniform, without fine-tuning: drop finetune=")
         return Recipe(method_preset(method, bits), method, "none", None, bits)
     finetune = BEST_FINETUNE[bits] if finetune is None else finetune
@@ -130,7 +144,8 @@ def recipe(
     distill = DistillConfig(**{**DISTILL_RECIPES[bits], **distill_changes}) if "e2e" in finetune else None
     if distill_changes and distill is None:
         raise VPTQLabError(f"distillation settings {sorted(distill_changes)} given, but finetune={finetune!r}")
-    return Recipe(quantize, "vptq", finetune, distill, bits, allocate)
+    scale = None if role_scale is None else tuple(sorted((str(k), float(v)) for k, v in role_scale.items()))
+    return Recipe(quantize, "vptq", finetune, distill, bits, allocate, scale)
 
 
 @dataclass
@@ -226,9 +241,12 @@ def _allocated(the_recipe: Recipe, config: Any, model: str, data_dir: str | None
 
     table = model_sensitivity(model, data_dir=data_dir, progress=progress)
     budget = uniform_bits(table, config)
-    found = allocate_mixed(table, budget)
+    scale = None if the_recipe.role_scale is None else dict(the_recipe.role_scale)
+    found = allocate_mixed(table, budget, role_scale=scale)
     mixed = found.config.replace(**{f: getattr(config, f) for f in (*MODEL_FIELDS, "seed")})
     summary = {"budget": round(budget, 4), "bits_per_weight": round(found.bits, 4), "predicted_kl": found.cost}
+    if scale is not None:
+        summary["role_scale"] = scale
     return mixed, {**summary, "rungs": found.counts(), "per_linear": found.rungs}
 
 
