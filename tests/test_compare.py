@@ -206,3 +206,22 @@ def test_config_key_omits_only_later_fields_left_at_their_default():
     changed = config_key(DistillConfig(schedule="cosine", train_head=True))
     assert changed["schedule"] == "cosine" and changed["train_head"] is True
     assert config_key(SMALL.replace(codebook_scope="per-block"))["codebook_scope"] == "per-block"
+
+
+def test_beyond_presets_names_what_each_command_adds():
+    from vptq_lab.lab.results import beyond_presets
+
+    table = pd.DataFrame(
+        {
+            "row": ["2-preset", "2-preset-mixed", "2-preset-mixed-scaled", "2-best", "2-best-mixed"],
+            "recipe": ["2-bit preset, fine-tuning: none"] * 3 + ["2-bit preset, fine-tuning: e2e"] * 2,
+            "allocation": ["uniform", "mixed", "mixed, role-scaled", "uniform", "mixed"],
+        }
+    )
+    found = beyond_presets(table)
+    assert dict(zip(found.row, found.method)) == {
+        "2-preset-mixed": "VPTQ + --allocate",
+        "2-preset-mixed-scaled": "VPTQ + --allocate --role-scale",
+        "2-best": "VPTQ + e2e",
+        "2-best-mixed": "VPTQ + e2e + --allocate",
+    }

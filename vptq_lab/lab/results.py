@@ -146,11 +146,11 @@ def code_commit(root: str | Path | None = None) -> str:
 def beyond_presets(accuracy: Any) -> Any:
     """The rows of ``benchmarks/results/accuracy.csv`` (a DataFrame) beyond the uniform presets: the mixed
     allocations and the fine-tuned models, with a ``method`` column naming what each command adds to the preset
-    ("VPTQ + --allocate", "VPTQ + e2e + --allocate"), as the plots label them."""
-    rows = accuracy[(accuracy.allocation == "mixed") | ~accuracy.recipe.str.endswith("fine-tuning: none")]
+    ("VPTQ + --allocate", "VPTQ + e2e + --allocate", "VPTQ + --allocate --role-scale"), as the plots label them."""
+    flags = {"uniform": "", "mixed": " + --allocate", "mixed, role-scaled": " + --allocate --role-scale"}
+    rows = accuracy[(accuracy.allocation != "uniform") | ~accuracy.recipe.str.endswith("fine-tuning: none")]
     method = [
-        ("VPTQ" if r.endswith(": none") else "VPTQ + " + r.split("fine-tuning: ")[1])
-        + (" + --allocate" if a == "mixed" else "")
+        ("VPTQ" if r.endswith(": none") else "VPTQ + " + r.split("fine-tuning: ")[1]) + flags[a]
         for r, a in zip(rows.recipe, rows.allocation)
     ]
     return rows.assign(method=method)
