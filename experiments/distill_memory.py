@@ -12,6 +12,7 @@ time, page faults included) is the figure to compare speed by when other jobs sh
     OMP_NUM_THREADS=1 python experiments/distill_memory.py --student DIR --mode plain
     OMP_NUM_THREADS=1 python experiments/distill_memory.py --student DIR --mode checkpointing
     OMP_NUM_THREADS=1 python experiments/distill_memory.py --student DIR --mode plain --malloc release
+    python experiments/distill_memory.py --student DIR --recipe 2 --label NAME   # the 2-bit recipe's settings
 
 Results go to ``benchmarks/results/distill_memory.json`` (one entry per mode and malloc setting, replaced when
 rerun).
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,7 +32,7 @@ from _bench import RESULTS, add_malloc_arg, apply_malloc
 
 from vptq_lab import load_model, load_wikitext2
 from vptq_lab.io.data import split_heldout, tokenize
-from vptq_lab.lab.recipes import DISTILL_WINDOWS
+from vptq_lab.lab.recipes import DISTILL_RECIPES, DISTILL_WINDOWS
 from vptq_lab.lab.results import code_commit, peak_rss
 from vptq_lab.model.distill import DistillConfig, distill_
 
@@ -43,6 +45,13 @@ def main() -> None:
     parser.add_argument("--mode", choices=["plain", "checkpointing"], default="plain")
     add_malloc_arg(parser)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument(
+        "--recipe", type=int, choices=(2, 3, 4), default=None, help="a budget whose distillation recipe to use"
+    )
+    parser.add_argument(
+        "--checkpoint", action="store_true", help="commit the run to a temporary checkpoint folder, as the CLI does"
+    )
+    parser.add_argument("--label", default=None, help="the results entry's name (default: the mode and malloc)")
     args = parser.parse_args()
     if not (args.student / "model.safetensors").is_file():
         parser.error(f"{args.student} holds no model.safetensors: pass a folder written by `vptq-lab quantize`")
@@ -60,14 +69,18 @@ def main() -> None:
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     start, cpu = time.perf_counter(), time.process_time()
     with peak_rss(0.01) as mem:
-        report = distill_(
-            student, teacher, train, held, DistillConfig(steps=args.steps, eval_every=1000), progress=False
-        )
+        base = {} if args.recipe is None else DISTILL_RECIPES[args.recipe]
+        config = DistillConfig(**{**base, "steps": args.steps, "eval_every": 1000, "patience": 1000})
+        with tempfile.TemporaryDirectory() as folder:
+            where = folder if args.checkpoint else None
+            report = distill_(student, teacher, train, held, config, progress=False, checkpoint_dir=where)
     peaks["distill"] = mem
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     entry = {
         "mode": args.mode,
         "malloc": args.malloc,
+        "recipe": args.recipe,
+        "checkpoint": args.checkpoint,
         "steps": args.steps,
         "seconds": round(seconds, 1),
         "cpu_seconds": round(cpu, 1),
@@ -78,7 +91,8 @@ def main() -> None:
         "commit": commit,
     }
     results = json.loads(OUT.read_text()) if OUT.is_file() else {}
-    results[args.mode if args.malloc == "default" else f"{args.mode}+{args.malloc}"] = entry
+    name = args.label or (args.mode if args.malloc == "default" else f"{args.mode}+{args.malloc}")
+    results[name] = entry
     OUT.write_text(json.dumps(results, indent=1) + "\n")
     print(json.dumps(entry, indent=1))
 

@@ -33,8 +33,8 @@ from vptq_lab.core.qweight import QuantizedWeight
 from .reference import dequant_ref, vq_linear_ref
 
 __all__ = [
-    "vq_linear", "dense_weight", "clear_dense_cache", "resolve_backend", "prefer_backend", "BACKENDS",
-    "FORCE_REFERENCE_ENV",
+    "vq_linear", "dense_weight", "drop_dense_weight", "clear_dense_cache", "resolve_backend", "prefer_backend",
+    "BACKENDS", "FORCE_REFERENCE_ENV",
 ]
 
 BACKENDS = ("auto", "triton", "torch", "reference")
@@ -71,6 +71,13 @@ def dense_weight(qw: QuantizedWeight, dtype: torch.dtype = torch.float32) -> tor
         with torch.no_grad():
             dense[dtype] = dequant_ref(qw).to(dtype)  # [out, in]
     return dense[dtype]
+
+
+def drop_dense_weight(qw: QuantizedWeight) -> None:
+    """Free ``qw``'s cached dense weights, if any (fine-tuning computes its own and never reads them)."""
+    entry = _DENSE_CACHE.get(id(qw))
+    if entry is not None:
+        entry[1].clear()
 
 
 def clear_dense_cache() -> None:

@@ -415,6 +415,9 @@ def test_training_forward_matches_autograd_through_the_dequantization(norm):
     trainable = layer.trainable_centroids(column_norm=norm)
     names = list(layer.trainable)
     assert len(names) == (5 if norm else 3)  # main, residual, outlier codebooks (+ scale, bias)
+    # the run's unpacked codes are kept as int16 (a quarter of int64's memory), and they are the stored ones
+    assert [c.dtype for c in layer._codes] == [torch.int16, torch.int16]
+    assert all(torch.equal(kept.long(), c) for kept, c in zip(layer._codes, layer.qweight.codes()))
     x = torch.randn(3, 5, 40, generator=gen, requires_grad=True)
     grad_y = torch.randn(3, 5, 24, generator=gen)
     (layer(x) * grad_y).sum().backward()

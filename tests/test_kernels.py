@@ -179,6 +179,27 @@ def test_torch_backend_caches_the_dense_weight(monkeypatch):
     assert len(calls) == 3
 
 
+def test_drop_dense_weight_frees_one_weights_cache():
+    qw, other = make("residual", seed=3), make("residual", seed=4)
+    x = tokens(qw, 4)
+    vq_linear(x, qw, backend="torch")
+    vq_linear(x, other, backend="torch")
+    dispatch.drop_dense_weight(qw)
+    assert not dispatch._DENSE_CACHE[id(qw)][1] and dispatch._DENSE_CACHE[id(other)][1]
+    dispatch.drop_dense_weight(make("v8"))  # nothing cached: nothing to do
+
+
+def test_fine_tuning_frees_the_layers_cached_dense_weight():
+    from vptq_lab.model.layers import QuantizedLinear
+
+    layer = QuantizedLinear(make("residual", seed=5))
+    with dispatch.prefer_backend("torch"):
+        layer(tokens(layer.qweight, 4))  # as the quantizer's propagation runs it: the dense weight is cached
+    assert dispatch._DENSE_CACHE[id(layer.qweight)][1]
+    layer.trainable_centroids()
+    assert not dispatch._DENSE_CACHE[id(layer.qweight)][1]  # not read while training: freed for the run
+
+
 def test_force_reference_env(monkeypatch):
     calls = []
     monkeypatch.setattr(dispatch, "vq_linear_ref", lambda *a: calls.append(1) or vq_linear_ref(*a))

@@ -10,7 +10,7 @@ from typing import Any
 
 from vptq_lab.errors import VPTQLabError
 
-__all__ = ["sha256_file", "atomic_write_bytes", "safe_member"]
+__all__ = ["sha256_file", "atomic_write_bytes", "atomic_save_tensors", "safe_member"]
 
 
 def sha256_file(path: Path) -> str:
@@ -34,6 +34,28 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_save_tensors(path: Path, tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> str:
+    """Write ``tensors`` as a safetensors file at ``path`` atomically (a crash leaves the old file or the new one);
+    returns the file's sha256. The file is written straight from the tensors: ``safetensors.torch.save`` would build
+    the whole file in memory first, which costs about twice the file's size at the peak (1.0 GiB for a 0.56 GB
+    file, the size of the 2-bit recipe's distillation checkpoint)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        digest = sha256_file(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return digest
 
 
 def safe_member(folder: Path, name: Any, source: str = "manifest.json") -> Path:

@@ -101,7 +101,8 @@ def gather_columns(codebook: torch.Tensor, codes: torch.Tensor, v: int, out_feat
     """
     g, r, s = codes.shape
     cb = codebook.float().reshape(g, -1, v)  # [G, k, v]
-    vecs = torch.gather(cb, 1, codes.reshape(g, r * s, 1).expand(-1, -1, v).long())  # [G, R*S, v]
+    # widen before expanding: widening the expanded view would write a full int64 [G, R*S, v] index
+    vecs = torch.gather(cb, 1, codes.reshape(g, r * s, 1).long().expand(-1, -1, v))  # [G, R*S, v]
     vecs = vecs.reshape(g, r, s, v).permute(1, 3, 0, 2)  # [R, v, G, S]
     return vecs.reshape(r * v, g * s)[:out_features]  # [out, G*S]
 

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from vptq_lab.core.config import JsonConfig
 from vptq_lab.errors import VPTQLabError
-from vptq_lab.files import atomic_write_bytes
+from vptq_lab.files import atomic_save_tensors, atomic_write_bytes
 from vptq_lab.kernels.dispatch import prefer_backend
 from vptq_lab.model.distributed import World, check_device, current_world
 from vptq_lab.model.layers import QuantizedLinear
@@ -571,8 +571,6 @@ def _same_run(saved: Any, current: dict[str, Any]) -> bool:
 
 
 def _commit(folder: Path, config, names, params, optimizer, gen, state, layers) -> None:
-    from safetensors.torch import save
-
     tensors = {f"param.{n}": params[n].detach() for n in names}
     tensors.update({f"best.{n}": t for n, t in state["best_tensors"].items()})
     tensors.update({f"codes.{n}": t for n, t in _codes_of(layers).items()})
@@ -583,14 +581,13 @@ def _commit(folder: Path, config, names, params, optimizer, gen, state, layers) 
             if i in adam and key in adam[i]:
                 tensors[f"adam.{key}.{n}"] = torch.as_tensor(adam[i][key]).detach()
     tensors["sampler"] = gen.get_state()
-    data = save({k: v.contiguous().cpu() for k, v in tensors.items()})
-    atomic_write_bytes(folder / TENSORS, data)
+    digest = atomic_save_tensors(folder / TENSORS, tensors)  # straight to the file: no copy of it in memory
     meta = {k: v for k, v in state.items() if k not in ("best_tensors", "best_codes")}
     record = {
         "version": STATE_VERSION,
         "fingerprint": _fingerprint(config, names, params),
         "state": meta,
-        "tensors_sha256": hashlib.sha256(data).hexdigest(),
+        "tensors_sha256": digest,
     }
     atomic_write_bytes(folder / STATE, json.dumps(record, indent=1).encode())  # the commit point
 

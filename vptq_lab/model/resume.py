@@ -35,7 +35,7 @@ from torch import nn
 from vptq_lab.core.config import VPTQConfig
 from vptq_lab.core.format import qweight_from_tensors
 from vptq_lab.errors import VPTQLabError
-from vptq_lab.files import atomic_write_bytes, safe_member
+from vptq_lab.files import atomic_save_tensors, atomic_write_bytes, safe_member
 from vptq_lab.model.arch import set_module
 from vptq_lab.model.layers import QuantizedLinear, module_tensors
 
@@ -48,15 +48,6 @@ CHECKPOINT_VERSION = 1
 
 
 # Atomic writes ------------------------------------------------------------------------------------------
-
-
-def _atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
-    """Atomic safetensors write; returns the file's sha256."""
-    from safetensors.torch import save
-
-    data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
-    atomic_write_bytes(path, data)
-    return hashlib.sha256(data).hexdigest()
 
 
 # What a run is --------------------------------------------------------------------------------------------
@@ -255,9 +246,9 @@ class BlockCheckpoints:
         time of every run of this folder so far (None: unknown)."""
         block_file, hidden_file = f"block-{index:04d}.safetensors", f"hidden-{index:04d}.safetensors"
         tensors, layers = module_tensors(block)
-        block_sha = _atomic_save_tensors(self.folder / block_file, tensors, {"layers": json.dumps(layers)})
+        block_sha = atomic_save_tensors(self.folder / block_file, tensors, {"layers": json.dumps(layers)})
         dtype = str(hidden[0].dtype).removeprefix("torch.") if hidden else "float32"
-        hidden_sha = _atomic_save_tensors(
+        hidden_sha = atomic_save_tensors(
             self.folder / hidden_file, {f"hidden.{b}": h.float() for b, h in enumerate(hidden)}, {"dtype": dtype}
         )
         old_hidden = self.progress["hidden"]
