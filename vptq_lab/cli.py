@@ -513,12 +513,12 @@ def _cli_recipe(args: argparse.Namespace):
         distill = _distill_config({}, args) if e2e else None
         return Recipe(config, "vptq", args.finetune, distill)
     distill = _distill_config(DISTILL_RECIPES[args.bits], args) if e2e else None
-    tuned = recipe(args.bits, finetune=args.finetune)
-    quantize = tuned.quantize if args.seed is None else tuned.quantize.replace(seed=args.seed)
     if args.role_scale is not None and not args.allocate:
         raise VPTQLabError("--role-scale corrects the costs --allocate weighs: add --allocate, or drop --role-scale")
-    scale = None if args.role_scale is None else tuple(sorted(read_role_scale(args.role_scale).items()))
-    return Recipe(quantize, "vptq", args.finetune, distill, args.bits, args.allocate, scale)
+    scale = None if args.role_scale is None else read_role_scale(args.role_scale)
+    tuned = recipe(args.bits, finetune=args.finetune, allocate=args.allocate, role_scale=scale)
+    quantize = tuned.quantize if args.seed is None else tuned.quantize.replace(seed=args.seed)
+    return Recipe(quantize, "vptq", args.finetune, distill, args.bits, args.allocate, tuned.role_scale)
 
 
 def cmd_allocate(args: argparse.Namespace) -> int:
