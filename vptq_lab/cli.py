@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -518,7 +519,7 @@ def _cli_recipe(args: argparse.Namespace):
     scale = None if args.role_scale is None else read_role_scale(args.role_scale)
     tuned = recipe(args.bits, finetune=args.finetune, allocate=args.allocate, role_scale=scale)
     quantize = tuned.quantize if args.seed is None else tuned.quantize.replace(seed=args.seed)
-    return Recipe(quantize, "vptq", args.finetune, distill, args.bits, args.allocate, tuned.role_scale)
+    return dataclasses.replace(tuned, quantize=quantize, distill=distill)  # the CLI's seed and distillation flags
 
 
 def cmd_allocate(args: argparse.Namespace) -> int:
