@@ -225,3 +225,26 @@ def test_beyond_presets_names_what_each_command_adds():
         "2-best": "VPTQ + e2e",
         "2-best-mixed": "VPTQ + e2e + --allocate",
     }
+
+
+def test_generations_rerun_replaces_only_its_rows(repo_script):
+    """benchmarks/generate.py --rows: the rows answered again replace theirs, the others keep their answers and
+    name the commit that made them (an older file's one commit), "fp" first."""
+    generate = repo_script("benchmarks/generate.py")
+    previous = {
+        "commit": "old",
+        "rows": [
+            {"row": "fp", "answers": {"q": "a"}},
+            {"row": "2-best-mixed", "answers": {"q": "b"}},
+            {"row": "3-preset", "answers": {"q": "c"}},
+        ],
+    }
+    rows = [
+        {"row": "fp", "answers": {"q": "a"}, "commit": "new"},
+        {"row": "2-best-mixed", "answers": {"q": "d"}, "commit": "new"},
+    ]
+    merged = generate.merge(previous, rows)
+    assert [r["row"] for r in merged] == ["fp", "2-best-mixed", "3-preset"]
+    assert [r["commit"] for r in merged] == ["new", "new", "old"]
+    assert merged[1]["answers"] == {"q": "d"} and merged[2]["answers"] == {"q": "c"}
+    assert generate.merge({"rows": []}, rows) == rows

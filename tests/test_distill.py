@@ -494,3 +494,14 @@ def test_the_transfer_probe_stores_the_mean_of_its_snapshots(pair, repo_script):
     assert not layer.trainable and not any(p.requires_grad for p in student.parameters())
     with pytest.raises(RuntimeError, match="trainable_parameters"):
         probe.store_average(student, [{"nothing": torch.zeros(1)}], train_head=False)
+
+
+def test_distill_profile_groups_operators(repo_script):
+    # experiments/distill_profile.py sums the profiler's operators into groups by name; the first match wins
+    probe = repo_script("experiments/distill_profile.py")
+    assert probe._group("aten::mm") == "matrix products"
+    assert probe._group("aten::gather") == "dequantize: gather"
+    assert probe._group("aten::scatter_add_") == "dequantize backward: scatter"
+    assert probe._group("aten::_foreach_addcdiv_") == "optimizer (Adam)"
+    assert probe._group("aten::_log_softmax") == "softmax and KL"
+    assert probe._group("aten::cat") == "other"
