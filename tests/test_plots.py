@@ -244,6 +244,12 @@ def test_bits_vs_perplexity_frontier_markers_and_note():
     target = _blank()
     fig = plots.bits_vs_perplexity(df.drop(columns="note"), log_y=True, note="baseline is a Q4_1 GGUF", ax=target)
     assert fig is target.figure and target.get_yscale() == "log" and "Q4_1" in target.texts[0].get_text()
+    # with a caption, the legend sits right of the axes, so it cannot cover the caption in the top-left corner
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    legend = target.get_legend().get_window_extent(renderer)
+    assert legend.x0 >= target.get_window_extent(renderer).x1
 
 
 def test_kernel_throughput():

@@ -450,9 +450,10 @@ def bits_vs_perplexity(df, log_y: bool = False, note: str | None = None, ax: Axe
     """Perplexity against bits per weight, one marker per method, with the Pareto frontier.
 
     df columns: method, bits, perplexity; optional ``note`` (annotated at its point, e.g.
-    "baseline: Q4_1 GGUF, already ~4-bit rounded"). ``note=`` adds a caption under the title.
+    "baseline: Q4_1 GGUF, already ~4-bit rounded"). ``note=`` adds a caption under the title, and then the legend
+    goes outside the axes, on the right.
     """
-    fig, ax = _fig_ax(ax, (6.4, 4.2))
+    fig, ax = _fig_ax(ax, (10.0, 4.2) if note else (6.4, 4.2))  # with a caption: room for the legend beside it
     for i, method in enumerate(dict.fromkeys(df["method"])):
         sub = df[df["method"] == method]
         ax.scatter(
@@ -484,7 +485,8 @@ def bits_vs_perplexity(df, log_y: bool = False, note: str | None = None, ax: Axe
     )
     if log_y:
         ax.set_yscale("log")
-    ax.legend(fontsize="small")
+    # with a caption in the top-left corner, the legend goes outside on the right, where it cannot cover it
+    ax.legend(fontsize="small", **({"loc": "upper left", "bbox_to_anchor": (1.01, 1.0)} if note else {}))
     return fig
 
 
