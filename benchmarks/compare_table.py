@@ -127,7 +127,7 @@ def figures(table: pd.DataFrame, windows: int) -> None:
         fig.axes[0].axhline(
             float(fp.perplexity.iloc[0]), color="0.5", linestyle=":", label=f"full precision ({BASELINE})"
         )
-        fig.axes[0].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # as plots puts it
+        fig.axes[0].legend(fontsize="small", **plots.LEGEND_BESIDE)  # where bits_vs_perplexity puts it
     IMAGES.mkdir(parents=True, exist_ok=True)
     fig.savefig(IMAGES / "compare_pareto.png", dpi=100, bbox_inches="tight")
 

@@ -43,6 +43,7 @@ __all__ = [
     "kernel_results",
     "KERNEL_PATHS",
     "ROLE_ORDER",
+    "LEGEND_BESIDE",
     "sensitivity_heatmap",
     "allocation_heatmap",
     "predicted_vs_measured",
@@ -51,6 +52,8 @@ __all__ = [
 
 ROLE_ORDER = ("q", "k", "v", "qkv", "o", "gate", "up", "gate_up", "down")
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">")
+# Legend placement beside the axes, on the right: it never covers the data or a caption in the corner
+LEGEND_BESIDE = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0)}
 
 
 def _fig_ax(ax: Axes | None, figsize: tuple[float, float] = (6.4, 3.8)) -> tuple[Any, Axes]:
@@ -302,7 +305,7 @@ def proxy_loss_by_role(df, log: bool = False, ax: Axes | None = None) -> Figure:
     )
     if log:
         ax.set_yscale("log")
-    ax.legend(title="method", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes, never on the data
+    ax.legend(title="method", **LEGEND_BESIDE)
     return fig
 
 
@@ -486,7 +489,7 @@ def bits_vs_perplexity(df, log_y: bool = False, note: str | None = None, ax: Axe
     if log_y:
         ax.set_yscale("log")
     # with a caption in the top-left corner, the legend goes outside on the right, where it cannot cover it
-    ax.legend(fontsize="small", **({"loc": "upper left", "bbox_to_anchor": (1.01, 1.0)} if note else {}))
+    ax.legend(fontsize="small", **(LEGEND_BESIDE if note else {}))
     return fig
 
 
@@ -628,5 +631,5 @@ def predicted_vs_measured(check: pd.DataFrame, ax: Axes | None = None) -> Figure
     ax.set(xscale="log", yscale="log", xlabel="predicted KL per token (nats)", ylabel="measured KL per token (nats)")
     rho = spearman(check["predicted_kl"], check["measured_kl"])
     ax.set_title(f"One linear quantized alone: Spearman rank correlation {rho:.2f}")
-    ax.legend(title="role", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.legend(title="role", **LEGEND_BESIDE)
     return fig
